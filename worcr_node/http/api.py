@@ -1,0 +1,181 @@
+"""HTTP API v1 (aiohttp): enqueue, read, list, cancel and retry jobs; health and readiness.
+
+Handlers only validate and translate; the JobManager does the work. Errors are JSON
+`{"error": {"code", "message"}}` with the same codes as the wire protocol.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from worcr.wire import ErrorCode
+from worcr_node.http.render import render_attempt, render_job
+from worcr_node.jobspec import SpecError
+from worcr_node.manager import JobManager
+from worcr_node.state import JobState
+from worcr_node.store.pg import StorageUnavailable
+from worcr_node.store.redis_index import IndexUnavailable
+
+__all__ = ["build_app"]
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 8 << 20
+STATES = {s.value for s in JobState}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def _error(status: int, code: str, message: str, **headers: str) -> web.Response:
+    return web.json_response(
+        {"error": {"code": code, "message": message}}, status=status, headers=headers
+    )
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _middleware(token: str | None) -> Any:
+    @web.middleware
+    async def mw(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if token is not None and request.path.startswith("/api/"):
+            if request.headers.get("Authorization") != f"Bearer {token}":
+                return _error(401, ErrorCode.UNAUTHORIZED, "missing or wrong bearer token")
+        try:
+            return await handler(request)
+        except ApiError as exc:
+            return _error(exc.status, exc.code, exc.message)
+        except SpecError as exc:
+            return _error(400, ErrorCode.BAD_REQUEST, str(exc))
+        except (StorageUnavailable, IndexUnavailable) as exc:
+            return _error(503, ErrorCode.UNAVAILABLE, f"storage unavailable, retry: {exc}",
+                          **{"Retry-After": "1"})  # fmt: skip
+        except web.HTTPRequestEntityTooLarge:
+            return _error(413, ErrorCode.BAD_REQUEST, f"body over {MAX_BODY} bytes")
+
+    return mw
+
+
+def _job_id(request: web.Request) -> uuid.UUID:
+    raw = request.match_info["id"]
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise ApiError(400, ErrorCode.BAD_REQUEST, f"{raw[:64]!r} is not a job id") from None
+
+
+class Api:
+    def __init__(self, manager: JobManager) -> None:
+        self.m = manager
+
+    async def enqueue(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ApiError(400, ErrorCode.BAD_REQUEST, "body is not valid JSON") from None
+        single = isinstance(body, dict)
+        specs = [body] if single else body
+        if not isinstance(specs, list):
+            raise ApiError(400, ErrorCode.BAD_REQUEST, "body must be a job spec or a list of them")
+        results = await self.m.enqueue(specs)
+        out = [{"id": str(r.id), "state": r.state, "duplicate": r.duplicate} for r in results]
+        status = 200 if all(r.duplicate for r in results) else 201
+        return web.json_response(out[0] if single else {"jobs": out}, status=status)
+
+    async def get(self, request: web.Request) -> web.Response:
+        job_id = _job_id(request)
+        row = await self.m.store.job_get(job_id)
+        if row is None:
+            raise ApiError(404, ErrorCode.NOT_FOUND, f"no job {job_id}")
+        job = render_job(row)
+        job["attempts"] = [render_attempt(a) for a in await self.m.store.attempts_of_job(job_id)]
+        return web.json_response(job)
+
+    async def list(self, request: web.Request) -> web.Response:
+        q = request.query
+        unknown = set(q) - {"state", "kind", "tenant", "limit", "cursor"}
+        if unknown:
+            raise ApiError(400, ErrorCode.BAD_REQUEST, f"unknown parameter(s) {sorted(unknown)}")
+        state = q.get("state")
+        if state is not None and state not in STATES:
+            raise ApiError(400, ErrorCode.BAD_REQUEST, f"state must be one of {sorted(STATES)}")
+        try:
+            limit = int(q.get("limit", "100"))
+        except ValueError:
+            limit = 0
+        if not 1 <= limit <= 1000:
+            raise ApiError(400, ErrorCode.BAD_REQUEST, "limit must be an integer from 1 to 1000")
+        cursor = None
+        if q.get("cursor"):
+            try:
+                cursor = uuid.UUID(q["cursor"])
+            except ValueError:
+                raise ApiError(400, ErrorCode.BAD_REQUEST, "cursor is not valid") from None
+        rows = await self.m.store.job_list(limit, state, q.get("kind"), q.get("tenant"), cursor)
+        jobs = [render_job(r) for r in rows]
+        next_cursor = jobs[-1]["id"] if len(jobs) == limit else None
+        return web.json_response({"jobs": jobs, "next_cursor": next_cursor})
+
+    async def cancel(self, request: web.Request) -> web.Response:
+        job_id = _job_id(request)
+        changed, previous = await self.m.cancel(job_id)
+        if previous == "missing":
+            raise ApiError(404, ErrorCode.NOT_FOUND, f"no job {job_id}")
+        if not changed:
+            raise ApiError(
+                409, ErrorCode.INVALID_STATE, f"job {job_id} is {previous}: not cancellable"
+            )
+        return web.json_response({"id": str(job_id), "state": "cancelled", "previous": previous})
+
+    async def retry(self, request: web.Request) -> web.Response:
+        job_id = _job_id(request)
+        if not await self.m.retry_now(job_id):
+            row = await self.m.store.job_get(job_id)
+            if row is None:
+                raise ApiError(404, ErrorCode.NOT_FOUND, f"no job {job_id}")
+            raise ApiError(409, ErrorCode.INVALID_STATE,
+                           f"job {job_id} is {row['state']}: only scheduled, retrying, dead, "
+                           "cancelled or expired jobs can be retried")  # fmt: skip
+        return web.json_response({"id": str(job_id), "state": "queued"})
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "node_id": self.m.node_id})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        problems = {}
+        try:
+            await self.m.store.ping()
+        except StorageUnavailable as exc:
+            problems["postgresql"] = str(exc)
+        try:
+            await self.m.index.epoch()
+        except IndexUnavailable as exc:
+            problems["redis"] = str(exc)
+        if problems:
+            return web.json_response({"status": "unavailable", "problems": problems}, status=503)
+        return web.json_response({"status": "ready", "node_id": self.m.node_id})
+
+
+def build_app(manager: JobManager, token: str | None) -> web.Application:
+    app = web.Application(middlewares=[_middleware(token)], client_max_size=MAX_BODY)
+    api = Api(manager)
+    app.router.add_post("/api/v1/jobs", api.enqueue)
+    app.router.add_get("/api/v1/jobs", api.list)
+    app.router.add_get("/api/v1/jobs/{id}", api.get)
+    app.router.add_post("/api/v1/jobs/{id}/cancel", api.cancel)
+    app.router.add_post("/api/v1/jobs/{id}/retry", api.retry)
+    app.router.add_get("/healthz", api.healthz)
+    app.router.add_get("/readyz", api.readyz)
+    return app

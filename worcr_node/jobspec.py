@@ -1,0 +1,229 @@
+"""Validation of enqueue input: a job spec from the wire or the HTTP API becomes a NewJob.
+
+Everything a producer sends passes through `parse_job_spec`; a bad field raises SpecError with a
+message naming the field, so the caller can answer BAD_REQUEST / HTTP 400 and never store junk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from functools import lru_cache
+from typing import Any
+
+import msgpack
+import uuid_utils
+
+from worcr.wire import Limits
+from worcr_node.state import JobState
+
+__all__ = ["Backoff", "NewJob", "SpecError", "lane_of", "parse_job_spec", "parse_time"]
+
+DEFAULT_TENANT = "default"
+DEFAULT_MAX_ATTEMPTS = 25
+DEFAULT_RESERVE_FOR = 60.0
+MAX_RESERVE_FOR = 7 * 86400.0
+MIN_RESERVE_FOR = 0.5
+_KNOWN = frozenset(
+    {
+        "kind", "args", "id", "tags", "tenant", "weight", "run_at", "run_in", "expires_at",
+        "expires_in", "max_attempts", "backoff", "unique_key", "reserve_for",
+    }
+)  # fmt: skip
+
+
+class SpecError(ValueError):
+    """A job spec field is invalid."""
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Delay before retry n (1-based): min(max, base * factor**(n-1)), minus up to jitter*delay."""
+
+    base: float = 2.0
+    factor: float = 2.0
+    max: float = 3600.0
+    jitter: float = 0.25
+
+    def delay(self, attempt: int, rand: float) -> float:
+        """`rand` in [0, 1) is injected so tests are deterministic."""
+        exp = min(attempt - 1, 64)
+        raw = min(self.max, self.base * self.factor**exp)
+        return raw * (1.0 - self.jitter * rand)
+
+    def to_json(self) -> dict[str, float]:
+        return {"base": self.base, "factor": self.factor, "max": self.max, "jitter": self.jitter}
+
+
+@dataclass(slots=True)
+class NewJob:
+    id: uuid.UUID
+    kind: str
+    args: bytes  # msgpack
+    tags: tuple[str, ...]
+    tenant: str
+    weight: float
+    state: JobState
+    run_at: float | None
+    expires_at: float | None
+    max_attempts: int
+    backoff: Backoff | None
+    unique_key: str | None
+    reserve_for: float
+    lane: str
+    client_id: bool  # the producer chose the id (idempotent enqueue)
+
+
+@lru_cache(maxsize=65536)
+def lane_of(kind: str, tenant: str, tags: tuple[str, ...], weight: float) -> str:
+    """Stable lane id: jobs with the same kind, tenant, tag set and weight share a lane."""
+    key = "\x1f".join((kind, tenant, repr(weight), *tags)).encode()
+    return hashlib.blake2b(key, digest_size=8).hexdigest()
+
+
+def parse_time(value: Any, field: str) -> float:
+    """Unix seconds from a number or an ISO 8601 string with a timezone."""
+    if isinstance(value, bool):
+        raise SpecError(f"{field}: expected Unix seconds or an ISO 8601 time, got a boolean")
+    if isinstance(value, int | float):
+        if not math.isfinite(value) or not 0 <= value < 1e11:
+            raise SpecError(f"{field}: {value!r} is out of range")
+        return float(value)
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise SpecError(f"{field}: {value!r} is not an ISO 8601 time") from None
+        if parsed.tzinfo is None:
+            raise SpecError(f"{field}: {value!r} has no timezone (add Z or +00:00)")
+        return parsed.timestamp()
+    raise SpecError(f"{field}: expected Unix seconds or an ISO 8601 time")
+
+
+def _text(spec: Mapping[str, Any], field: str, limit: int, default: str | None = None) -> str:
+    value = spec.get(field, default)
+    if not isinstance(value, str) or not value:
+        raise SpecError(f"{field}: expected a non-empty string")
+    if len(value) > limit:
+        raise SpecError(f"{field}: longer than {limit} characters")
+    if not value.isprintable():
+        raise SpecError(f"{field}: must not contain control characters")
+    return value
+
+
+def _number(spec: Mapping[str, Any], field: str, low: float, high: float) -> float | None:
+    value = spec.get(field)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise SpecError(f"{field}: expected a number")
+    if not low <= value <= high:
+        raise SpecError(f"{field}: {value} is out of range [{low}, {high}]")
+    return float(value)
+
+
+def _tags(spec: Mapping[str, Any], limits: Limits) -> tuple[str, ...]:
+    tags = spec.get("tags") or []
+    if not isinstance(tags, list | tuple):
+        raise SpecError("tags: expected a list of strings")
+    if len(tags) > limits.max_tags:
+        raise SpecError(f"tags: more than {limits.max_tags} tags")
+    for tag in tags:
+        if not isinstance(tag, str) or not tag or len(tag) > limits.max_tag_len:
+            raise SpecError(f"tags: each tag must be a string of 1-{limits.max_tag_len} characters")
+        if not tag.isprintable():
+            raise SpecError("tags: a tag must not contain control characters")
+    return tuple(sorted(set(tags)))
+
+
+def _backoff(value: Any) -> Backoff | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise SpecError("backoff: expected a map with base, factor, max, jitter")
+    unknown = set(value) - {"base", "factor", "max", "jitter"}
+    if unknown:
+        raise SpecError(f"backoff: unknown field(s) {sorted(unknown)}")
+    d = Backoff()
+    b = Backoff(
+        base=_number(value, "base", 0.0, 86400.0) or d.base,
+        factor=_number(value, "factor", 1.0, 10.0) or d.factor,
+        max=_number(value, "max", 0.0, 30 * 86400.0) or d.max,
+        jitter=_number(value, "jitter", 0.0, 1.0) if "jitter" in value else d.jitter,  # type: ignore[arg-type]
+    )
+    return b
+
+
+def _when(spec: Mapping[str, Any], at: str, delta: str, now: float) -> float | None:
+    if spec.get(at) is not None and spec.get(delta) is not None:
+        raise SpecError(f"{at} and {delta}: give one, not both")
+    if spec.get(at) is not None:
+        return parse_time(spec[at], at)
+    seconds = _number(spec, delta, 0.0, 10 * 365 * 86400.0)
+    return None if seconds is None else now + seconds
+
+
+def _id(spec: Mapping[str, Any]) -> tuple[uuid.UUID, bool]:
+    raw = spec.get("id")
+    if raw is None:
+        return uuid.UUID(bytes=uuid_utils.uuid7().bytes), False
+    if not isinstance(raw, str):
+        raise SpecError("id: expected a UUID string")
+    try:
+        return uuid.UUID(raw), True
+    except ValueError:
+        raise SpecError(f"id: {raw[:64]!r} is not a UUID") from None
+
+
+def parse_job_spec(spec: Any, now: float, limits: Limits) -> NewJob:
+    """Validate one job spec; raise SpecError with the offending field in the message."""
+    if not isinstance(spec, Mapping):
+        raise SpecError("a job spec must be a map")
+    unknown = set(spec) - _KNOWN
+    if unknown:
+        raise SpecError(f"unknown field(s) {sorted(map(str, unknown))[:5]}")
+    kind = _text(spec, "kind", limits.max_kind_len)
+    tenant = _text(spec, "tenant", limits.max_tenant_len, DEFAULT_TENANT)
+    args = spec.get("args", [])
+    try:
+        packed = msgpack.packb(args, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise SpecError(f"args: cannot be encoded ({exc})") from None
+    if len(packed) > limits.max_args:
+        raise SpecError(f"args: {len(packed)} bytes encoded, over the limit of {limits.max_args}")
+    tags = _tags(spec, limits)
+    weight = _number(spec, "weight", 1e-6, 1e6) or 1.0
+    max_attempts = spec.get("max_attempts", DEFAULT_MAX_ATTEMPTS)
+    if isinstance(max_attempts, bool) or not isinstance(max_attempts, int):
+        raise SpecError("max_attempts: expected an integer")
+    if not 1 <= max_attempts <= 1000:
+        raise SpecError("max_attempts: must be from 1 to 1000")
+    reserve_for = _number(spec, "reserve_for", MIN_RESERVE_FOR, MAX_RESERVE_FOR)
+    unique_key = spec.get("unique_key")
+    if unique_key is not None:
+        unique_key = _text(spec, "unique_key", 256)
+    run_at = _when(spec, "run_at", "run_in", now)
+    expires_at = _when(spec, "expires_at", "expires_in", now)
+    job_id, client_id = _id(spec)
+    state = JobState.SCHEDULED if run_at is not None and run_at > now else JobState.QUEUED
+    return NewJob(
+        id=job_id,
+        kind=kind,
+        args=packed,
+        tags=tags,
+        tenant=tenant,
+        weight=weight,
+        state=state,
+        run_at=run_at,
+        expires_at=expires_at,
+        max_attempts=max_attempts,
+        backoff=_backoff(spec.get("backoff")),
+        unique_key=unique_key,
+        reserve_for=reserve_for or DEFAULT_RESERVE_FOR,
+        lane=lane_of(kind, tenant, tags, weight),
+        client_id=client_id,
+    )

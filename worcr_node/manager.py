@@ -1,0 +1,237 @@
+"""The job manager: the node's one interface between transports/HTTP and storage.
+
+Its methods read as the data flow: enqueue, claim, ack, fail, yield, requeue lost leases,
+promote, expire, cancel, retry. Each writes PostgreSQL first (batched by group commit), then
+updates the Redis index; a Redis failure after a commit is logged and repaired later by the
+reconciler, never reported as a failed operation, because PostgreSQL already holds the truth.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import asyncpg
+
+from worcr.wire import Limits
+from worcr_node.batcher import Batcher
+from worcr_node.clock import Clock
+from worcr_node.jobspec import NewJob, SpecError, parse_job_spec
+from worcr_node.outcome import Failure, decide_failure, decide_lost_lease, decide_yield
+from worcr_node.state import JobState
+from worcr_node.store.pg import ClaimedJob, FinishOutcome, InsertResult, PgStore
+from worcr_node.store.redis_index import IndexUnavailable, RedisIndex
+
+__all__ = ["JobManager", "SpecError"]
+
+log = logging.getLogger(__name__)
+
+Ready = dict[str, list[tuple[int, uuid.UUID]]]
+
+
+class JobManager:
+    def __init__(
+        self,
+        store: PgStore,
+        index: RedisIndex,
+        node_id: str,
+        clock: Clock,
+        limits: Limits,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.store = store
+        self.index = index
+        self.node_id = node_id
+        self.clock = clock
+        self.limits = limits
+        self.rand = rand
+        # Called with lane ids that just got ready work (wakes the local dispatcher).
+        self.on_ready: Callable[[Sequence[str]], None] = lambda lanes: None
+        # Called with (job id, token) of running jobs that were cancelled.
+        self.on_cancel: Callable[[Sequence[tuple[str, int]]], None] = lambda jobs: None
+        self._enqueue = Batcher[NewJob, InsertResult]("enqueue", self._flush_enqueue, concurrency=2)
+        self._ack = Batcher[tuple[uuid.UUID, int, bytes | None], bool](
+            "ack", self._flush_ack, concurrency=2
+        )
+        self._fail = Batcher[Failure, bool]("fail", self._flush_fail)
+        self._yield = Batcher[tuple[uuid.UUID, int], bool]("yield", self._flush_yield)
+        self._claim = Batcher[tuple[uuid.UUID, str], ClaimedJob | None](
+            "claim", self._flush_claim, concurrency=2
+        )
+
+    async def close(self) -> None:
+        for b in (self._enqueue, self._claim, self._ack, self._fail, self._yield):
+            await b.close()
+
+    # -- enqueue ---------------------------------------------------------------------------------
+
+    def parse(self, specs: Sequence[Any]) -> list[NewJob]:
+        """Validate a batch of job specs; SpecError names the first bad one."""
+        if not 1 <= len(specs) <= self.limits.max_batch:
+            raise SpecError(f"jobs: expected 1 to {self.limits.max_batch} job specs")
+        now = self.clock.now()
+        jobs = []
+        for i, spec in enumerate(specs):
+            try:
+                jobs.append(parse_job_spec(spec, now, self.limits))
+            except SpecError as exc:
+                raise SpecError(f"jobs[{i}].{exc}") from None
+        return jobs
+
+    async def enqueue(self, specs: Sequence[Any]) -> list[InsertResult]:
+        """Durable on return: the jobs are committed in PostgreSQL."""
+        return await self._enqueue.submit(self.parse(specs))
+
+    async def _flush_enqueue(self, jobs: list[NewJob]) -> list[InsertResult]:
+        results = await self.store.job_insert_many(jobs)
+        ready: Ready = defaultdict(list)
+        for r in results:
+            if r.lane is not None and r.seq is not None:
+                ready[r.lane].append((r.seq, r.id))
+        await self._push_ready(ready)
+        return results
+
+    async def _push_ready(self, ready: Ready) -> None:
+        if not ready:
+            return
+        try:
+            await self.index.push_ready(ready)
+        except IndexUnavailable as exc:
+            log.warning("Redis unavailable after commit; reconciler will index: %s", exc,
+                        extra={"action": "push_ready"})  # fmt: skip
+        self.on_ready(list(ready))
+
+    # -- dispatch ----------------------------------------------------------------------------------
+
+    async def claim(self, ids: Sequence[str], worker_id: str) -> list[ClaimedJob]:
+        """Lease-holding ids become running attempts in PostgreSQL (queued -> running).
+
+        Ids that are no longer queued (cancelled, expired, claimed twice) are dropped and their
+        Redis leases released.
+        """
+        items = [(uuid.UUID(i), worker_id) for i in ids]
+        claimed = await self._claim.submit(items)
+        got = [c for c in claimed if c is not None]
+        if len(got) < len(ids):
+            taken = {str(c.id) for c in got}
+            await self._release([i for i in ids if i not in taken])
+        return got
+
+    async def _flush_claim(self, items: list[tuple[uuid.UUID, str]]) -> list[ClaimedJob | None]:
+        rows = await self.store.job_claim_many(
+            [i[0] for i in items], [i[1] for i in items], self.node_id
+        )
+        by_id = {(r.id, r.worker_id): r for r in rows}
+        return [by_id.get((jid, wid)) for jid, wid in items]
+
+    async def _release(self, ids: Sequence[str]) -> None:
+        try:
+            await self.index.lease_release(ids)
+        except IndexUnavailable as exc:
+            log.warning("could not release leases: %s", exc, extra={"action": "release"})
+
+    # -- results -----------------------------------------------------------------------------------
+
+    async def ack(self, items: Sequence[tuple[uuid.UUID, int, bytes | None]]) -> list[bool]:
+        """running -> completed for each current token; False marks a stale token."""
+        return await self._ack.submit(items)
+
+    async def _flush_ack(self, items: list[tuple[uuid.UUID, int, bytes | None]]) -> list[bool]:
+        done = await self.store.job_complete_many(
+            [i[0] for i in items], [i[1] for i in items], [i[2] for i in items]
+        )
+        await self._release([str(i) for i in done])
+        return [i[0] in done for i in items]
+
+    async def fail(self, items: Sequence[Failure]) -> list[bool]:
+        return await self._fail.submit(items)
+
+    async def _flush_fail(self, items: list[Failure]) -> list[bool]:
+        by_key = {(f.id, f.token): f for f in items}
+        now = self.clock.now()
+
+        def decide(row: asyncpg.Record) -> FinishOutcome:
+            return decide_failure(row, by_key[(row["id"], row["lease_token"])], now, self.rand())
+
+        return await self._finish([(f.id, f.token) for f in items], decide, release=True)
+
+    async def yield_(self, items: Sequence[tuple[uuid.UUID, int]]) -> list[bool]:
+        return await self._yield.submit(items)
+
+    async def _flush_yield(self, items: list[tuple[uuid.UUID, int]]) -> list[bool]:
+        return await self._finish(
+            items, lambda row: decide_yield(row["id"], row["lease_token"]), release=True
+        )
+
+    async def requeue_lost(self, ids: Sequence[str]) -> int:
+        """Leases that expired (already removed from Redis): requeue or bury their attempts."""
+        current = await self.store.job_running_tokens([uuid.UUID(i) for i in ids])
+        if not current:
+            return 0
+        ok = await self._finish(current, decide_lost_lease, release=False)
+        n = sum(ok)
+        if n:
+            log.info("requeued %d job(s) whose lease expired", n, extra={"action": "lease_expired"})
+        return n
+
+    async def _finish(
+        self,
+        items: Sequence[tuple[uuid.UUID, int]],
+        decide: Callable[[asyncpg.Record], FinishOutcome],
+        *,
+        release: bool,
+    ) -> list[bool]:
+        moved = await self.store.job_finish_many(items, decide)
+        changed = {r[0] for r in moved}
+        if release and changed:
+            await self._release([str(i) for i in changed])
+        ready: Ready = defaultdict(list)
+        for jid, seq, lane, state in moved:
+            if state == JobState.QUEUED:
+                ready[lane].append((seq, jid))
+        await self._push_ready(ready)
+        return [i[0] in changed for i in items]
+
+    # -- time-driven -------------------------------------------------------------------------------
+
+    async def promote_due(self, limit: int = 1000) -> int:
+        rows = await self.store.job_promote_due(limit)
+        ready: Ready = defaultdict(list)
+        for jid, seq, lane in rows:
+            ready[lane].append((seq, jid))
+        await self._push_ready(ready)
+        return len(rows)
+
+    async def expire_due(self, limit: int = 1000) -> int:
+        return await self.store.job_expire_due(limit)
+
+    # -- operator actions --------------------------------------------------------------------------
+
+    async def cancel(self, job_id: uuid.UUID) -> tuple[bool, str]:
+        """(changed, state before). A running job's worker is told to stop."""
+        res = await self.store.job_cancel(job_id)
+        if res is None:
+            return False, "missing"
+        previous, token = res
+        if previous not in (s.value for s in (JobState.SCHEDULED, JobState.QUEUED,
+                                               JobState.RUNNING, JobState.RETRYING)):  # fmt: skip
+            return False, previous
+        if previous == JobState.RUNNING:
+            await self._release([str(job_id)])
+            try:
+                await self.index.publish_cancel([f"{job_id}:{token}"])
+            except IndexUnavailable:
+                log.warning("cancel of %s not broadcast (Redis unavailable)", job_id)
+            self.on_cancel([(str(job_id), token)])
+        return True, previous
+
+    async def retry_now(self, job_id: uuid.UUID) -> bool:
+        row = await self.store.job_retry_now(job_id)
+        if row is None:
+            return False
+        await self._push_ready({row[2]: [(row[1], row[0])]})
+        return True

@@ -1,0 +1,151 @@
+"""Wiring: builds the node's services from a Config, starts them in order, stops them in reverse.
+
+store (PostgreSQL) + index (Redis) -> manager -> dispatcher, duties -> transports (TCP, HTTP).
+If any service task crashes, the node stops cleanly (`crashed` is set).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+
+from aiohttp import web
+
+from worcr_node.clock import Clock, SystemClock
+from worcr_node.config import Config
+from worcr_node.dispatcher import Dispatcher
+from worcr_node.duties import Duties
+from worcr_node.http.api import build_app
+from worcr_node.manager import JobManager
+from worcr_node.service import Service
+from worcr_node.store.pg import PgStore
+from worcr_node.store.redis_index import RedisIndex
+from worcr_node.transport.session import Hub
+from worcr_node.transport.tcp import TcpServer
+
+__all__ = ["Node"]
+
+log = logging.getLogger(__name__)
+
+
+class Node:
+    def __init__(
+        self,
+        config: Config,
+        clock: Clock | None = None,
+        rand: Callable[[], float] = random.random,
+        duty_periods: dict[str, float] | None = None,
+    ) -> None:
+        self.config = config
+        self.clock = clock or SystemClock()
+        self.store = PgStore(config.database_url, config.db_pool_size)
+        self.index = RedisIndex(config.redis_url, config.redis_prefix, config.lane_window)
+        self.manager = JobManager(
+            self.store, self.index, config.node_id, self.clock, config.limits, rand
+        )
+        self.dispatcher = Dispatcher(self.manager, self.store, self.index, self.clock, rand)
+        self.duties = Duties(
+            self.manager, self.store, self.index, self.dispatcher, self.clock,
+            **{f"{k}_every": v for k, v in (duty_periods or {}).items()},
+        )  # fmt: skip
+        self.hub = Hub(
+            self.manager,
+            config.node_id,
+            self.clock,
+            config.limits,
+            config.heartbeat_ms,
+            config.token,
+            self.dispatcher.add,  # type: ignore[arg-type]
+            self.dispatcher.remove,  # type: ignore[arg-type]
+            self.dispatcher.wake,
+        )
+        self.manager.on_cancel = self.hub.cancel_jobs
+        self.tcp = TcpServer(self.hub, config.listen.host, config.listen.port)
+        self.http_port = config.http.port
+        self._runner: web.AppRunner | None = None
+        self._cancel_listener = _CancelListener(self.index, self.hub)
+        self.crashed = asyncio.Event()
+        self._services: list[Service] = [
+            self.dispatcher, self.duties, self._cancel_listener, self.tcp,
+        ]  # fmt: skip
+        for s in self._services:
+            s.on_crash = self._on_crash
+
+    def _on_crash(self, name: str, exc: BaseException) -> None:
+        log.error("service task %s died: stopping the node", name, extra={"action": "crash"})
+        self.crashed.set()
+
+    async def start(self) -> None:
+        await self.store.open()
+        for s in self._services:
+            await s.start()
+        app = build_app(self.manager, self.config.token)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.http.host, self.config.http.port)
+        await site.start()
+        server = site._server
+        if server is not None and getattr(server, "sockets", None):
+            self.http_port = int(server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
+        log.info("node %s up: http %s:%d, workers %s:%d", self.config.node_id,
+                 self.config.http.host, self.http_port, self.config.listen.host, self.tcp.port,
+                 extra={"action": "start"})  # fmt: skip
+
+    async def stop(self) -> None:
+        """Stop taking work, close connections (workers fail over), flush batches, close stores."""
+        self.hub.shutting_down = True
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        for s in reversed(self._services):
+            await s.stop()
+        await self.manager.close()
+        await self.index.close()
+        await self.store.close()
+
+    @property
+    def worker_address(self) -> str:
+        return f"{self.config.listen.host}:{self.tcp.port}"
+
+    @property
+    def http_address(self) -> str:
+        return f"http://{self.config.http.host}:{self.http_port}"
+
+
+class _CancelListener(Service):
+    """Cancels broadcast by any node reach the node whose worker holds the job."""
+
+    name = "cancel-listener"
+
+    def __init__(self, index: RedisIndex, hub: Hub) -> None:
+        super().__init__()
+        self.index = index
+        self.hub = hub
+
+    async def start(self) -> None:
+        self.spawn(self._listen(), "listen")
+
+    async def _listen(self) -> None:
+        while True:
+            pubsub = self.index.redis.pubsub()
+            try:
+                await pubsub.subscribe(self.index.cancel_channel)
+                async for msg in pubsub.listen():
+                    if msg.get("type") != "message":
+                        continue
+                    jobs = []
+                    for item in str(msg["data"]).split():
+                        job_id, _, token = item.partition(":")
+                        if token.isdigit():
+                            jobs.append((job_id, int(token)))
+                    self.hub.cancel_jobs(jobs)
+            except Exception as exc:
+                log.debug("cancel listener: %s", exc)
+                await asyncio.sleep(0.5)
+            finally:
+                try:
+                    await pubsub.aclose()
+                except Exception:
+                    pass

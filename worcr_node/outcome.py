@@ -1,0 +1,59 @@
+"""Pure decisions about how a running attempt ends: retry with backoff, die, or go back to ready.
+
+Kept free of I/O so the retry policy can be unit-tested with injected time and randomness.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from worcr_node.jobspec import Backoff
+from worcr_node.state import JobState
+from worcr_node.store.pg import FinishOutcome, backoff_of
+
+__all__ = ["Failure", "decide_failure", "decide_lost_lease", "decide_yield"]
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    id: uuid.UUID
+    token: int
+    error: str
+    backtrace: str | None
+    retryable: bool
+
+
+def decide_failure(row: Mapping[str, Any], f: Failure, now: float, rand: float) -> FinishOutcome:
+    """A failed attempt: retrying after the backoff delay, or dead after the last attempt."""
+    attempt = int(row["attempt"])
+    if not f.retryable or attempt >= int(row["max_attempts"]):
+        return FinishOutcome(f.id, f.token, JobState.DEAD, None, 0, "failed", f.error, f.backtrace)
+    policy: Backoff = backoff_of(row["backoff"])
+    run_at = now + policy.delay(attempt, rand)
+    return FinishOutcome(
+        f.id, f.token, JobState.RETRYING, run_at, 0, "failed", f.error, f.backtrace
+    )
+
+
+def decide_yield(job_id: uuid.UUID, token: int) -> FinishOutcome:
+    """A yielded job goes back to ready at once; the attempt does not count."""
+    return FinishOutcome(job_id, token, JobState.QUEUED, None, -1, "yielded", None, None)
+
+
+def decide_lost_lease(row: Mapping[str, Any]) -> FinishOutcome:
+    """A lease expired (worker gone): counts as an attempt; ready again unless none are left."""
+    attempt = int(row["attempt"])
+    final = attempt >= int(row["max_attempts"])
+    return FinishOutcome(
+        row["id"],
+        int(row["lease_token"]),
+        JobState.DEAD if final else JobState.QUEUED,
+        None,
+        0,
+        "lease_expired",
+        "lease expired: the worker stopped sending heartbeats",
+        None,
+    )

@@ -1,0 +1,2 @@
+"""Storage seam: PostgreSQL (truth) and Redis (rebuildable index). Only this package imports
+asyncpg and redis."""

@@ -1,0 +1,327 @@
+"""The PostgreSQL store: the source of truth for jobs, lanes and attempt history.
+
+The only module (with migrate.py) that talks to PostgreSQL. Methods are noun-first and batched
+(`job_insert_many`, `job_claim_many`, ...). Connection failures surface as StorageUnavailable so
+callers can answer a clear, retryable error.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import asyncpg
+
+from worcr_node.jobspec import Backoff, NewJob
+from worcr_node.state import JobState
+from worcr_node.store import queries as q
+from worcr_node.store.migrate import migrate
+
+__all__ = ["ClaimedJob", "FinishOutcome", "InsertResult", "PgStore", "StorageUnavailable"]
+
+T = TypeVar("T")
+
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.ConnectionFailureError,
+    TimeoutError,
+)
+
+
+class StorageUnavailable(Exception):
+    """PostgreSQL cannot be reached right now; the operation did not happen and may be retried."""
+
+
+@dataclass(frozen=True, slots=True)
+class InsertResult:
+    id: uuid.UUID
+    state: str
+    duplicate: bool
+    lane: str | None = None  # set for new ready jobs
+    seq: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedJob:
+    id: uuid.UUID
+    token: int
+    kind: str
+    args: bytes
+    tags: list[str]
+    tenant: str
+    attempt: int
+    max_attempts: int
+    reserve_for: float
+    enqueued_at: float
+    worker_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class FinishOutcome:
+    """A running attempt that ended other than by completion: failed, yielded or lost."""
+
+    id: uuid.UUID
+    token: int
+    new_state: JobState
+    run_at: float | None  # for retrying
+    attempt_delta: int  # 0, or -1 for a yield (a yield is not an attempt)
+    outcome: str
+    error: str | None
+    backtrace: str | None
+
+
+class PgStore:
+    def __init__(self, dsn: str, pool_size: int = 8) -> None:
+        self._dsn = dsn
+        self._pool_size = pool_size
+        self._pool: asyncpg.Pool | None = None
+        self._known_lanes: set[str] = set()
+
+    async def open(self) -> None:
+        self._pool = await asyncpg.create_pool(
+            self._dsn,
+            min_size=1,
+            max_size=self._pool_size,
+            command_timeout=30,
+            max_inactive_connection_lifetime=60,
+        )
+        async with self._pool.acquire() as conn:
+            await migrate(conn)
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            try:
+                await pool.close()
+            except Exception:  # a dead server: close what we can
+                pool.terminate()
+
+    @asynccontextmanager
+    async def _conn(self) -> AsyncIterator[asyncpg.Connection]:
+        if self._pool is None:
+            raise StorageUnavailable("the store is not open")
+        try:
+            async with self._pool.acquire(timeout=10) as conn:
+                yield conn
+        except _UNAVAILABLE as exc:
+            raise StorageUnavailable(f"PostgreSQL is unavailable: {exc}") from exc
+
+    async def _run(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        async with self._conn() as conn:
+            return await fn(conn)
+
+    # -- enqueue ---------------------------------------------------------------------------------
+
+    async def job_insert_many(self, jobs: Sequence[NewJob]) -> list[InsertResult]:
+        """Insert new jobs in one transaction; duplicates (same id or unique key) are reported."""
+        new_lanes = {j.lane: j for j in jobs if j.lane not in self._known_lanes}
+        cols: list[list[Any]] = [[] for _ in range(14)]
+        for j in jobs:
+            for col, value in zip(
+                cols,
+                (
+                    j.id, j.lane, j.kind, j.args, "\x1f".join(j.tags), j.tenant, j.weight,
+                    j.state.value, j.run_at, j.expires_at, j.max_attempts,
+                    json.dumps(j.backoff.to_json()) if j.backoff else None, j.unique_key,
+                    j.reserve_for,
+                ),
+                strict=True,
+            ):  # fmt: skip
+                col.append(value)
+
+        async def tx(conn: asyncpg.Connection) -> list[InsertResult]:
+            async with conn.transaction():
+                if new_lanes:
+                    lanes = list(new_lanes.values())
+                    await conn.execute(
+                        q.LANE_INSERT_MANY,
+                        [j.lane for j in lanes],
+                        [j.kind for j in lanes],
+                        [j.tenant for j in lanes],
+                        ["\x1f".join(j.tags) for j in lanes],
+                        [j.weight for j in lanes],
+                    )
+                rows = await conn.fetch(q.JOB_INSERT_MANY, *cols)
+                inserted = {r[0]: r[1] for r in rows}
+                existing: dict[uuid.UUID, str] = {}
+                by_key: dict[str, tuple[uuid.UUID, str]] = {}
+                if len(inserted) < len(jobs):
+                    missing = [j for j in jobs if j.id not in inserted]
+                    ids = [j.id for j in missing if j.client_id]
+                    if ids:
+                        existing = {r[0]: r[1] for r in await conn.fetch(q.JOB_EXISTING_BY_ID, ids)}
+                    keys = [j.unique_key for j in missing if j.unique_key]
+                    if keys:
+                        for r in await conn.fetch(q.JOB_EXISTING_BY_UNIQUE_KEY, keys):
+                            by_key[r[2]] = (r[0], r[1])
+            return _insert_results(jobs, inserted, existing, by_key)
+
+        results = await self._run(tx)
+        self._known_lanes.update(new_lanes)
+        return results
+
+    # -- dispatch and results ----------------------------------------------------------------------
+
+    async def job_claim_many(
+        self, ids: Sequence[uuid.UUID], worker_ids: Sequence[str], node_id: str
+    ) -> list[ClaimedJob]:
+        rows = await self._run(lambda c: c.fetch(q.JOB_CLAIM_MANY, ids, worker_ids, node_id))
+        return [ClaimedJob(*r) for r in rows]
+
+    async def job_complete_many(
+        self, ids: Sequence[uuid.UUID], tokens: Sequence[int], results: Sequence[bytes | None]
+    ) -> set[uuid.UUID]:
+        """running -> completed; returns the ids whose token was current (the others are stale)."""
+        rows = await self._run(lambda c: c.fetch(q.JOB_COMPLETE_MANY, ids, tokens, results))
+        return {r[0] for r in rows}
+
+    async def job_finish_many(
+        self,
+        items: Sequence[tuple[uuid.UUID, int]],
+        decide: Callable[[asyncpg.Record], FinishOutcome],
+    ) -> list[tuple[uuid.UUID, int, str, str]]:
+        """End running attempts other than by completion.
+
+        Locks the current rows, lets `decide` (pure, in Python) choose each next state, writes
+        them and their attempt rows. Returns (id, seq, lane, new state) for the rows changed;
+        items whose token is stale are absent.
+        """
+
+        async def tx(conn: asyncpg.Connection) -> list[tuple[uuid.UUID, int, str, str]]:
+            async with conn.transaction():
+                rows = await conn.fetch(
+                    q.JOB_LOCK_RUNNING, [i[0] for i in items], [i[1] for i in items]
+                )
+                if not rows:
+                    return []
+                outs = [decide(r) for r in rows]
+                moved = await conn.fetch(
+                    q.JOB_FINISH_ATTEMPT_MANY,
+                    [o.id for o in outs],
+                    [o.token for o in outs],
+                    [o.new_state.value for o in outs],
+                    [o.run_at for o in outs],
+                    [o.attempt_delta for o in outs],
+                    [o.outcome for o in outs],
+                    [o.error for o in outs],
+                    [o.backtrace for o in outs],
+                )
+            return [(r[0], r[1], r[2], r[3]) for r in moved]
+
+        return await self._run(tx)
+
+    async def job_running_tokens(self, ids: Sequence[uuid.UUID]) -> list[tuple[uuid.UUID, int]]:
+        rows = await self._run(lambda c: c.fetch(q.JOB_RUNNING_TOKENS, ids))
+        return [(r[0], r[1]) for r in rows]
+
+    async def job_running_all(self) -> list[tuple[uuid.UUID, float]]:
+        rows = await self._run(lambda c: c.fetch(q.JOB_RUNNING_ALL))
+        return [(r[0], r[1]) for r in rows]
+
+    # -- time-driven -------------------------------------------------------------------------------
+
+    async def job_promote_due(self, limit: int) -> list[tuple[uuid.UUID, int, str]]:
+        rows = await self._run(lambda c: c.fetch(q.JOB_PROMOTE_DUE, limit))
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    async def job_expire_due(self, limit: int) -> int:
+        rows = await self._run(lambda c: c.fetch(q.JOB_EXPIRE_DUE, limit))
+        return len(rows)
+
+    # -- lanes -------------------------------------------------------------------------------------
+
+    async def lane_ready_page(self, lane: str, limit: int) -> list[tuple[uuid.UUID, int]]:
+        rows = await self._run(lambda c: c.fetch(q.LANE_READY_PAGE, lane, limit))
+        return [(r[0], r[1]) for r in rows]
+
+    async def lanes_with_ready(self) -> list[str]:
+        rows = await self._run(lambda c: c.fetch(q.LANES_WITH_READY))
+        return [r[0] for r in rows]
+
+    async def lane_get_many(self, lanes: Sequence[str]) -> list[asyncpg.Record]:
+        return await self._run(lambda c: c.fetch(q.LANE_GET_MANY, list(lanes)))
+
+    # -- operator actions --------------------------------------------------------------------------
+
+    async def job_cancel(self, job_id: uuid.UUID) -> tuple[str, int] | None:
+        """Cancel an active job. Returns (previous state, lease token), or None if not found."""
+
+        async def tx(conn: asyncpg.Connection) -> tuple[str, int] | None:
+            async with conn.transaction():
+                row = await conn.fetchrow(q.JOB_STATE_FOR_UPDATE, job_id)
+                if row is None:
+                    return None
+                await conn.execute(q.JOB_CANCEL, job_id)
+                return (row[0], row[1])
+
+        return await self._run(tx)
+
+    async def job_retry_now(self, job_id: uuid.UUID) -> tuple[uuid.UUID, int, str] | None:
+        row = await self._run(lambda c: c.fetchrow(q.JOB_RETRY_NOW, job_id))
+        return None if row is None else (row[0], row[1], row[2])
+
+    async def job_get(self, job_id: uuid.UUID) -> asyncpg.Record | None:
+        return await self._run(lambda c: c.fetchrow(q.JOB_GET, job_id))
+
+    async def attempts_of_job(self, job_id: uuid.UUID) -> list[asyncpg.Record]:
+        return await self._run(lambda c: c.fetch(q.ATTEMPTS_OF_JOB, job_id))
+
+    async def job_list(
+        self,
+        limit: int,
+        state: str | None = None,
+        kind: str | None = None,
+        tenant: str | None = None,
+        cursor: uuid.UUID | None = None,
+    ) -> list[asyncpg.Record]:
+        sql = q.job_list(
+            state is not None, kind is not None, tenant is not None, cursor is not None
+        )
+        params = [p for p in (state, kind, tenant, cursor) if p is not None]
+        return await self._run(lambda c: c.fetch(sql, limit, *params))
+
+    async def ping(self) -> None:
+        await self._run(lambda c: c.fetchval("SELECT 1"))
+
+
+def _insert_results(
+    jobs: Sequence[NewJob],
+    inserted: dict[uuid.UUID, int],
+    existing: dict[uuid.UUID, str],
+    by_key: dict[str, tuple[uuid.UUID, str]],
+) -> list[InsertResult]:
+    out: list[InsertResult] = []
+    for j in jobs:
+        seq = inserted.pop(j.id, None)
+        if seq is not None:
+            ready = j.state is JobState.QUEUED
+            out.append(
+                InsertResult(
+                    j.id, j.state.value, False, j.lane if ready else None, seq if ready else None
+                )
+            )
+        elif j.id in existing:
+            out.append(InsertResult(j.id, existing[j.id], True))
+        elif j.unique_key is not None and j.unique_key in by_key:
+            jid, state = by_key[j.unique_key]
+            out.append(InsertResult(jid, state, True))
+        else:  # conflicted, then the other row moved on before we looked: report as duplicate
+            out.append(InsertResult(j.id, "unknown", True))
+    return out
+
+
+def backoff_of(raw: str | None) -> Backoff:
+    """The stored backoff policy of a job (jsonb text), or the default."""
+    if not raw:
+        return Backoff()
+    data = json.loads(raw)
+    return Backoff(**{k: float(v) for k, v in data.items()})

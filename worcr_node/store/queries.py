@@ -1,0 +1,214 @@
+"""Every SQL statement the node runs, named by what it does (noun first).
+
+Writes check the expected current state and, for results of an attempt, the fencing token
+(`lease_token`), so a stale or out-of-order write changes nothing. Batched statements take arrays
+and `unnest` them: one round trip per batch (group commit).
+"""
+
+from __future__ import annotations
+
+_JOB_COLS = (
+    "id, state, kind, args, tags, tenant, weight, lane, run_at, expires_at, max_attempts, backoff,"
+    " unique_key, reserve_for, attempt, lease_token, worker_id, node_id, result, last_error,"
+    " enqueued_at, started_at, finished_at, updated_at"
+)
+
+LANE_INSERT_MANY = """
+INSERT INTO worcr_lanes (lane, kind, tenant, tags, weight)
+SELECT u.lane, u.kind, u.tenant,
+       CASE WHEN u.tags = '' THEN '{}'::text[] ELSE string_to_array(u.tags, E'\\x1f') END, u.weight
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::float8[])
+     AS u(lane, kind, tenant, tags, weight)
+ON CONFLICT (lane) DO NOTHING
+"""
+
+LANE_GET_MANY = (
+    "SELECT lane, kind, tenant, tags, weight FROM worcr_lanes WHERE lane = ANY($1::text[])"
+)
+
+JOB_INSERT_MANY = """
+INSERT INTO worcr_jobs (id, seq, lane, kind, args, tags, tenant, weight, state, run_at, expires_at,
+                        max_attempts, backoff, unique_key, reserve_for)
+SELECT u.id, nextval('worcr_job_seq'), u.lane, u.kind, u.args,
+       CASE WHEN u.tags = '' THEN '{}'::text[] ELSE string_to_array(u.tags, E'\\x1f') END,
+       u.tenant, u.weight, u.state, to_timestamp(u.run_at), to_timestamp(u.expires_at),
+       u.max_attempts, u.backoff::jsonb, u.unique_key, u.reserve_for
+FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::text[], $6::text[], $7::float8[],
+            $8::text[], $9::float8[], $10::float8[], $11::int4[], $12::text[], $13::text[],
+            $14::float8[])
+     AS u(id, lane, kind, args, tags, tenant, weight, state, run_at, expires_at, max_attempts,
+          backoff, unique_key, reserve_for)
+ON CONFLICT DO NOTHING
+RETURNING id, seq
+"""
+
+JOB_EXISTING_BY_ID = "SELECT id, state FROM worcr_jobs WHERE id = ANY($1::uuid[])"
+
+JOB_EXISTING_BY_UNIQUE_KEY = """
+SELECT id, state, unique_key FROM worcr_jobs
+WHERE unique_key = ANY($1::text[])
+  AND state IN ('scheduled', 'queued', 'running', 'retrying')
+"""
+
+# queued -> running. The fencing token grows by one at every dispatch.
+JOB_CLAIM_MANY = """
+UPDATE worcr_jobs j
+SET state = 'running', attempt = j.attempt + 1, lease_token = j.lease_token + 1,
+    worker_id = u.worker_id, node_id = $3, started_at = now(), updated_at = now()
+FROM unnest($1::uuid[], $2::text[]) AS u(id, worker_id)
+WHERE j.id = u.id AND j.state = 'queued' AND (j.expires_at IS NULL OR j.expires_at > now())
+RETURNING j.id, j.lease_token, j.kind, j.args, j.tags, j.tenant, j.attempt, j.max_attempts,
+          j.reserve_for, extract(epoch FROM j.enqueued_at)::float8, u.worker_id
+"""
+
+# running -> completed, with its attempt row, in one statement.
+JOB_COMPLETE_MANY = """
+WITH u AS (
+    SELECT * FROM unnest($1::uuid[], $2::int8[], $3::bytea[]) AS u(id, token, result)
+), done AS (
+    UPDATE worcr_jobs j
+    SET state = 'completed', result = u.result, finished_at = now(), updated_at = now()
+    FROM u
+    WHERE j.id = u.id AND j.lease_token = u.token AND j.state = 'running'
+    RETURNING j.id, j.attempt, j.lease_token, j.worker_id, j.node_id, j.started_at
+)
+INSERT INTO worcr_attempts (job_id, attempt, lease_token, worker_id, node_id, started_at, outcome)
+SELECT id, attempt, lease_token, worker_id, node_id, started_at, 'completed' FROM done
+RETURNING job_id
+"""
+
+# Rows of running attempts, locked, for failure handling computed in Python.
+JOB_LOCK_RUNNING = """
+SELECT j.id, j.lease_token, j.attempt, j.max_attempts, j.backoff, j.expires_at
+FROM worcr_jobs j JOIN unnest($1::uuid[], $2::int8[]) AS u(id, token)
+  ON j.id = u.id AND j.lease_token = u.token
+WHERE j.state = 'running'
+ORDER BY j.id
+FOR UPDATE OF j
+"""
+
+# running -> retrying | dead | queued (yield, lost lease), with the attempt row.
+JOB_FINISH_ATTEMPT_MANY = """
+WITH u AS (
+    SELECT * FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::float8[], $5::int4[],
+                         $6::text[], $7::text[], $8::text[])
+         AS u(id, token, new_state, run_at, attempt_delta, outcome, error, backtrace)
+), moved AS (
+    UPDATE worcr_jobs j
+    SET state = u.new_state,
+        run_at = COALESCE(to_timestamp(u.run_at), j.run_at),
+        seq = CASE WHEN u.new_state = 'queued' THEN nextval('worcr_job_seq') ELSE j.seq END,
+        attempt = j.attempt + u.attempt_delta,
+        last_error = COALESCE(u.error, j.last_error),
+        finished_at = CASE WHEN u.new_state = 'dead' THEN now() ELSE j.finished_at END,
+        updated_at = now()
+    FROM u
+    WHERE j.id = u.id AND j.lease_token = u.token AND j.state = 'running'
+    RETURNING j.id, j.seq, j.lane, j.state, j.attempt - u.attempt_delta AS ran_as, j.lease_token,
+              j.worker_id, j.node_id, j.started_at, u.outcome, u.error, u.backtrace
+), hist AS (
+    INSERT INTO worcr_attempts (job_id, attempt, lease_token, worker_id, node_id, started_at,
+                                outcome, error, backtrace)
+    SELECT id, ran_as, lease_token, worker_id, node_id, started_at, outcome, error, backtrace
+    FROM moved
+    ON CONFLICT DO NOTHING
+)
+SELECT id, seq, lane, state FROM moved
+"""
+
+# Lost leases: the current attempt of each job (whatever its token) if it is still running.
+JOB_RUNNING_TOKENS = """
+SELECT id, lease_token, attempt, max_attempts FROM worcr_jobs
+WHERE id = ANY($1::uuid[]) AND state = 'running'
+"""
+
+JOB_RUNNING_ALL = "SELECT id, reserve_for FROM worcr_jobs WHERE state = 'running'"
+
+# scheduled | retrying -> queued when run_at is reached.
+JOB_PROMOTE_DUE = """
+WITH due AS (
+    SELECT id FROM worcr_jobs
+    WHERE state IN ('scheduled', 'retrying') AND run_at <= now()
+    ORDER BY run_at
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE worcr_jobs j SET state = 'queued', seq = nextval('worcr_job_seq'), updated_at = now()
+FROM due WHERE j.id = due.id
+RETURNING j.id, j.seq, j.lane
+"""
+
+JOB_EXPIRE_DUE = """
+WITH due AS (
+    SELECT id FROM worcr_jobs
+    WHERE expires_at IS NOT NULL AND expires_at <= now()
+      AND state IN ('scheduled', 'queued', 'retrying')
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE worcr_jobs j SET state = 'expired', finished_at = now(), updated_at = now()
+FROM due WHERE j.id = due.id
+RETURNING j.id
+"""
+
+# The head of a lane's ready backlog: what a refill pages into the Redis window.
+LANE_READY_PAGE = """
+SELECT id, seq FROM worcr_jobs
+WHERE lane = $1 AND state = 'queued'
+ORDER BY seq
+LIMIT $2
+"""
+
+# Lanes with ready work, by a loose index scan over the partial (lane, seq) index.
+LANES_WITH_READY = """
+WITH RECURSIVE l AS (
+    (SELECT lane FROM worcr_jobs WHERE state = 'queued' ORDER BY lane LIMIT 1)
+    UNION ALL
+    SELECT (SELECT lane FROM worcr_jobs WHERE state = 'queued' AND lane > l.lane
+            ORDER BY lane LIMIT 1)
+    FROM l WHERE l.lane IS NOT NULL
+)
+SELECT lane FROM l WHERE lane IS NOT NULL
+"""
+
+JOB_CANCEL = """
+UPDATE worcr_jobs SET state = 'cancelled', finished_at = now(), updated_at = now()
+WHERE id = $1 AND state IN ('scheduled', 'queued', 'running', 'retrying')
+"""
+
+JOB_STATE_FOR_UPDATE = "SELECT state, lease_token FROM worcr_jobs WHERE id = $1 FOR UPDATE"
+
+JOB_RETRY_NOW = """
+UPDATE worcr_jobs
+SET state = 'queued', seq = nextval('worcr_job_seq'), attempt = 0, run_at = NULL,
+    expires_at = CASE WHEN state = 'expired' THEN NULL ELSE expires_at END,
+    finished_at = NULL, updated_at = now()
+WHERE id = $1 AND state IN ('scheduled', 'retrying', 'dead', 'cancelled', 'expired')
+RETURNING id, seq, lane
+"""
+
+JOB_GET = f"SELECT {_JOB_COLS} FROM worcr_jobs WHERE id = $1"
+
+ATTEMPTS_OF_JOB = """
+SELECT attempt, lease_token, worker_id, node_id, started_at, finished_at, outcome, error, backtrace
+FROM worcr_attempts WHERE job_id = $1 ORDER BY lease_token
+"""
+
+
+def job_list(state: bool, kind: bool, tenant: bool, cursor: bool) -> str:
+    """Newest first, keyset-paginated by id (UUIDv7 is time-ordered). $1 is the limit."""
+    where: list[str] = []
+    n = 2
+    for present, clause in (
+        (state, "state = ${}"),
+        (kind, "kind = ${}"),
+        (tenant, "tenant = ${}"),
+        (cursor, "id < ${}"),
+    ):
+        if present:
+            where.append(clause.format(n))
+            n += 1
+    sql = f"SELECT {_JOB_COLS} FROM worcr_jobs"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    return sql + " ORDER BY id DESC LIMIT $1"

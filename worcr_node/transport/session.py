@@ -1,0 +1,449 @@
+"""A worker or producer session: the wire protocol's methods as a table of small handlers.
+
+A session is transport-agnostic (it is given a `send` function for encoded frames and a `close`
+function). It validates every message, calls the manager, and is the dispatcher's Consumer: it
+knows the worker's capacity and the jobs it holds, and extends their leases on heartbeats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import msgpack
+
+from worcr import wire
+from worcr.wire import ErrorCode, Limits, MsgType, ProtocolError, RemoteError
+from worcr_node.clock import Clock
+from worcr_node.jobspec import SpecError
+from worcr_node.manager import JobManager
+from worcr_node.outcome import Failure
+from worcr_node.store.pg import ClaimedJob, StorageUnavailable
+from worcr_node.store.redis_index import IndexUnavailable
+
+__all__ = ["Hub", "Session"]
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[["Session", dict[str, Any]], Awaitable[Any]]
+
+
+def _bad(message: str) -> RemoteError:
+    return RemoteError(ErrorCode.BAD_REQUEST, message)
+
+
+def _str_list(params: dict[str, Any], name: str, max_items: int, max_len: int) -> list[str]:
+    value = params.get(name) or []
+    if not isinstance(value, list) or len(value) > max_items:
+        raise _bad(f"{name}: expected a list of at most {max_items} strings")
+    for v in value:
+        if not isinstance(v, str) or not v or len(v) > max_len or not v.isprintable():
+            raise _bad(f"{name}: each item must be a printable string of 1-{max_len} characters")
+    return value
+
+
+def _job_refs(params: dict[str, Any], limits: Limits) -> list[dict[str, Any]]:
+    jobs = params.get("jobs")
+    if not isinstance(jobs, list) or not 1 <= len(jobs) <= limits.max_batch:
+        raise _bad(f"jobs: expected a list of 1 to {limits.max_batch} items")
+    for j in jobs:
+        if not isinstance(j, dict):
+            raise _bad("jobs: each item must be a map with id and token")
+        if not isinstance(j.get("id"), str):
+            raise _bad("jobs[].id: expected a UUID string")
+        token = j.get("token")
+        if isinstance(token, bool) or not isinstance(token, int) or not 0 < token < 1 << 63:
+            raise _bad("jobs[].token: expected a positive integer")
+        try:
+            j["_uuid"] = uuid.UUID(j["id"])
+        except ValueError:
+            raise _bad(f"jobs[].id: {j['id'][:64]!r} is not a UUID") from None
+    return jobs
+
+
+def _stale(job_id: str) -> dict[str, Any]:
+    return RemoteError(
+        ErrorCode.STALE_TOKEN,
+        f"job {job_id}: this attempt no longer holds the job (lease expired, cancelled or "
+        "already reported); its result was not recorded",
+    ).to_wire()
+
+
+class Hub:
+    """What sessions share: the manager, the dispatcher, the node's sessions by job id."""
+
+    def __init__(
+        self,
+        manager: JobManager,
+        node_id: str,
+        clock: Clock,
+        limits: Limits,
+        heartbeat_ms: int,
+        token: str | None,
+        add_consumer: Callable[[Session], None],
+        remove_consumer: Callable[[Session], None],
+        wake_dispatch: Callable[[], None],
+    ) -> None:
+        self.manager = manager
+        self.node_id = node_id
+        self.clock = clock
+        self.limits = limits
+        self.heartbeat_ms = heartbeat_ms
+        self.token = token
+        self.add_consumer = add_consumer
+        self.remove_consumer = remove_consumer
+        self.wake_dispatch = wake_dispatch
+        self.sessions: set[Session] = set()
+        self.holder: dict[str, Session] = {}  # job id -> session holding it
+        self.shutting_down = False
+
+    def cancel_jobs(self, jobs: Sequence[tuple[str, int]]) -> None:
+        by_session: dict[Session, list[dict[str, Any]]] = {}
+        for job_id, token in jobs:
+            s = self.holder.get(job_id)
+            if s is not None and s.held_jobs.get(job_id, (0, 0.0))[0] == token:
+                s.forget(job_id)
+                by_session.setdefault(s, []).append({"id": job_id, "token": token})
+        for s, refs in by_session.items():
+            s.send(wire.notification("cancel", {"jobs": refs, "reason": "cancelled"}))
+
+
+class Session:
+    def __init__(
+        self, hub: Hub, send: Callable[[bytes], None], close: Callable[[], None], peer: str
+    ) -> None:
+        self.hub = hub
+        self.send = send
+        self._close = close
+        self.peer = peer
+        self.worker_id = ""
+        self.kinds: frozenset[str] = frozenset()
+        self.tags: list[str] = []
+        self.capacity = 0
+        self.reserved = 0
+        self.held_jobs: dict[str, tuple[int, float]] = {}  # id -> (token, reserve_for)
+        self.authenticated = False
+        self.open = True
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.decoder = wire.FrameDecoder(hub.limits.max_frame)
+        hub.sessions.add(self)
+
+    @property
+    def held(self) -> int:
+        return len(self.held_jobs)
+
+    # -- input -------------------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            messages = self.decoder.feed(data)
+        except ProtocolError as exc:
+            self.fatal(exc.code, exc.message)
+            return
+        for msg in messages:
+            if not self.open:
+                return
+            self._message(msg)
+
+    def _message(self, msg: list[Any]) -> None:
+        kind = msg[0]
+        if kind == MsgType.REQUEST:
+            if len(self._tasks) >= self.hub.limits.max_in_flight_requests:
+                self.send(
+                    wire.response(msg[1], _bad("too many requests in flight").to_wire(), None)
+                )
+                return
+            task = asyncio.get_running_loop().create_task(self._request(msg[1], msg[2], msg[3]))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        elif kind == MsgType.NOTIFICATION:
+            if msg[1] == "heartbeat" and self.authenticated:
+                self.heartbeat()
+            # other notifications from clients are ignored (forward compatible)
+        # responses: the node sends no requests yet; ignore
+
+    async def _request(self, msgid: int, method: str, params: dict[str, Any]) -> None:
+        handler = HANDLERS.get(method)
+        try:
+            if handler is None:
+                raise RemoteError(ErrorCode.UNKNOWN_METHOD, f"unknown method {method!r}")
+            if not self.authenticated and method != "hello":
+                raise RemoteError(ErrorCode.NOT_AUTHENTICATED, "send hello first")
+            result = await handler(self, params)
+            frame = wire.response(msgid, None, result)
+        except RemoteError as exc:
+            frame = wire.response(msgid, exc.to_wire(), None)
+        except SpecError as exc:
+            frame = wire.response(msgid, _bad(str(exc)).to_wire(), None)
+        except (StorageUnavailable, IndexUnavailable) as exc:
+            err = RemoteError(ErrorCode.UNAVAILABLE, f"storage unavailable, retry: {exc}", True)
+            frame = wire.response(msgid, err.to_wire(), None)
+        except Exception as exc:
+            log.exception("request %s failed", method, extra={"action": "request"})
+            frame = wire.response(
+                msgid, RemoteError(ErrorCode.INTERNAL, f"{type(exc).__name__}").to_wire(), None
+            )
+        if self.open:
+            self.send(frame)
+
+    def fatal(self, code: str, message: str) -> None:
+        log.info("closing %s: %s %s", self.peer, code, message, extra={"action": "protocol_error"})
+        if self.open:
+            self.send(wire.notification("error", {"code": code, "message": message}))
+        self.close()
+
+    def close(self) -> None:
+        if not self.open:
+            return
+        self.open = False
+        self._close()
+        self.connection_lost()
+
+    def connection_lost(self) -> None:
+        """The worker is gone; its jobs keep their leases until they expire (it may reconnect)."""
+        self.open = False
+        self.hub.sessions.discard(self)
+        self.hub.remove_consumer(self)
+        for job_id in self.held_jobs:
+            if self.hub.holder.get(job_id) is self:
+                del self.hub.holder[job_id]
+        for t in self._tasks:
+            t.cancel()
+
+    # -- consumer ----------------------------------------------------------------------------------
+
+    def deliver(self, jobs: Sequence[ClaimedJob]) -> bool:
+        if not self.open or self.capacity == 0:
+            return False
+        out = []
+        for j in jobs:
+            jid = str(j.id)
+            self.held_jobs[jid] = (j.token, j.reserve_for)
+            self.hub.holder[jid] = self
+            out.append(
+                {
+                    "id": jid,
+                    "token": j.token,
+                    "kind": j.kind,
+                    "args": _Raw(j.args),
+                    "tags": j.tags,
+                    "tenant": j.tenant,
+                    "attempt": j.attempt,
+                    "max_attempts": j.max_attempts,
+                    "reserve_for": j.reserve_for,
+                    "enqueued_at": j.enqueued_at,
+                }
+            )
+        self.send(_encode_jobs(out))
+        return True
+
+    def forget(self, job_id: str) -> None:
+        if self.held_jobs.pop(job_id, None) is not None:
+            if self.hub.holder.get(job_id) is self:
+                del self.hub.holder[job_id]
+
+    def heartbeat(self) -> None:
+        if not self.held_jobs:
+            return
+        now_ms = int(self.hub.clock.now() * 1000)
+        deadlines = {jid: now_ms + int(rf * 1000) for jid, (_t, rf) in self.held_jobs.items()}
+        task = asyncio.get_running_loop().create_task(self._extend(deadlines))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _extend(self, deadlines: dict[str, int]) -> None:
+        try:
+            await self.hub.manager.index.lease_extend(deadlines)
+        except IndexUnavailable as exc:
+            log.warning("heartbeat not recorded: %s", exc)
+
+
+class _Raw:
+    """Job args already msgpack-encoded in storage: spliced into the frame as they are."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+def _encode_jobs(jobs: list[dict[str, Any]]) -> bytes:
+    # Encode each job map by hand so the stored msgpack args are copied, not decoded and re-encoded.
+    packer = msgpack.Packer(use_bin_type=True)
+    parts = [
+        packer.pack_array_header(3),
+        packer.pack(int(MsgType.NOTIFICATION)),
+        packer.pack("jobs"),
+        packer.pack_map_header(1),
+        packer.pack("jobs"),
+        packer.pack_array_header(len(jobs)),
+    ]
+    for job in jobs:
+        parts.append(packer.pack_map_header(len(job)))
+        for key, value in job.items():
+            parts.append(packer.pack(key))
+            parts.append(value.data if isinstance(value, _Raw) else packer.pack(value))
+    body = b"".join(parts)
+    return wire.HEADER.pack(len(body)) + body
+
+
+# -- handlers --------------------------------------------------------------------------------------
+
+
+async def on_hello(s: Session, p: dict[str, Any]) -> dict[str, Any]:
+    hub = s.hub
+    if s.authenticated:
+        raise _bad("hello was already sent on this connection")
+    if p.get("protocol") != wire.PROTOCOL_VERSION:
+        raise RemoteError(
+            ErrorCode.UNSUPPORTED_VERSION,
+            f"protocol {p.get('protocol')!r} is not supported; this node speaks {wire.PROTOCOL_VERSION}",
+        )
+    if hub.token is not None and p.get("token") != hub.token:
+        raise RemoteError(ErrorCode.UNAUTHORIZED, "missing or wrong token")
+    if hub.shutting_down:
+        raise RemoteError(ErrorCode.SHUTTING_DOWN, "node is shutting down", True)
+    limits = hub.limits
+    worker_id = p.get("worker_id") or f"anon-{uuid.uuid4().hex[:12]}"
+    if not isinstance(worker_id, str) or len(worker_id) > 128 or not worker_id.isprintable():
+        raise _bad("worker_id: expected a printable string of at most 128 characters")
+    capacity = p.get("capacity", 0)
+    if isinstance(capacity, bool) or not isinstance(capacity, int):
+        raise _bad("capacity: expected an integer")
+    if not 0 <= capacity <= limits.max_capacity:
+        raise _bad(f"capacity: must be from 0 to {limits.max_capacity}")
+    tags = _str_list(p, "tags", limits.max_tags, limits.max_tag_len)
+    kinds = _str_list(p, "kinds", 10_000, limits.max_kind_len)
+    running = p.get("running") or []
+    refs = _job_refs({"jobs": running}, limits) if running else []
+    s.worker_id = worker_id
+    s.tags = tags
+    s.kinds = frozenset(kinds)
+    s.capacity = capacity
+    s.authenticated = True
+    for ref in refs:  # a reconnecting worker's running jobs: keep extending their leases
+        s.held_jobs[ref["id"]] = (ref["token"], float(ref.get("reserve_for") or 60.0))
+        hub.holder[ref["id"]] = s
+    if refs:
+        s.heartbeat()
+    if capacity:
+        hub.add_consumer(s)
+    return {
+        "node_id": hub.node_id,
+        "session": uuid.uuid4().hex,
+        "worker_id": worker_id,
+        "heartbeat_ms": hub.heartbeat_ms,
+        "limits": {
+            "max_frame": limits.max_frame,
+            "max_args": limits.max_args,
+            "max_result": limits.max_result,
+            "max_batch": limits.max_batch,
+            "max_tags": limits.max_tags,
+        },
+    }
+
+
+async def on_enqueue(s: Session, p: dict[str, Any]) -> dict[str, Any]:
+    jobs = p.get("jobs")
+    if not isinstance(jobs, list):
+        raise _bad("jobs: expected a list of job specs")
+    results = await s.hub.manager.enqueue(jobs)
+    return {
+        "jobs": [{"id": str(r.id), "state": r.state, "duplicate": r.duplicate} for r in results]
+    }
+
+
+async def on_ack(s: Session, p: dict[str, Any]) -> dict[str, Any]:
+    refs = _job_refs(p, s.hub.limits)
+    items = []
+    for r in refs:
+        result = r.get("result")
+        packed = None if result is None else msgpack.packb(result, use_bin_type=True)
+        if packed is not None and len(packed) > s.hub.limits.max_result:
+            raise _bad(f"jobs[].result: {len(packed)} bytes, over {s.hub.limits.max_result}")
+        items.append((r["_uuid"], r["token"], packed))
+    ok = await s.hub.manager.ack(items)
+    return _results(s, refs, ok)
+
+
+async def on_fail(s: Session, p: dict[str, Any]) -> dict[str, Any]:
+    refs = _job_refs(p, s.hub.limits)
+    limits = s.hub.limits
+    items = []
+    for r in refs:
+        error = r.get("error")
+        backtrace = r.get("backtrace")
+        retryable = r.get("retryable", True)
+        if not isinstance(error, str):
+            raise _bad("jobs[].error: expected a string")
+        if backtrace is not None and not isinstance(backtrace, str):
+            raise _bad("jobs[].backtrace: expected a string")
+        if not isinstance(retryable, bool):
+            raise _bad("jobs[].retryable: expected a boolean")
+        items.append(
+            Failure(
+                r["_uuid"],
+                r["token"],
+                error[: limits.max_error_len],
+                backtrace[: limits.max_backtrace_len] if backtrace else None,
+                retryable,
+            )
+        )
+    ok = await s.hub.manager.fail(items)
+    return _results(s, refs, ok)
+
+
+async def on_yield(s: Session, p: dict[str, Any]) -> dict[str, Any]:
+    refs = _job_refs(p, s.hub.limits)
+    ok = await s.hub.manager.yield_([(r["_uuid"], r["token"]) for r in refs])
+    return _results(s, refs, ok)
+
+
+def _results(s: Session, refs: list[dict[str, Any]], ok: list[bool]) -> dict[str, Any]:
+    out: list[dict[str, Any] | None] = []
+    for r, good in zip(refs, ok, strict=True):
+        held = s.held_jobs.get(r["id"])
+        if held is not None and held[0] == r["token"]:
+            s.forget(r["id"])
+        out.append(None if good else _stale(r["id"]))
+    s.hub.wake_dispatch()
+    return {"results": out}
+
+
+async def on_capacity(s: Session, p: dict[str, Any]) -> dict[str, Any]:
+    capacity = p.get("capacity")
+    if isinstance(capacity, bool) or not isinstance(capacity, int):
+        raise _bad("capacity: expected an integer")
+    if not 0 <= capacity <= s.hub.limits.max_capacity:
+        raise _bad(f"capacity: must be from 0 to {s.hub.limits.max_capacity}")
+    was = s.capacity
+    s.capacity = capacity
+    if capacity and not was:
+        s.hub.add_consumer(s)
+    s.hub.wake_dispatch()
+    return {}
+
+
+async def on_heartbeat(s: Session, p: dict[str, Any]) -> dict[str, Any]:
+    s.heartbeat()
+    return {}
+
+
+async def on_bye(s: Session, p: dict[str, Any]) -> dict[str, Any]:
+    s.capacity = 0
+    return {}
+
+
+HANDLERS: dict[str, Handler] = {
+    "hello": on_hello,
+    "enqueue": on_enqueue,
+    "ack": on_ack,
+    "fail": on_fail,
+    "yield": on_yield,
+    "capacity": on_capacity,
+    "heartbeat": on_heartbeat,
+    "bye": on_bye,
+}
