@@ -1,0 +1,69 @@
+"""Job lifecycle through a real node over the wire protocol: enqueue, dispatch, ack, fail, retry."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from tests.conftest import NodeFactory
+from tests.rawclient import RawClient
+from worcr_node.node import Node
+
+
+async def test_enqueue_dispatch_ack(node: Node) -> None:
+    producer = await RawClient.connect(node.worker_address)
+    await producer.hello()
+    res = await producer.call("enqueue", {"jobs": [{"kind": "echo", "args": [1, "two"]}]})
+    job_id = res["jobs"][0]["id"]
+    assert res["jobs"][0]["state"] == "queued"
+
+    worker = await RawClient.connect(node.worker_address)
+    hello = await worker.hello(worker_id="w1", capacity=4, kinds=["echo"])
+    assert hello["heartbeat_ms"] == 200
+    [job] = await worker.jobs(1)
+    assert job["id"] == job_id
+    assert job["args"] == [1, "two"]
+    assert job["attempt"] == 1
+    out = await worker.call("ack", {"jobs": [{"id": job_id, "token": job["token"], "result": 3}]})
+    assert out["results"] == [None]
+    row = await node.store.job_get(uuid.UUID(job_id))
+    assert row is not None and row["state"] == "completed"
+    attempts = await node.store.attempts_of_job(uuid.UUID(job_id))
+    assert [a["outcome"] for a in attempts] == ["completed"]
+    # a second ack of the same attempt is refused as stale
+    again = await worker.call("ack", {"jobs": [{"id": job_id, "token": job["token"]}]})
+    assert again["results"][0]["code"] == "STALE_TOKEN"
+    await worker.close()
+    await producer.close()
+
+
+async def test_fail_retries_then_dead(node_factory: NodeFactory) -> None:
+    node = await node_factory(duty_periods={"promote": 0.05})
+    c = await RawClient.connect(node.worker_address)
+    await c.hello(capacity=1)
+    spec = {"kind": "boom", "max_attempts": 2, "backoff": {"base": 0.01, "jitter": 0}}
+    job_id = (await c.call("enqueue", {"jobs": [spec]}))["jobs"][0]["id"]
+    for attempt in (1, 2):
+        [job] = await c.jobs(1)
+        assert job["attempt"] == attempt
+        r = await c.call("fail", {"jobs": [{"id": job_id, "token": job["token"], "error": "E"}]})
+        assert r["results"] == [None]
+    row = await node.store.job_get(uuid.UUID(job_id))
+    assert row is not None and row["state"] == "dead"
+    outcomes = [a["outcome"] for a in await node.store.attempts_of_job(uuid.UUID(job_id))]
+    assert outcomes == ["failed", "failed"]
+    await c.close()
+
+
+@pytest.mark.parametrize("retryable", [False])
+async def test_permanent_failure_is_dead_at_once(node: Node, retryable: bool) -> None:
+    c = await RawClient.connect(node.worker_address)
+    await c.hello(capacity=1)
+    job_id = (await c.call("enqueue", {"jobs": [{"kind": "x"}]}))["jobs"][0]["id"]
+    [job] = await c.jobs(1)
+    ref = {"id": job_id, "token": job["token"], "error": "bad", "retryable": retryable}
+    await c.call("fail", {"jobs": [ref]})
+    row = await node.store.job_get(uuid.UUID(job_id))
+    assert row is not None and row["state"] == "dead"
+    await c.close()

@@ -1,0 +1,135 @@
+"""The `worcr` command: `node` (production), `dev` (embedded PostgreSQL + Redis), `worker`,
+`migrate`.
+
+`worcr node` reads everything from the environment and embeds nothing. `worcr dev` starts a
+throwaway PostgreSQL and Redis under .worcr/, a node, and optionally a demo worker and demo jobs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from worcr_node.config import Config, ConfigError
+
+__all__ = ["main"]
+
+log = logging.getLogger("worcr")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _install_uvloop() -> None:
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+async def _run_node(config: Config, ready_message: str | None = None) -> int:
+    from worcr_node.node import Node
+
+    node = Node(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await node.start()
+    except Exception as exc:
+        log.error("node could not start: %s", exc)
+        await node.stop()
+        return 1
+    print(f"worcr node {config.node_id}: HTTP API {node.http_address}, workers tcp://"
+          f"{node.worker_address}", flush=True)  # fmt: skip
+    if ready_message:
+        print(ready_message, flush=True)
+    crashed = asyncio.create_task(node.crashed.wait())
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait({crashed, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    crashed.cancel()
+    stopped.cancel()
+    print("stopping node...", flush=True)
+    await node.stop()
+    return 1 if node.crashed.is_set() else 0
+
+
+def cmd_node(args: argparse.Namespace) -> int:
+    try:
+        config = Config.from_env()
+    except ConfigError as exc:
+        print(f"worcr: configuration error: {exc}", file=sys.stderr)
+        return 2
+    _install_uvloop()
+    return asyncio.run(_run_node(config))
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    try:
+        config = Config.from_env()
+    except ConfigError as exc:
+        print(f"worcr: configuration error: {exc}", file=sys.stderr)
+        return 2
+
+    async def run() -> None:
+        import asyncpg
+
+        from worcr_node.store.migrate import migrate
+
+        conn = await asyncpg.connect(config.database_url)
+        try:
+            applied = await migrate(conn)
+        finally:
+            await conn.close()
+        print("applied: " + (", ".join(applied) or "nothing (up to date)"))
+
+    asyncio.run(run())
+    return 0
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from worcr_node.devmode import run_dev
+
+    _install_uvloop()
+    return run_dev(Path(args.dir), demo=args.demo, http=args.http, listen=args.listen)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from worcr.worker import main as worker_main
+
+    return worker_main(args.rest)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="worcr", description="Worcr background-job server")
+    parser.add_argument("--log-level", default=os.environ.get("WORCR_LOG_LEVEL", "INFO"))
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("node", help="run a node (config from WORCR_* environment variables)")
+    sub.add_parser("migrate", help="apply database migrations and exit")
+    dev = sub.add_parser("dev", help="run a throwaway PostgreSQL + Redis + node under .worcr/")
+    dev.add_argument("--dir", default=".worcr", help="state folder (default .worcr)")
+    dev.add_argument("--demo", action="store_true", help="also run a demo worker and demo jobs")
+    dev.add_argument("--http", default="127.0.0.1:7400")
+    dev.add_argument("--listen", default="127.0.0.1:7401")
+    worker = sub.add_parser("worker", help="run a Python worker: worcr worker some.module [...]",
+                            add_help=False)  # fmt: skip
+    worker.add_argument("rest", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    _setup_logging(args.log_level)
+    handlers = {"node": cmd_node, "migrate": cmd_migrate, "dev": cmd_dev, "worker": cmd_worker}
+    return handlers[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
