@@ -8,6 +8,7 @@ service that happens to be running already.
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -104,6 +105,7 @@ async def node_factory(
     yield make
     for node in reversed(nodes):
         await node.stop()
+    gc.collect()  # leaked connections warn here, attributed to the test that leaked them
 
 
 @pytest.fixture

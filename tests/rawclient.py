@@ -60,7 +60,9 @@ class RawClient:
     async def call(self, method: str, params: dict[str, Any]) -> Any:
         msg = await self.call_raw(method, params)
         if msg[2] is not None:
-            raise wire.RemoteError(msg[2]["code"], msg[2]["message"], msg[2].get("retryable", False))
+            raise wire.RemoteError(
+                msg[2]["code"], msg[2]["message"], msg[2].get("retryable", False)
+            )
         return msg[3]
 
     def notify(self, method: str, params: dict[str, Any]) -> None:

@@ -65,7 +65,7 @@ class ErrorCode(StrEnum):
     INTERNAL = "INTERNAL"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Limits:
     """Explicit size limits, enforced by the node and documented in docs/protocol.md."""
 
@@ -185,7 +185,11 @@ def decode_message(body: bytes) -> list[Any]:
                 ErrorCode.BAD_FRAME, "a request must be [0, msgid:uint32, method:str, params:map]"
             )
     elif kind == MsgType.RESPONSE:
-        if len(msg) != 4 or not _is_msgid(msg[1]) or not (msg[2] is None or isinstance(msg[2], dict)):
+        if (
+            len(msg) != 4
+            or not _is_msgid(msg[1])
+            or not (msg[2] is None or isinstance(msg[2], dict))
+        ):
             raise ProtocolError(
                 ErrorCode.BAD_FRAME, "a response must be [1, msgid:uint32, error:nil|map, result]"
             )

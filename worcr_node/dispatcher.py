@@ -210,7 +210,7 @@ class Dispatcher(Service):
         if jobs:
             now_ms = int(self.clock.now() * 1000)
             try:
-                await self.index.lease_extend(
+                await self.index.lease_set(
                     {str(j.id): now_ms + int(j.reserve_for * 1000) for j in jobs}
                 )
             except IndexUnavailable:

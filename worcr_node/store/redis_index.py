@@ -144,6 +144,12 @@ class RedisIndex:
             mapping: dict[str | bytes, float] = dict(deadlines)
             await self._redis_op(self.redis.zadd(self.leases_key, mapping, xx=True, gt=True))
 
+    async def lease_set(self, deadlines: dict[str, int]) -> None:
+        """Set the exact deadlines of existing leases (after a claim learns each reserve_for)."""
+        if deadlines:
+            mapping: dict[str | bytes, float] = dict(deadlines)
+            await self._redis_op(self.redis.zadd(self.leases_key, mapping, xx=True))
+
     async def lease_release(self, ids: Sequence[str]) -> None:
         if ids:
             await self._redis_op(self.redis.zrem(self.leases_key, *ids))

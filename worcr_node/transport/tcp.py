@@ -67,7 +67,11 @@ class TcpServer(Service):
         for s in list(self.hub.sessions):
             s.close()
         if self._server is not None:
-            await self._server.wait_closed()
+            # Python >= 3.11.5 waits here for every connection to finish closing.
+            try:
+                await asyncio.wait_for(self._server.wait_closed(), 5)
+            except TimeoutError:
+                log.warning("connections still open at shutdown", extra={"action": "stop"})
             self._server = None
         await super().stop()
 

@@ -1,0 +1,183 @@
+"""Start a worker from the command line: `worcr worker my.jobs` / `python -m worcr.worker my.jobs`.
+
+The module (or `module:attribute`) is imported from the current directory; its handlers come from
+a `Worker` instance named `worker` (or the named attribute) if it has one, else from the
+handlers registered with the module-level `@worcr.job`. Command-line options override what the
+module's `Worker` set; environment variables give the defaults (`WORCR_NODES`, `WORCR_TOKEN`,
+`WORCR_CONCURRENCY`, `WORCR_TAGS`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import os
+import sys
+import threading
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, TypeVar
+
+from worcr.errors import RemoteError
+from worcr.registry import default_registry
+from worcr.worker import Worker
+
+__all__ = ["load_worker", "main", "prepare_worker", "run_coroutine", "run_worker_module"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+def run_coroutine(coro: Coroutine[Any, Any, T]) -> T:
+    """`asyncio.run` on uvloop when it is installed (the SDK does not require it)."""
+    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    try:
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    except ImportError:
+        pass
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(coro)
+
+
+def load_worker(target: str) -> Worker:
+    """The `Worker` for `module` or `module:attribute` (see the module docstring)."""
+    module_name, _, attribute = target.partition(":")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    module = importlib.import_module(module_name)
+    if attribute:
+        found = getattr(module, attribute, None)
+        if not isinstance(found, Worker):
+            raise LookupError(f"{target!r} is not a worcr.Worker (got {type(found).__name__})")
+        worker = found
+    else:
+        candidate = getattr(module, "worker", None)
+        worker = candidate if isinstance(candidate, Worker) else Worker(registry=default_registry)
+    if worker.registry is not default_registry:
+        worker.registry.merge(default_registry)
+    if not len(worker.registry):
+        raise LookupError(
+            f"module {module_name!r} registers no job handler: decorate functions with"
+            " @worcr.job('kind') or define `worker = worcr.Worker(...)` with @worker.job"
+        )
+    return worker
+
+
+async def run_worker_module(
+    module_name: str,
+    nodes: str | Sequence[str] | None = None,
+    concurrency: int | None = None,
+    tags: Sequence[str] | None = None,
+    *,
+    install_signal_handlers: bool = True,
+    **overrides: Any,
+) -> int:
+    """Load the module's worker, apply the overrides (None keeps a setting), run it until it
+    shuts down; returns 0. `overrides`: prefetch, token, threads, shutdown_timeout."""
+    worker = prepare_worker(module_name, nodes, concurrency, tags, **overrides)
+    return await worker.run(install_signal_handlers=install_signal_handlers)
+
+
+def prepare_worker(
+    module_name: str,
+    nodes: str | Sequence[str] | None = None,
+    concurrency: int | None = None,
+    tags: Sequence[str] | None = None,
+    *,
+    prefetch: int | None = None,
+    token: str | None = None,
+    threads: int | None = None,
+    shutdown_timeout: float | None = None,
+) -> Worker:
+    """`load_worker` plus the command-line overrides."""
+    worker = load_worker(module_name)
+    worker.configure(
+        nodes=nodes,
+        tags=tags,
+        concurrency=concurrency,
+        prefetch=prefetch,
+        token=token,
+        threads=threads,
+        shutdown_timeout=shutdown_timeout,
+    )
+    log.info(
+        "worker %s: kinds %s, nodes %s, concurrency %d, capacity %d",
+        worker.worker_id,
+        ",".join(worker.registry.kinds()),
+        ",".join(worker.nodes),
+        worker.concurrency,
+        worker.capacity,
+    )
+    return worker
+
+
+def parser(prog: str = "worcr worker") -> argparse.ArgumentParser:
+    env = os.environ.get
+    p = argparse.ArgumentParser(prog=prog, description="Run Worcr job handlers from a module.")
+    p.add_argument("module", help="module (or module:attribute) that registers the handlers")
+    p.add_argument(
+        "--nodes",
+        default=env("WORCR_NODES"),
+        help="comma-separated node addresses host:port (env WORCR_NODES; default 127.0.0.1:7401)",
+    )
+    p.add_argument("--concurrency", "-c", type=int, default=_env_int("WORCR_CONCURRENCY"))
+    p.add_argument("--prefetch", type=int, default=None, help="jobs held beyond concurrency")
+    p.add_argument("--threads", type=int, default=None, help="pool size for non-async handlers")
+    p.add_argument("--tags", default=env("WORCR_TAGS"), help="comma-separated worker tags")
+    p.add_argument("--token", default=env("WORCR_TOKEN"), help="worker token (env WORCR_TOKEN)")
+    p.add_argument("--shutdown-timeout", type=float, default=None, metavar="SECONDS")
+    p.add_argument("--log-level", default=env("WORCR_LOG_LEVEL", "INFO"))
+    return p
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "worcr worker") -> int:
+    """Command-line entry; returns the exit code (0 after a graceful shutdown)."""
+    args = parser(prog).parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=args.log_level.upper(),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+    tags = [t for t in args.tags.split(",") if t] if args.tags else None
+    try:
+        worker = prepare_worker(
+            args.module,
+            args.nodes,
+            args.concurrency,
+            tags,
+            prefetch=args.prefetch,
+            token=args.token,
+            threads=args.threads,
+            shutdown_timeout=args.shutdown_timeout,
+        )
+    except (ImportError, LookupError, ValueError, TypeError) as exc:
+        print(f"worcr worker: cannot start: {exc}", file=sys.stderr)
+        return 2
+    try:
+        code = run_coroutine(worker.run())
+    except RemoteError as exc:
+        print(f"worcr worker: the node refused this worker: {exc}", file=sys.stderr)
+        return 1
+    _exit_if_threads_linger(code)
+    return code
+
+
+def _exit_if_threads_linger(code: int) -> None:
+    """Handlers still running in threads after a shutdown (yielded jobs) would keep the process
+    alive until they return: exit now, their jobs are already back with the node."""
+    main_thread = threading.main_thread()
+    if any(t.is_alive() and not t.daemon and t is not main_thread for t in threading.enumerate()):
+        log.warning("exiting with job handler threads still running (their jobs were yielded)")
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    return int(value) if value else None
