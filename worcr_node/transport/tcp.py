@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, cast
 
 from worcr_node.service import Service
 from worcr_node.transport.session import Hub, Session
@@ -25,10 +25,10 @@ class _Connection(asyncio.Protocol):
         self.session: Session | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it
+        self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
-        self.session = Session(self.hub, transport.write, transport.close, str(peer))
+        self.session = Session(self.hub, self.transport.write, self.transport.close, str(peer))
 
     def data_received(self, data: bytes) -> None:
         if self.session is not None:

@@ -1,0 +1,1 @@
+"""The demo shown by `worcr dev --demo`: a tiny worker and a few jobs."""
