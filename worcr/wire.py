@@ -110,7 +110,7 @@ _packer = msgpack.Packer(use_bin_type=True)
 
 def encode(message: list[Any]) -> bytes:
     """One complete frame (header + body) for a message."""
-    body = _packer.pack(message)
+    body: bytes = _packer.pack(message)
     return HEADER.pack(len(body)) + body
 
 

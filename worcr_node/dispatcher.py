@@ -120,7 +120,9 @@ class Dispatcher(Service):
             self._wake.clear()
             try:
                 await self._learn_lanes()
-                while await self._pass():
+                for _ in range(1000):  # bounded: give the loop a turn between passes
+                    if not await self._pass():
+                        break
                     await asyncio.sleep(0)
             except (StorageUnavailable, IndexUnavailable) as exc:
                 log.warning("dispatch paused: %s", exc, extra={"action": "dispatch"})
@@ -251,7 +253,7 @@ class Dispatcher(Service):
                 await asyncio.sleep(0.5)
             finally:
                 try:
-                    await pubsub.aclose()
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
                 except Exception:
                     pass
 

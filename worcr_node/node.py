@@ -57,8 +57,8 @@ class Node:
             config.limits,
             config.heartbeat_ms,
             config.token,
-            self.dispatcher.add,  # type: ignore[arg-type]
-            self.dispatcher.remove,  # type: ignore[arg-type]
+            self.dispatcher.add,
+            self.dispatcher.remove,
             self.dispatcher.wake,
         )
         self.manager.on_cancel = self.hub.cancel_jobs
@@ -146,6 +146,6 @@ class _CancelListener(Service):
                 await asyncio.sleep(0.5)
             finally:
                 try:
-                    await pubsub.aclose()
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
                 except Exception:
                     pass

@@ -50,8 +50,9 @@ class RawWorker:
                 )
                 break
             except wire.RemoteError as exc:
-                assert exc.retryable, exc
-                await asyncio.sleep(0.2)
+                if not exc.retryable:
+                    raise
+                await asyncio.sleep(0.2)  # storage down: retry like a real worker
         self.running.discard(job["id"])
         if res["results"][0] is None:
             self.done[job["id"]] += 1

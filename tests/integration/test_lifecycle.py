@@ -28,7 +28,8 @@ async def test_enqueue_dispatch_ack(node: Node) -> None:
     out = await worker.call("ack", {"jobs": [{"id": job_id, "token": job["token"], "result": 3}]})
     assert out["results"] == [None]
     row = await node.store.job_get(uuid.UUID(job_id))
-    assert row is not None and row["state"] == "completed"
+    assert row is not None
+    assert row["state"] == "completed"
     attempts = await node.store.attempts_of_job(uuid.UUID(job_id))
     assert [a["outcome"] for a in attempts] == ["completed"]
     # a second ack of the same attempt is refused as stale
@@ -50,7 +51,8 @@ async def test_fail_retries_then_dead(node_factory: NodeFactory) -> None:
         r = await c.call("fail", {"jobs": [{"id": job_id, "token": job["token"], "error": "E"}]})
         assert r["results"] == [None]
     row = await node.store.job_get(uuid.UUID(job_id))
-    assert row is not None and row["state"] == "dead"
+    assert row is not None
+    assert row["state"] == "dead"
     outcomes = [a["outcome"] for a in await node.store.attempts_of_job(uuid.UUID(job_id))]
     assert outcomes == ["failed", "failed"]
     await c.close()
@@ -65,5 +67,6 @@ async def test_permanent_failure_is_dead_at_once(node: Node, retryable: bool) ->
     ref = {"id": job_id, "token": job["token"], "error": "bad", "retryable": retryable}
     await c.call("fail", {"jobs": [ref]})
     row = await node.store.job_get(uuid.UUID(job_id))
-    assert row is not None and row["state"] == "dead"
+    assert row is not None
+    assert row["state"] == "dead"
     await c.close()

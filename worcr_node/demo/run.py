@@ -36,9 +36,7 @@ async def run_demo(worker_address: str, http_address: str, stop: asyncio.Event) 
         ids = []
         for name in ("Ada", "Grace", "Linus"):
             ids.append((await client.enqueue("greet", name)).id)
-        ids.append(
-            (await client.enqueue("flaky", random.randint(1, 9), backoff={"base": 1})).id
-        )
+        ids.append((await client.enqueue("flaky", random.randint(1, 9), backoff={"base": 1})).id)
     print(f"  [demo] enqueued {len(ids)} jobs; see them at {http_address}/api/v1/jobs", flush=True)
     await stop.wait()
     worker.stop()

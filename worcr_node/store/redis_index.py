@@ -117,7 +117,7 @@ class RedisIndex:
 
     async def ready_lanes(self) -> set[str]:
         try:
-            return set(await self.redis.smembers(self.ready_key))
+            return {str(m) for m in await self.redis.smembers(self.ready_key)}
         except RedisError as exc:
             raise IndexUnavailable(str(exc)) from exc
 
@@ -141,13 +141,13 @@ class RedisIndex:
     async def lease_extend(self, deadlines: dict[str, int]) -> None:
         """Push deadlines later for leases that still exist (never create or shorten one)."""
         if deadlines:
-            mapping: dict[str | bytes, float] = dict(deadlines)
+            mapping: dict[str, float] = {k: float(v) for k, v in deadlines.items()}
             await self._redis_op(self.redis.zadd(self.leases_key, mapping, xx=True, gt=True))
 
     async def lease_set(self, deadlines: dict[str, int]) -> None:
         """Set the exact deadlines of existing leases (after a claim learns each reserve_for)."""
         if deadlines:
-            mapping: dict[str | bytes, float] = dict(deadlines)
+            mapping: dict[str, float] = {k: float(v) for k, v in deadlines.items()}
             await self._redis_op(self.redis.zadd(self.leases_key, mapping, xx=True))
 
     async def lease_release(self, ids: Sequence[str]) -> None:

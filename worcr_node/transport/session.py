@@ -300,7 +300,8 @@ async def on_hello(s: Session, p: dict[str, Any]) -> dict[str, Any]:
     if p.get("protocol") != wire.PROTOCOL_VERSION:
         raise RemoteError(
             ErrorCode.UNSUPPORTED_VERSION,
-            f"protocol {p.get('protocol')!r} is not supported; this node speaks {wire.PROTOCOL_VERSION}",
+            f"protocol {p.get('protocol')!r} is not supported; "
+            f"this node speaks {wire.PROTOCOL_VERSION}",
         )
     if hub.token is not None and p.get("token") != hub.token:
         raise RemoteError(ErrorCode.UNAUTHORIZED, "missing or wrong token")
