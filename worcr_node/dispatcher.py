@@ -66,8 +66,10 @@ class Dispatcher(Service):
         index: RedisIndex,
         clock: Clock,
         rand: Callable[[], float] = random.random,
+        min_lease: float = 0.0,
     ) -> None:
         super().__init__()
+        self.min_lease = min_lease
         self.manager = manager
         self.store = store
         self.index = index
@@ -213,7 +215,10 @@ class Dispatcher(Service):
             now_ms = int(self.clock.now() * 1000)
             try:
                 await self.index.lease_set(
-                    {str(j.id): now_ms + int(j.reserve_for * 1000) for j in jobs}
+                    {
+                        str(j.id): now_ms + int(max(j.reserve_for, self.min_lease) * 1000)
+                        for j in jobs
+                    }
                 )
             except IndexUnavailable:
                 pass

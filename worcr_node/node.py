@@ -45,7 +45,9 @@ class Node:
         self.manager = JobManager(
             self.store, self.index, config.node_id, self.clock, config.limits, rand
         )
-        self.dispatcher = Dispatcher(self.manager, self.store, self.index, self.clock, rand)
+        self.dispatcher = Dispatcher(
+            self.manager, self.store, self.index, self.clock, rand, 3 * config.heartbeat_ms / 1000
+        )
         self.duties = Duties(
             self.manager, self.store, self.index, self.dispatcher, self.clock,
             **{f"{k}_every": v for k, v in (duty_periods or {}).items()},

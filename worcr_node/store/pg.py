@@ -300,8 +300,12 @@ def _insert_results(
     by_key: dict[str, tuple[uuid.UUID, str]],
 ) -> list[InsertResult]:
     out: list[InsertResult] = []
+    first: dict[uuid.UUID, InsertResult] = {}
     for j in jobs:
-        seq = inserted.pop(j.id, None)
+        if j.id in first:  # the same id twice in one batch: the second is a duplicate
+            out.append(InsertResult(j.id, first[j.id].state, True))
+            continue
+        seq = inserted.get(j.id)
         if seq is not None:
             ready = j.state is JobState.QUEUED
             out.append(
@@ -316,6 +320,7 @@ def _insert_results(
             out.append(InsertResult(jid, state, True))
         else:  # conflicted, then the other row moved on before we looked: report as duplicate
             out.append(InsertResult(j.id, "unknown", True))
+        first[j.id] = out[-1]
     return out
 
 

@@ -249,7 +249,10 @@ class Session:
         if not self.held_jobs:
             return
         now_ms = int(self.hub.clock.now() * 1000)
-        deadlines = {jid: now_ms + int(rf * 1000) for jid, (_t, rf) in self.held_jobs.items()}
+        floor = 3 * self.hub.heartbeat_ms  # a lease always outlives three missed heartbeats
+        deadlines = {
+            jid: now_ms + max(int(rf * 1000), floor) for jid, (_t, rf) in self.held_jobs.items()
+        }
         task = asyncio.get_running_loop().create_task(self._extend(deadlines))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
