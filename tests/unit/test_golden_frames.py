@@ -11,6 +11,7 @@ shows exactly these frames (so the doc, the golden file and the code cannot drif
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import re
 import struct
@@ -312,3 +313,18 @@ def test_doc_tables_list_every_error_code_and_limit() -> None:
     for field in dataclasses.fields(Limits):
         row = f"| `{field.name}` | {getattr(limits, field.name)} |"
         assert row in DOC, f"limit {field.name} missing from the table (or its value is wrong)"
+
+
+def test_generator_reproduces_golden_file() -> None:
+    """tests/golden/make_frames.py (which made frames.json) still gives the same frames."""
+    path = ROOT / "tests" / "golden" / "make_frames.py"
+    spec = importlib.util.spec_from_file_location("make_frames", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.build() == GOLDEN
+    for f in GOLDEN:
+        assert module.hex_block(f["name"], frame_of(f["name"])) == hex_block(
+            f["name"], frame_of(f["name"])
+        )
