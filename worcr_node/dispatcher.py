@@ -87,7 +87,8 @@ class Dispatcher(Service):
     # -- inputs ------------------------------------------------------------------------------------
 
     def add(self, consumer: Consumer) -> None:
-        self.consumers.append(consumer)
+        if consumer not in self.consumers:
+            self.consumers.append(consumer)
         self.wake()
 
     def remove(self, consumer: Consumer) -> None:
@@ -115,8 +116,10 @@ class Dispatcher(Service):
 
     async def _loop(self) -> None:
         while True:
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=0.5)
+                async with asyncio.timeout(0.5):
+                    await self._wake.wait()
             except TimeoutError:
                 pass
             self._wake.clear()

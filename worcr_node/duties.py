@@ -119,7 +119,10 @@ class Duties(Service):
             running = await self.store.job_running_all()
             now_ms = int(self.clock.now() * 1000)
             adopted = await self.index.lease_adopt(
-                {str(jid): now_ms + int(rf * 1000) for jid, rf in running}
+                {
+                    str(jid): now_ms + int(max(rf, self.dispatcher.min_lease) * 1000)
+                    for jid, rf in running
+                }
             )
             if adopted:
                 log.warning("re-created %d lease(s) from PostgreSQL", adopted,

@@ -149,13 +149,17 @@ def _backoff(value: Any) -> Backoff | None:
     if unknown:
         raise SpecError(f"backoff: unknown field(s) {sorted(unknown)}")
     d = Backoff()
-    b = Backoff(
-        base=_number(value, "base", 0.0, 86400.0) or d.base,
-        factor=_number(value, "factor", 1.0, 10.0) or d.factor,
-        max=_number(value, "max", 0.0, 30 * 86400.0) or d.max,
-        jitter=_number(value, "jitter", 0.0, 1.0) if "jitter" in value else d.jitter,  # type: ignore[arg-type]
+
+    def pick(field: str, low: float, high: float, default: float) -> float:
+        number = _number(value, field, low, high)
+        return default if number is None else number
+
+    return Backoff(
+        base=pick("base", 0.0, 86400.0, d.base),
+        factor=pick("factor", 1.0, 10.0, d.factor),
+        max=pick("max", 0.0, 30 * 86400.0, d.max),
+        jitter=pick("jitter", 0.0, 1.0, d.jitter),
     )
-    return b
 
 
 def _when(spec: Mapping[str, Any], at: str, delta: str, now: float) -> float | None:

@@ -18,7 +18,7 @@ import msgpack
 from worcr import wire
 from worcr.wire import ErrorCode, Limits, MsgType, ProtocolError, RemoteError
 from worcr_node.clock import Clock
-from worcr_node.jobspec import SpecError
+from worcr_node.jobspec import MAX_RESERVE_FOR, MIN_RESERVE_FOR, SpecError
 from worcr_node.manager import JobManager
 from worcr_node.outcome import Failure
 from worcr_node.store.pg import ClaimedJob, StorageUnavailable
@@ -61,6 +61,15 @@ def _job_refs(params: dict[str, Any], limits: Limits) -> list[dict[str, Any]]:
             j["_uuid"] = uuid.UUID(j["id"])
         except ValueError:
             raise _bad(f"jobs[].id: {j['id'][:64]!r} is not a UUID") from None
+        j["id"] = str(j["_uuid"])  # one spelling, whatever case or braces the client used
+        rf = j.get("reserve_for")
+        if rf is not None and (
+            isinstance(rf, bool)
+            or not isinstance(rf, int | float)
+            or not MIN_RESERVE_FOR <= rf <= MAX_RESERVE_FOR
+        ):
+            raise _bad(f"jobs[].reserve_for: expected seconds from {MIN_RESERVE_FOR} to "
+                       f"{MAX_RESERVE_FOR}")  # fmt: skip
     return jobs
 
 
@@ -153,7 +162,15 @@ class Session:
         if kind == MsgType.REQUEST:
             if len(self._tasks) >= self.hub.limits.max_in_flight_requests:
                 self.send(
-                    wire.response(msg[1], _bad("too many requests in flight").to_wire(), None)
+                    wire.response(
+                        msg[1],
+                        RemoteError(
+                            ErrorCode.BAD_REQUEST,
+                            "too many requests in flight: wait for answers",
+                            True,
+                        ).to_wire(),
+                        None,
+                    )
                 )
                 return
             task = asyncio.get_running_loop().create_task(self._request(msg[1], msg[2], msg[3]))
@@ -218,8 +235,14 @@ class Session:
     def deliver(self, jobs: Sequence[ClaimedJob]) -> bool:
         if not self.open or self.capacity == 0:
             return False
-        out = []
+        out: list[dict[str, Any]] = []
+        size = 0
+        budget = self.hub.limits.max_frame - (64 << 10)  # room for the frame's other fields
         for j in jobs:
+            if out and size + len(j.args) + 512 > budget:  # stay under the frame limit
+                self.send(_encode_jobs(out))
+                out, size = [], 0
+            size += len(j.args) + 512
             jid = str(j.id)
             self.held_jobs[jid] = (j.token, j.reserve_for)
             self.hub.holder[jid] = self
@@ -300,11 +323,11 @@ async def on_hello(s: Session, p: dict[str, Any]) -> dict[str, Any]:
     hub = s.hub
     if s.authenticated:
         raise _bad("hello was already sent on this connection")
-    if p.get("protocol") != wire.PROTOCOL_VERSION:
+    version = p.get("protocol")
+    if type(version) is not int or version != wire.PROTOCOL_VERSION:
         raise RemoteError(
             ErrorCode.UNSUPPORTED_VERSION,
-            f"protocol {p.get('protocol')!r} is not supported; "
-            f"this node speaks {wire.PROTOCOL_VERSION}",
+            f"protocol {version!r} is not supported; this node speaks {wire.PROTOCOL_VERSION}",
         )
     if hub.token is not None and p.get("token") != hub.token:
         raise RemoteError(ErrorCode.UNAUTHORIZED, "missing or wrong token")

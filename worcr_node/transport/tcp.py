@@ -10,6 +10,7 @@ import asyncio
 import logging
 from typing import Any, cast
 
+from worcr.wire import ErrorCode
 from worcr_node.service import Service
 from worcr_node.transport.session import Hub, Session
 
@@ -65,7 +66,7 @@ class TcpServer(Service):
     async def stop(self) -> None:
         self.stop_accepting()
         for s in list(self.hub.sessions):
-            s.close()
+            s.fatal(ErrorCode.SHUTTING_DOWN, "node is stopping: reconnect to another node")
         if self._server is not None:
             # Python >= 3.11.5 waits here for every connection to finish closing.
             try:
