@@ -8,6 +8,7 @@ import pytest
 
 from tests.conftest import NodeFactory
 from tests.rawclient import RawClient
+from worcr import wire
 from worcr_node.node import Node
 
 
@@ -69,4 +70,18 @@ async def test_permanent_failure_is_dead_at_once(node: Node, retryable: bool) ->
     row = await node.store.job_get(uuid.UUID(job_id))
     assert row is not None
     assert row["state"] == "dead"
+    await c.close()
+
+
+async def test_pushes_stay_under_the_frame_limit_with_large_args(node: Node) -> None:
+    c = await RawClient.connect(node.worker_address)
+    c.decoder = wire.FrameDecoder(wire.Limits().max_frame)  # as strict as any client may be
+    await c.hello(capacity=0)
+    big = "x" * 200_000
+    for _ in range(5):  # two per request: a request frame is limited too
+        await c.call("enqueue", {"jobs": [{"kind": "big", "args": [big]} for _ in range(2)]})
+    await c.call("capacity", {"capacity": 20})  # all ten ready at once: one claim of 2 MB
+    jobs = await c.jobs(10)
+    assert all(j["args"] == [big] for j in jobs)
+    assert not c.closed.is_set()
     await c.close()
