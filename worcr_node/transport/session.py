@@ -134,6 +134,9 @@ class Session:
         self.capacity = 0
         self.reserved = 0
         self.held_jobs: dict[str, tuple[int, float]] = {}  # id -> (token, reserve_for)
+        # Jobs the worker has reported (ack/fail/yield being committed): still leased and
+        # heartbeat-extended until the commit, but no longer using the worker's capacity.
+        self.reporting: set[str] = set()
         self.authenticated = False
         self.open = True
         self._tasks: set[asyncio.Task[None]] = set()
@@ -142,7 +145,15 @@ class Session:
 
     @property
     def held(self) -> int:
-        return len(self.held_jobs)
+        return len(self.held_jobs) - len(self.reporting)
+
+    def release_credit(self, refs: list[dict[str, Any]]) -> None:
+        """The worker finished these jobs: free their capacity now, before the commit."""
+        for r in refs:
+            held = self.held_jobs.get(r["id"])
+            if held is not None and held[0] == r["token"]:
+                self.reporting.add(r["id"])
+        self.hub.wake_dispatch()
 
     # -- input -------------------------------------------------------------------------------------
 
@@ -264,6 +275,7 @@ class Session:
         return True
 
     def forget(self, job_id: str) -> None:
+        self.reporting.discard(job_id)
         if self.held_jobs.pop(job_id, None) is not None:
             if self.hub.holder.get(job_id) is self:
                 del self.hub.holder[job_id]
@@ -392,6 +404,7 @@ async def on_ack(s: Session, p: dict[str, Any]) -> dict[str, Any]:
         if packed is not None and len(packed) > s.hub.limits.max_result:
             raise _bad(f"jobs[].result: {len(packed)} bytes, over {s.hub.limits.max_result}")
         items.append((r["_uuid"], r["token"], packed))
+    s.release_credit(refs)
     ok = await s.hub.manager.ack(items)
     return _results(s, refs, ok)
 
@@ -419,6 +432,7 @@ async def on_fail(s: Session, p: dict[str, Any]) -> dict[str, Any]:
                 retryable,
             )
         )
+    s.release_credit(refs)
     ok = await s.hub.manager.fail(items)
     return _results(s, refs, ok)
 
