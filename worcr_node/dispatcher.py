@@ -132,6 +132,9 @@ class Dispatcher(Service):
             except (StorageUnavailable, IndexUnavailable) as exc:
                 log.warning("dispatch paused: %s", exc, extra={"action": "dispatch"})
                 await asyncio.sleep(0.5)
+            except Exception:  # one bad round must not stop dispatching for every worker
+                log.exception("dispatch round failed", extra={"action": "dispatch"})
+                await asyncio.sleep(0.5)
 
     async def _learn_lanes(self) -> None:
         if not self._unknown:
@@ -212,6 +215,9 @@ class Dispatcher(Service):
         except StorageUnavailable as exc:
             log.warning("claim not written (%s); leases will expire", exc)
             jobs = []
+        except Exception:  # the ids stay queued in PostgreSQL; their leases expire
+            log.exception("claim failed", extra={"action": "claim"})
+            jobs = []
         finally:
             c.reserved -= reserved
         if jobs:
@@ -243,6 +249,8 @@ class Dispatcher(Service):
                 self.wake()
         except (StorageUnavailable, IndexUnavailable) as exc:
             log.warning("refill of lane %s failed: %s", lane, exc)
+        except Exception:
+            log.exception("refill of lane %s failed", lane, extra={"action": "refill"})
         finally:
             self._refilling.discard(lane)
 

@@ -82,6 +82,8 @@ class Duties(Service):
                 await fn()
             except (StorageUnavailable, IndexUnavailable) as exc:
                 log.warning("duty %s skipped: %s", name, exc, extra={"action": name})
+            except Exception:  # logged; the duty runs again next period
+                log.exception("duty %s failed", name, extra={"action": name})
 
     async def promote(self) -> None:
         while await self.manager.promote_due(1000) == 1000:

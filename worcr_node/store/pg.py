@@ -33,6 +33,8 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.CrashShutdownError,
     asyncpg.exceptions.ConnectionFailureError,
+    # A connection left mid-operation by a dropped server ("cannot switch to state ..."):
+    asyncpg.InternalClientError,
     TimeoutError,
 )
 
@@ -261,6 +263,8 @@ class PgStore:
                 if row is None:
                     return None
                 await conn.execute(q.JOB_CANCEL, job_id)
+                if row[0] == JobState.RUNNING:
+                    await conn.execute(q.ATTEMPT_CANCELLED, job_id)
                 return (row[0], row[1])
 
         return await self._run(tx)

@@ -178,9 +178,20 @@ WHERE id = $1 AND state IN ('scheduled', 'queued', 'running', 'retrying')
 
 JOB_STATE_FOR_UPDATE = "SELECT state, lease_token FROM worcr_jobs WHERE id = $1 FOR UPDATE"
 
+# The attempt a cancel interrupted (running jobs only).
+ATTEMPT_CANCELLED = """
+INSERT INTO worcr_attempts (job_id, attempt, lease_token, worker_id, node_id, started_at, outcome,
+                            error)
+SELECT id, attempt, lease_token, worker_id, node_id, started_at, 'cancelled', 'cancelled'
+FROM worcr_jobs WHERE id = $1
+ON CONFLICT DO NOTHING
+"""
+
 JOB_RETRY_NOW = """
 UPDATE worcr_jobs
-SET state = 'queued', seq = nextval('worcr_job_seq'), attempt = 0, run_at = NULL,
+SET state = 'queued', seq = nextval('worcr_job_seq'), run_at = NULL,
+    -- an ended job gets a fresh attempt budget; a waiting one keeps its count
+    attempt = CASE WHEN state IN ('dead', 'cancelled', 'expired') THEN 0 ELSE attempt END,
     expires_at = CASE WHEN state = 'expired' THEN NULL ELSE expires_at END,
     finished_at = NULL, updated_at = now()
 WHERE id = $1 AND state IN ('scheduled', 'retrying', 'dead', 'cancelled', 'expired')
