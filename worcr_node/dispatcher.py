@@ -221,6 +221,12 @@ class Dispatcher(Service):
         finally:
             c.reserved -= reserved
         if jobs:
+            if not c.deliver(jobs):
+                await self.manager.yield_([(j.id, j.token) for j in jobs])
+                return
+            self.wake()
+            # The worker has the jobs already; now give each lease its exact length. A job
+            # acked in between has no lease left, and lease_set never creates one (XX).
             now_ms = int(self.clock.now() * 1000)
             try:
                 await self.index.lease_set(
@@ -230,9 +236,8 @@ class Dispatcher(Service):
                     }
                 )
             except IndexUnavailable:
-                pass
-            if not c.deliver(jobs):
-                await self.manager.yield_([(j.id, j.token) for j in jobs])
+                pass  # the provisional claim lease stands; heartbeats extend it
+            return
         self.wake()
 
     def _refill_soon(self, lane: str) -> None:
