@@ -115,7 +115,7 @@ class Dispatcher(Service):
         self.spawn(self._resync_loop(), "ready-resync")
 
     async def _loop(self) -> None:
-        while True:
+        while not self.stopping:
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
             try:
                 async with asyncio.timeout(0.5):
@@ -262,7 +262,7 @@ class Dispatcher(Service):
     # -- other nodes -------------------------------------------------------------------------------
 
     async def _listen(self) -> None:
-        while True:
+        while not self.stopping:
             pubsub = self.index.redis.pubsub()
             try:
                 await pubsub.subscribe(self.index.ready_channel)
@@ -279,7 +279,7 @@ class Dispatcher(Service):
                     pass
 
     async def _resync_loop(self) -> None:
-        while True:
+        while not self.stopping:
             await asyncio.sleep(1.0)
             try:
                 await self.resync()

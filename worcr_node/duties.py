@@ -76,7 +76,7 @@ class Duties(Service):
     async def _every_loop(
         self, name: str, fn: Callable[[], Awaitable[object]], period: float
     ) -> None:
-        while True:
+        while not self.stopping:
             await asyncio.sleep(period)
             try:
                 await fn()
@@ -91,7 +91,7 @@ class Duties(Service):
 
     async def expire_leases(self) -> int:
         total = 0
-        while True:
+        while not self.stopping:
             now_ms = int(self.clock.now() * 1000)
             ids = await self.index.lease_take_expired(now_ms, 500)
             if not ids:
@@ -104,6 +104,7 @@ class Duties(Service):
                 raise
             if len(ids) < 500:
                 return total
+        return total
 
     async def check_epoch(self) -> None:
         current = await self.index.epoch()

@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from aiohttp import web
 
@@ -99,13 +100,13 @@ class Node:
         """Stop taking work, close connections (workers fail over), flush batches, close stores."""
         self.hub.shutting_down = True
         if self._runner is not None:
-            await self._runner.cleanup()
+            await _bounded("http", self._runner.cleanup(), 10)
             self._runner = None
         for s in reversed(self._services):
-            await s.stop()
-        await self.manager.close()
-        await self.index.close()
-        await self.store.close()
+            await _bounded(s.name, s.stop(), 10)
+        await _bounded("batches", self.manager.close(), 35)
+        await _bounded("redis", self.index.close(), 5)
+        await _bounded("postgresql", self.store.close(), 10)
 
     @property
     def worker_address(self) -> str:
@@ -114,6 +115,16 @@ class Node:
     @property
     def http_address(self) -> str:
         return f"http://{self.config.http.host}:{self.http_port}"
+
+
+async def _bounded(what: str, coro: Coroutine[Any, Any, Any], seconds: float) -> None:
+    """One shutdown step; a step that hangs is logged and abandoned so the node still stops."""
+    try:
+        async with asyncio.timeout(seconds):
+            await coro
+    except TimeoutError:
+        log.error("shutdown: %s did not stop within %.0f s", what, seconds,
+                  extra={"action": "stop"})  # fmt: skip
 
 
 class _CancelListener(Service):
@@ -130,7 +141,7 @@ class _CancelListener(Service):
         self.spawn(self._listen(), "listen")
 
     async def _listen(self) -> None:
-        while True:
+        while not self.stopping:
             pubsub = self.index.redis.pubsub()
             try:
                 await pubsub.subscribe(self.index.cancel_channel)

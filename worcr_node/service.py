@@ -22,6 +22,7 @@ class Service:
 
     def __init__(self) -> None:
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.stopping = False  # loops check it: some libraries turn a cancel into an error
         self.on_crash: Callable[[str, BaseException], None] = lambda name, exc: None
 
     async def start(self) -> None:
@@ -44,9 +45,15 @@ class Service:
             self.on_crash(task.get_name(), exc)
 
     async def stop(self) -> None:
-        tasks = list(self._tasks)
-        for t in tasks:
-            t.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        self.stopping = True
+        for _ in range(10):  # a task that swallowed its cancel gets another, up to 5 s in all
+            tasks = [t for t in self._tasks if not t.done()]
+            if not tasks:
+                break
+            for t in tasks:
+                t.cancel()
+            await asyncio.wait(tasks, timeout=0.5)
+        else:
+            log.error("%s: tasks did not stop: %s", self.name,
+                      [t.get_name() for t in self._tasks if not t.done()])  # fmt: skip
         self._tasks.clear()

@@ -7,6 +7,7 @@ callers can answer a clear, retryable error.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -103,8 +104,9 @@ class PgStore:
         if self._pool is not None:
             pool, self._pool = self._pool, None
             try:
-                await pool.close()
-            except Exception:  # a dead server: close what we can
+                async with asyncio.timeout(5):  # close() waits for every connection's release
+                    await pool.close()
+            except Exception:  # a dead server, or a connection never released
                 pool.terminate()
 
     @asynccontextmanager
