@@ -65,21 +65,25 @@ async def _run_node(config: Config, ready_message: str | None = None) -> int:
     return 1 if node.crashed.is_set() else 0
 
 
-def cmd_node(args: argparse.Namespace) -> int:
+def _config() -> Config | None:
     try:
-        config = Config.from_env()
+        return Config.from_env()
     except ConfigError as exc:
         print(f"worcr: configuration error: {exc}", file=sys.stderr)
+        return None
+
+
+def cmd_node(args: argparse.Namespace) -> int:
+    config = _config()
+    if config is None:
         return 2
     _install_uvloop()
     return asyncio.run(_run_node(config))
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    try:
-        config = Config.from_env()
-    except ConfigError as exc:
-        print(f"worcr: configuration error: {exc}", file=sys.stderr)
+    config = _config()
+    if config is None:
         return 2
 
     async def run() -> None:

@@ -262,21 +262,11 @@ class Dispatcher(Service):
     # -- other nodes -------------------------------------------------------------------------------
 
     async def _listen(self) -> None:
-        while not self.stopping:
-            pubsub = self.index.redis.pubsub()
-            try:
-                await pubsub.subscribe(self.index.ready_channel)
-                async for msg in pubsub.listen():
-                    if msg.get("type") == "message":
-                        self.lanes_ready(str(msg["data"]).split())
-            except Exception as exc:  # Redis down or restarted: resubscribe
-                log.debug("ready listener: %s", exc)
-                await asyncio.sleep(0.5)
-            finally:
-                try:
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
-                except Exception:
-                    pass
+        await self.index.listen(
+            self.index.ready_channel,
+            lambda data: self.lanes_ready(data.split()),
+            lambda: self.stopping,
+        )
 
     async def _resync_loop(self) -> None:
         while not self.stopping:

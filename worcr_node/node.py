@@ -141,24 +141,12 @@ class _CancelListener(Service):
         self.spawn(self._listen(), "listen")
 
     async def _listen(self) -> None:
-        while not self.stopping:
-            pubsub = self.index.redis.pubsub()
-            try:
-                await pubsub.subscribe(self.index.cancel_channel)
-                async for msg in pubsub.listen():
-                    if msg.get("type") != "message":
-                        continue
-                    jobs = []
-                    for item in str(msg["data"]).split():
-                        job_id, _, token = item.partition(":")
-                        if token.isdigit():
-                            jobs.append((job_id, int(token)))
-                    self.hub.cancel_jobs(jobs)
-            except Exception as exc:
-                log.debug("cancel listener: %s", exc)
-                await asyncio.sleep(0.5)
-            finally:
-                try:
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
-                except Exception:
-                    pass
+        await self.index.listen(self.index.cancel_channel, self._cancel, lambda: self.stopping)
+
+    def _cancel(self, data: str) -> None:
+        jobs = []
+        for item in data.split():  # "job-id:token" items
+            job_id, _, token = item.partition(":")
+            if token.isdigit():
+                jobs.append((job_id, int(token)))
+        self.hub.cancel_jobs(jobs)

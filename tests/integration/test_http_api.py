@@ -6,7 +6,6 @@ Jobs are run by raw wire clients (tests/rawclient.py) so each dispatch and ack i
 
 from __future__ import annotations
 
-import asyncio
 import io
 import uuid
 from collections.abc import AsyncIterator
@@ -18,6 +17,7 @@ import pytest
 
 from tests.conftest import NodeFactory
 from tests.rawclient import RawClient
+from tests.waiting import wait_until
 from worcr_node.node import Node
 
 JOBS = "/api/v1/jobs"
@@ -42,16 +42,6 @@ async def get(http: aiohttp.ClientSession, path: str, **params: Any) -> tuple[in
 async def action(http: aiohttp.ClientSession, job_id: str, verb: str) -> tuple[int, Any]:
     async with http.post(f"{JOBS}/{job_id}/{verb}") as resp:
         return resp.status, await resp.json()
-
-
-async def wait_until(predicate: Any, timeout: float = 15.0, every: float = 0.05) -> None:
-    """Poll a storage condition (there is no event to await for rows in PostgreSQL)."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not await predicate():
-        if loop.time() > end:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(every)
 
 
 async def state_of(http: aiohttp.ClientSession, job_id: str) -> str:

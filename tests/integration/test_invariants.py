@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 from cluster.services import PostgresServer, RedisServer
 from tests.conftest import NodeFactory, create_database
 from tests.rawclient import RawClient
+from tests.waiting import wait_until
 from worcr import wire
 from worcr_node.node import Node
 
@@ -78,16 +79,6 @@ async def states(node: Node, ids: list[str]) -> Counter[str]:
         assert row is not None
         out[row["state"]] += 1
     return out
-
-
-async def wait_until(predicate: Any, timeout: float = 30.0, every: float = 0.05) -> None:
-    """Poll a storage condition (there is no event to await for rows in PostgreSQL)."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not await predicate():
-        if loop.time() > end:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(every)
 
 
 async def completed_attempts(node: Node, job_id: str) -> int:
@@ -182,7 +173,7 @@ async def test_flushall_mid_run_loses_nothing_and_runs_nothing_twice_at_once(
     async def some_done() -> bool:
         return sum(sum(w.done.values()) for w in workers) >= 500
 
-    await wait_until(some_done)
+    await wait_until(some_done, timeout=30)
     r = aioredis.Redis.from_url(redis_server.url)
     await r.flushall()
     await r.aclose()

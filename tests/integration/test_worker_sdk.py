@@ -26,6 +26,7 @@ import pytest
 import worcr
 from tests.conftest import NodeFactory
 from tests.rawclient import RawClient
+from tests.waiting import wait_until
 from worcr_node.node import Node
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,16 +34,6 @@ SAMPLE = "tests.integration.jobs.sample"
 
 
 # -- helpers -----------------------------------------------------------------------------------
-
-
-async def wait_until(predicate: Any, timeout: float = 15.0, every: float = 0.05) -> None:
-    """Poll a storage condition (there is no event to await for rows in PostgreSQL)."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not await predicate():
-        if loop.time() > end:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(every)
 
 
 async def job_row(node: Node, job_id: str) -> asyncpg.Record:

@@ -8,8 +8,10 @@ All keys share the hash tag `{prefix}` so every script touches one slot (Redis C
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from importlib import resources
 from typing import Any
 
@@ -19,6 +21,8 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 __all__ = ["ClaimResult", "IndexUnavailable", "RedisIndex"]
+
+log = logging.getLogger(__name__)
 
 
 class IndexUnavailable(Exception):
@@ -181,6 +185,27 @@ class RedisIndex:
         await self._redis_op(self.redis.set(self.epoch_key, value, nx=True))
         current = await self.epoch()
         return current or value
+
+    async def listen(
+        self, channel: str, handle: Callable[[str], None], stopping: Callable[[], bool]
+    ) -> None:
+        """Call `handle` with each message on `channel` until `stopping()`; resubscribe after a
+        Redis failure (restart, failover), so a listener never dies with the connection."""
+        while not stopping():
+            pubsub = self.redis.pubsub()
+            try:
+                await pubsub.subscribe(channel)
+                async for msg in pubsub.listen():
+                    if msg.get("type") == "message":
+                        handle(str(msg["data"]))
+            except Exception as exc:  # Redis down or restarted
+                log.debug("listener on %s: %s", channel, exc)
+                await asyncio.sleep(0.5)
+            finally:
+                try:
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                except Exception:
+                    pass
 
     async def publish_cancel(self, job_ids: Sequence[str]) -> None:
         if job_ids:
