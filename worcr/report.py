@@ -2,12 +2,13 @@
 
 Outcomes are queued and sent as one request per method, Nagle-style: on the next event-loop
 iteration when no report request is in flight (an idle worker adds no latency); otherwise when
-the request in flight is answered, when `batch_size` are waiting, or after `delay` seconds. A busy
-worker thus sends a few large requests instead of one per job, and batches grow with the node's
-latency. A report is kept until the node answers it: if the connection
-drops, or the node answers a retryable error, it is sent again (after the worker reconnects, or
-after a backoff delay). The node answers each item; an item refused with `STALE_TOKEN` (the lease
-was lost and the job runs elsewhere) is logged, never fatal.
+the request in flight is answered, when `batch_size` are waiting, or after `delay` seconds (0.5
+ms by default: the node frees a worker's credit when a report arrives, so holding acks back longer
+idles the worker; measured in bench/RESULTS.md). A busy worker thus sends a few large requests
+instead of one per job, and batches grow with the node's latency. A report is kept until the node
+answers it: if the connection drops, or the node answers a retryable error, it is sent again
+(after the worker reconnects, or after a backoff delay). The node answers each item; an item
+refused with `STALE_TOKEN` (the lease was lost and the job runs elsewhere) is logged, never fatal.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class Reporter:
         self,
         *,
         batch_size: int = 64,
-        delay: float = 0.005,
+        delay: float = 0.0005,
         max_batch: int = LIMITS.max_batch,
         retry_backoff: Backoff | None = None,
     ) -> None:

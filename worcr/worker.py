@@ -66,7 +66,7 @@ class Worker:
         backoff: Backoff | None = None,
         connect_timeout: float = 10.0,
         report_batch: int = 64,
-        report_delay: float = 0.005,
+        report_delay: float = 0.0005,
     ) -> None:
         """`prefetch` defaults to `concurrency`; `threads` (the pool for plain-function
         handlers) too. `report_batch`/`report_delay`: when batched reports are sent."""
