@@ -305,3 +305,39 @@ async def test_requests_before_hello_and_bad_version(node: Node) -> None:
     msg = await c.call_raw("hello", {"protocol": 99})
     assert msg[2]["code"] == "UNSUPPORTED_VERSION"
     await c.close()
+
+
+async def test_redis_killed_and_restarted_mid_run_loses_nothing(
+    node_factory: NodeFactory, tmp_path: Path
+) -> None:
+    redis = RedisServer(tmp_path / "redis")
+    redis.start()
+    try:
+        node = await node_factory(redis_url=redis.url, duty_periods={"epoch": 0.1})
+        producer = await RawClient.connect(node.worker_address)
+        await producer.hello()
+        ids = await enqueue(producer, 1500, reserve_for=5.0)
+        c = await RawClient.connect(node.worker_address)
+        await c.hello(capacity=20)
+        worker = RawWorker(c, hold=0.002)
+
+        async def some_done() -> bool:
+            return sum(worker.done.values()) >= 300
+
+        await wait_until(some_done, timeout=30)
+        await asyncio.to_thread(redis.kill)  # SIGKILL: no persistence, comes back empty
+        more = await enqueue(producer, 200, reserve_for=5.0)  # PostgreSQL still takes enqueues
+        await asyncio.to_thread(redis.start)
+
+        async def all_done() -> bool:
+            return sum(worker.done.values()) >= len(ids) + len(more)
+
+        await wait_until(all_done, timeout=60)
+        assert node.duties.rebuilds >= 1
+        assert worker.overlaps == []
+        assert max(worker.done.values()) == 1
+        assert set(worker.done) == set(ids + more)
+        await worker.stop()
+        await producer.close()
+    finally:
+        await asyncio.to_thread(redis.stop)
