@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import signal
 import subprocess
 import sys
 
 import pytest
+
+from cluster.services import PostgresServer, RedisServer, free_port
+from tests.conftest import create_database
+from tests.rawclient import RawClient
 
 
 def run_node(**env: str) -> subprocess.CompletedProcess[str]:
@@ -39,3 +45,37 @@ def test_unreachable_database_fails_start_with_message() -> None:
     )
     assert proc.returncode == 1
     assert "could not start" in proc.stderr
+
+
+async def test_worcr_node_serves_jobs_under_uvloop_and_stops_on_sigterm(
+    pg_server: PostgresServer, redis_server: RedisServer
+) -> None:
+    """The production entry point, as deployed: a separate process with uvloop."""
+    listen = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "worcr_node", "node",
+        env={
+            **os.environ,
+            "WORCR_DATABASE_URL": await create_database(pg_server.dsn),
+            "WORCR_REDIS_URL": redis_server.url,
+            "WORCR_REDIS_PREFIX": "cli-uvloop",
+            "WORCR_HTTP": "127.0.0.1:0",
+            "WORCR_LISTEN": f"127.0.0.1:{listen}",
+        },
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    try:
+        line = await asyncio.wait_for(proc.stdout.readline(), 60)
+        assert b"HTTP API" in line
+        client = await RawClient.connect(f"127.0.0.1:{listen}")
+        await client.hello(capacity=1)
+        await client.call("enqueue", {"jobs": [{"kind": "k", "args": [1]}]})
+        [job] = await client.jobs(1)
+        done = await client.call("ack", {"jobs": [{"id": job["id"], "token": job["token"]}]})
+        assert done["results"] == [None]
+        await client.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 60) == 0
