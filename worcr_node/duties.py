@@ -96,12 +96,9 @@ class Duties(Service):
             ids = await self.index.lease_take_expired(now_ms, 500)
             if not ids:
                 return total
-            try:
-                total += await self.manager.requeue_lost(ids)
-            except StorageUnavailable:
-                # The leases are gone from Redis but the jobs still run in PostgreSQL: the
-                # reconciler re-creates their leases, so they expire again later.
-                raise
+            # If PostgreSQL is down here, the leases are gone from Redis but the jobs still run in
+            # PostgreSQL: the reconciler re-creates their leases, so they expire again later.
+            total += await self.manager.requeue_lost(ids)
             if len(ids) < 500:
                 return total
         return total

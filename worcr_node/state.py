@@ -68,8 +68,3 @@ def can(transition: Transition, source: JobState, target: JobState) -> bool:
     if transition is Transition.ENQUEUE:
         return target in targets
     return source in sources and target in targets
-
-
-def sql_states(states: frozenset[JobState]) -> list[str]:
-    """States as a sorted list for SQL `= ANY($n)` parameters."""
-    return sorted(s.value for s in states)

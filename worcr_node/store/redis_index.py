@@ -171,9 +171,6 @@ class RedisIndex:
             return 0
         return int(await self._call(self._adopt, [self.leases_key], argv))
 
-    async def lease_count(self) -> int:
-        return int(await self._redis_op(self.redis.zcard(self.leases_key)))
-
     # -- epoch (data-loss detection) ---------------------------------------------------------------
 
     async def epoch(self) -> str | None:
@@ -210,10 +207,6 @@ class RedisIndex:
     async def publish_cancel(self, job_ids: Sequence[str]) -> None:
         if job_ids:
             await self._redis_op(self.redis.publish(self.cancel_channel, " ".join(job_ids)))
-
-    async def used_memory(self) -> int:
-        info = await self._redis_op(self.redis.info("memory"))
-        return int(info["used_memory"])
 
     async def _redis_op(self, coro: Any) -> Any:
         try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, cast
+from typing import cast
 
 from worcr.wire import ErrorCode
 from worcr_node.service import Service
@@ -75,6 +75,3 @@ class TcpServer(Service):
                 log.warning("connections still open at shutdown", extra={"action": "stop"})
             self._server = None
         await super().stop()
-
-    def address(self) -> tuple[str, Any]:
-        return self.host, self.port
