@@ -42,6 +42,7 @@ class Config:
     token: str | None = None
     heartbeat_ms: int = 1000
     lane_window: int = 500
+    window_budget: int = 100_000  # job ids in all lane windows together (Redis memory bound)
     db_pool_size: int = 8
     limits: Limits = field(default_factory=Limits)
 
@@ -64,6 +65,7 @@ class Config:
             token=env.get("WORCR_TOKEN") or None,
             heartbeat_ms=_int(env, "WORCR_HEARTBEAT_MS", base.heartbeat_ms, 50, 60_000),
             lane_window=_int(env, "WORCR_LANE_WINDOW", base.lane_window, 10, 100_000),
+            window_budget=_int(env, "WORCR_WINDOW_BUDGET", base.window_budget, 1000, 10_000_000),
             db_pool_size=_int(env, "WORCR_DB_POOL", base.db_pool_size, 2, 200),
         )
 

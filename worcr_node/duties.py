@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 from worcr_node.clock import Clock
-from worcr_node.dispatcher import Dispatcher
+from worcr_node.dispatch.dispatcher import Dispatcher
 from worcr_node.manager import JobManager
 from worcr_node.service import Service
 from worcr_node.store.pg import PgStore, StorageUnavailable
@@ -132,4 +132,4 @@ class Duties(Service):
             missing = [lane for lane in lanes if lane not in ready]
             if missing:
                 await self.index.mark_ready(missing)
-                self.dispatcher.lanes_ready(missing)
+                self.dispatcher.lanes_ready(dict.fromkeys(missing))

@@ -12,7 +12,7 @@ import logging
 import random
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -49,8 +49,10 @@ class JobManager:
         self.clock = clock
         self.limits = limits
         self.rand = rand
-        # Called with lane ids that just got ready work (wakes the local dispatcher).
-        self.on_ready: Callable[[Sequence[str]], None] = lambda lanes: None
+        # Called with {lane: oldest seq} for lanes that just got ready work (wakes the dispatcher).
+        self.on_ready: Callable[[Mapping[str, int | None]], None] = lambda lanes: None
+        # Called with ids of jobs that stopped running through this node (fewest_running counts).
+        self.on_done: Callable[[Collection[uuid.UUID]], None] = lambda ids: None
         # Called with (job id, token) of running jobs that were cancelled.
         self.on_cancel: Callable[[Sequence[tuple[str, int]]], None] = lambda jobs: None
         self._enqueue = Batcher[NewJob, InsertResult]("enqueue", self._flush_enqueue, concurrency=2)
@@ -103,7 +105,7 @@ class JobManager:
         except IndexUnavailable as exc:
             log.warning("Redis unavailable after commit; reconciler will index: %s", exc,
                         extra={"action": "push_ready"})  # fmt: skip
-        self.on_ready(list(ready))
+        self.on_ready({lane: min(seq for seq, _ in items) for lane, items in ready.items()})
 
     # -- dispatch ----------------------------------------------------------------------------------
 
@@ -145,6 +147,7 @@ class JobManager:
             [i[0] for i in items], [i[1] for i in items], [i[2] for i in items]
         )
         await self._release([str(i) for i in done])
+        self.on_done(done)
         return [i[0] in done for i in items]
 
     async def fail(self, items: Sequence[Failure]) -> list[bool]:
@@ -187,6 +190,7 @@ class JobManager:
     ) -> list[bool]:
         moved = await self.store.job_finish_many(items, decide)
         changed = {r[0] for r in moved}
+        self.on_done(changed)
         if release and changed:
             await self._release([str(i) for i in changed])
         ready: Ready = defaultdict(list)
@@ -221,6 +225,7 @@ class JobManager:
                                                JobState.RUNNING, JobState.RETRYING)):  # fmt: skip
             return False, previous
         if previous == JobState.RUNNING:
+            self.on_done({job_id})
             await self._release([str(job_id)])
             try:
                 await self.index.publish_cancel([f"{job_id}:{token}"])

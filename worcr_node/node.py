@@ -16,7 +16,8 @@ from aiohttp import web
 
 from worcr_node.clock import Clock, SystemClock
 from worcr_node.config import Config
-from worcr_node.dispatcher import Dispatcher
+from worcr_node.dispatch.dispatcher import Dispatcher
+from worcr_node.dispatch.policy import PolicyStore, PolicyWatcher
 from worcr_node.duties import Duties
 from worcr_node.http.api import build_app
 from worcr_node.manager import JobManager
@@ -47,8 +48,15 @@ class Node:
             self.store, self.index, config.node_id, self.clock, config.limits, rand
         )
         self.dispatcher = Dispatcher(
-            self.manager, self.store, self.index, self.clock, rand, 3 * config.heartbeat_ms / 1000
+            self.manager,
+            self.store,
+            self.index,
+            self.clock,
+            3 * config.heartbeat_ms / 1000,
+            config.window_budget,
         )
+        self.policy_store = PolicyStore(self.store, self.index)
+        self.policy = PolicyWatcher(self.policy_store, self.dispatcher.set_policy)
         self.duties = Duties(
             self.manager, self.store, self.index, self.dispatcher, self.clock,
             **{f"{k}_every": v for k, v in (duty_periods or {}).items()},
@@ -71,7 +79,7 @@ class Node:
         self._cancel_listener = _CancelListener(self.index, self.hub)
         self.crashed = asyncio.Event()
         self._services: list[Service] = [
-            self.dispatcher, self.duties, self._cancel_listener, self.tcp,
+            self.policy, self.dispatcher, self.duties, self._cancel_listener, self.tcp,
         ]  # fmt: skip
         for s in self._services:
             s.on_crash = self._on_crash

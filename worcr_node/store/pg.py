@@ -119,7 +119,7 @@ class PgStore:
         except _UNAVAILABLE as exc:
             raise StorageUnavailable(f"PostgreSQL is unavailable: {exc}") from exc
 
-    async def _run(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    async def run(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         async with self._conn() as conn:
             return await fn(conn)
 
@@ -169,7 +169,7 @@ class PgStore:
                             by_key[r[2]] = (r[0], r[1])
             return _insert_results(jobs, inserted, existing, by_key)
 
-        results = await self._run(tx)
+        results = await self.run(tx)
         self._known_lanes.update(new_lanes)
         return results
 
@@ -178,14 +178,14 @@ class PgStore:
     async def job_claim_many(
         self, ids: Sequence[uuid.UUID], worker_ids: Sequence[str], node_id: str
     ) -> list[ClaimedJob]:
-        rows = await self._run(lambda c: c.fetch(q.JOB_CLAIM_MANY, ids, worker_ids, node_id))
+        rows = await self.run(lambda c: c.fetch(q.JOB_CLAIM_MANY, ids, worker_ids, node_id))
         return [ClaimedJob(*r) for r in rows]
 
     async def job_complete_many(
         self, ids: Sequence[uuid.UUID], tokens: Sequence[int], results: Sequence[bytes | None]
     ) -> set[uuid.UUID]:
         """running -> completed; returns the ids whose token was current (the others are stale)."""
-        rows = await self._run(lambda c: c.fetch(q.JOB_COMPLETE_MANY, ids, tokens, results))
+        rows = await self.run(lambda c: c.fetch(q.JOB_COMPLETE_MANY, ids, tokens, results))
         return {r[0] for r in rows}
 
     async def job_finish_many(
@@ -221,38 +221,42 @@ class PgStore:
                 )
             return [(r[0], r[1], r[2], r[3]) for r in moved]
 
-        return await self._run(tx)
+        return await self.run(tx)
 
     async def job_running_tokens(self, ids: Sequence[uuid.UUID]) -> list[tuple[uuid.UUID, int]]:
-        rows = await self._run(lambda c: c.fetch(q.JOB_RUNNING_TOKENS, ids))
+        rows = await self.run(lambda c: c.fetch(q.JOB_RUNNING_TOKENS, ids))
         return [(r[0], r[1]) for r in rows]
 
     async def job_running_all(self) -> list[tuple[uuid.UUID, float]]:
-        rows = await self._run(lambda c: c.fetch(q.JOB_RUNNING_ALL))
+        rows = await self.run(lambda c: c.fetch(q.JOB_RUNNING_ALL))
         return [(r[0], r[1]) for r in rows]
 
     # -- time-driven -------------------------------------------------------------------------------
 
     async def job_promote_due(self, limit: int) -> list[tuple[uuid.UUID, int, str]]:
-        rows = await self._run(lambda c: c.fetch(q.JOB_PROMOTE_DUE, limit))
+        rows = await self.run(lambda c: c.fetch(q.JOB_PROMOTE_DUE, limit))
         return [(r[0], r[1], r[2]) for r in rows]
 
     async def job_expire_due(self, limit: int) -> int:
-        rows = await self._run(lambda c: c.fetch(q.JOB_EXPIRE_DUE, limit))
+        rows = await self.run(lambda c: c.fetch(q.JOB_EXPIRE_DUE, limit))
         return len(rows)
 
     # -- lanes -------------------------------------------------------------------------------------
 
     async def lane_ready_page(self, lane: str, limit: int) -> list[tuple[uuid.UUID, int]]:
-        rows = await self._run(lambda c: c.fetch(q.LANE_READY_PAGE, lane, limit))
+        rows = await self.run(lambda c: c.fetch(q.LANE_READY_PAGE, lane, limit))
         return [(r[0], r[1]) for r in rows]
 
     async def lanes_with_ready(self) -> list[str]:
-        rows = await self._run(lambda c: c.fetch(q.LANES_WITH_READY))
+        rows = await self.run(lambda c: c.fetch(q.LANES_WITH_READY))
         return [r[0] for r in rows]
 
+    async def running_by_tenant(self) -> dict[str, int]:
+        rows = await self.run(lambda c: c.fetch(q.RUNNING_BY_TENANT))
+        return {r[0]: int(r[1]) for r in rows}
+
     async def lane_get_many(self, lanes: Sequence[str]) -> list[asyncpg.Record]:
-        return await self._run(lambda c: c.fetch(q.LANE_GET_MANY, list(lanes)))
+        return await self.run(lambda c: c.fetch(q.LANE_GET_MANY, list(lanes)))
 
     # -- operator actions --------------------------------------------------------------------------
 
@@ -269,17 +273,17 @@ class PgStore:
                     await conn.execute(q.ATTEMPT_CANCELLED, job_id)
                 return (row[0], row[1])
 
-        return await self._run(tx)
+        return await self.run(tx)
 
     async def job_retry_now(self, job_id: uuid.UUID) -> tuple[uuid.UUID, int, str] | None:
-        row = await self._run(lambda c: c.fetchrow(q.JOB_RETRY_NOW, job_id))
+        row = await self.run(lambda c: c.fetchrow(q.JOB_RETRY_NOW, job_id))
         return None if row is None else (row[0], row[1], row[2])
 
     async def job_get(self, job_id: uuid.UUID) -> asyncpg.Record | None:
-        return await self._run(lambda c: c.fetchrow(q.JOB_GET, job_id))
+        return await self.run(lambda c: c.fetchrow(q.JOB_GET, job_id))
 
     async def attempts_of_job(self, job_id: uuid.UUID) -> list[asyncpg.Record]:
-        return await self._run(lambda c: c.fetch(q.ATTEMPTS_OF_JOB, job_id))
+        return await self.run(lambda c: c.fetch(q.ATTEMPTS_OF_JOB, job_id))
 
     async def job_list(
         self,
@@ -293,10 +297,10 @@ class PgStore:
             state is not None, kind is not None, tenant is not None, cursor is not None
         )
         params = [p for p in (state, kind, tenant, cursor) if p is not None]
-        return await self._run(lambda c: c.fetch(sql, limit, *params))
+        return await self.run(lambda c: c.fetch(sql, limit, *params))
 
     async def ping(self) -> None:
-        await self._run(lambda c: c.fetchval("SELECT 1"))
+        await self.run(lambda c: c.fetchval("SELECT 1"))
 
 
 def _insert_results(

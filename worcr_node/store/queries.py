@@ -223,3 +223,46 @@ def job_list(state: bool, kind: bool, tenant: bool, cursor: bool) -> str:
     if where:
         sql += " WHERE " + " AND ".join(where)
     return sql + " ORDER BY id DESC LIMIT $1"
+
+
+# -- dispatch policy (rules, fairness, tenant weights) ------------------------------------------
+
+POLICY_VERSION = "SELECT version FROM worcr_dispatch_version"
+POLICY_BUMP = "UPDATE worcr_dispatch_version SET version = version + 1 RETURNING version"
+
+_RULE_COLS = "id, name, description, enabled, match, action, factor, created_at, updated_at"
+RULE_LIST = f"SELECT {_RULE_COLS} FROM worcr_rules ORDER BY created_at, id"
+RULE_GET = f"SELECT {_RULE_COLS} FROM worcr_rules WHERE id = $1"
+RULE_COUNT = "SELECT count(*) FROM worcr_rules"
+RULE_INSERT = f"""
+INSERT INTO worcr_rules (id, name, description, enabled, match, action, factor)
+VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7)
+RETURNING {_RULE_COLS}
+"""
+RULE_UPDATE = f"""
+UPDATE worcr_rules
+SET name = $2, description = $3, enabled = $4, match = $5::jsonb, action = $6, factor = $7,
+    updated_at = now()
+WHERE id = $1
+RETURNING {_RULE_COLS}
+"""
+RULE_DELETE = "DELETE FROM worcr_rules WHERE id = $1 RETURNING id"
+
+FAIRNESS_LIST = "SELECT scope, strategy FROM worcr_fairness"
+FAIRNESS_CLEAR = "DELETE FROM worcr_fairness"
+FAIRNESS_INSERT_MANY = """
+INSERT INTO worcr_fairness (scope, strategy)
+SELECT * FROM unnest($1::text[], $2::text[])
+"""
+
+TENANT_WEIGHT_LIST = "SELECT tenant, weight, updated_at FROM worcr_tenants ORDER BY tenant"
+TENANT_WEIGHT_GET = "SELECT tenant, weight, updated_at FROM worcr_tenants WHERE tenant = $1"
+TENANT_WEIGHT_SET = """
+INSERT INTO worcr_tenants (tenant, weight) VALUES ($1, $2)
+ON CONFLICT (tenant) DO UPDATE SET weight = EXCLUDED.weight, updated_at = now()
+RETURNING tenant, weight, updated_at
+"""
+TENANT_WEIGHT_DELETE = "DELETE FROM worcr_tenants WHERE tenant = $1 RETURNING tenant"
+
+# Running jobs per tenant (fewest_running), through the partial index on running jobs.
+RUNNING_BY_TENANT = "SELECT tenant, count(*) FROM worcr_jobs WHERE state = 'running' GROUP BY 1"

@@ -34,12 +34,13 @@ def _script(name: str) -> str:
 
 
 class ClaimResult:
-    __slots__ = ("complete", "ids", "left")
+    __slots__ = ("complete", "head", "ids", "left")
 
-    def __init__(self, ids: list[str], left: int, complete: bool) -> None:
+    def __init__(self, ids: list[str], left: int, complete: bool, head: int) -> None:
         self.ids = ids
         self.left = left
         self.complete = complete
+        self.head = head  # seq of the window's new head (or of the last id taken; -1: unknown)
 
 
 class RedisIndex:
@@ -55,6 +56,7 @@ class RedisIndex:
         self.epoch_key = f"{self.p}:epoch"
         self.ready_channel = f"{self.p}:ready-lanes"
         self.cancel_channel = f"{self.p}:cancel"
+        self.policy_channel = f"{self.p}:policy"
         self._push = self.redis.register_script(_script("push"))
         self._claim = self.redis.register_script(_script("claim"))
         self._refill = self.redis.register_script(_script("refill"))
@@ -73,7 +75,9 @@ class RedisIndex:
     # -- lanes -------------------------------------------------------------------------------------
 
     async def push_ready(self, by_lane: dict[str, list[tuple[int, uuid.UUID]]]) -> None:
-        """Jobs committed as ready: add them to their windows (or mark for refill), wake nodes."""
+        """Jobs committed as ready: add them to their windows (or mark for refill), wake nodes.
+
+        The wake-up message is `lane:oldest-seq ...`, so other nodes learn each lane's head."""
         if not by_lane:
             return
         try:
@@ -89,7 +93,8 @@ class RedisIndex:
                             args=argv,
                             client=pipe,
                         )
-                pipe.publish(self.ready_channel, " ".join(by_lane))
+                heads = (f"{lane}:{min(s for s, _ in items)}" for lane, items in by_lane.items())
+                pipe.publish(self.ready_channel, " ".join(heads))
                 await pipe.execute()
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise IndexUnavailable(str(exc)) from exc
@@ -100,7 +105,7 @@ class RedisIndex:
             [self._window(lane), self.leases_key, self._meta(lane), self.ready_key],
             [n, deadline_ms, lane],
         )
-        return ClaimResult(list(res[0]), int(res[1]), res[2] == "1")
+        return ClaimResult(list(res[0]), int(res[1]), res[2] == "1", int(res[3]))
 
     async def lane_version(self, lane: str) -> str:
         try:
@@ -203,6 +208,9 @@ class RedisIndex:
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
                 except Exception:
                     pass
+
+    async def publish_policy(self) -> None:
+        await self._redis_op(self.redis.publish(self.policy_channel, "changed"))
 
     async def publish_cancel(self, job_ids: Sequence[str]) -> None:
         if job_ids:

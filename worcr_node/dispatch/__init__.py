@@ -1,0 +1,1 @@
+"""Smart dispatch: tag rules, fairness between tenants, the pick, the policy, explain."""

@@ -1,0 +1,450 @@
+"""The dispatcher: hands ready jobs to this node's connected workers.
+
+Workers with the same kinds and tags form a class; each class has a `ClassView` (picker.py) of
+the ready lanes it may run, at their effective weights (lane weight x rule factors; forbidden
+lanes are left out), arranged by the fairness strategy. For each worker with free credit the
+dispatcher picks a lane from its class view in O(log n), claims a batch of ids from the lane's
+Redis window (which leases them), turns them into running attempts in PostgreSQL (batched), and
+pushes them to the worker. It keeps the windows topped up from PostgreSQL (refill), learns of new
+ready lanes from the manager (local enqueues) and from Redis pub/sub (other nodes), and rebuilds
+the class views when the dispatch policy changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from worcr_node.clock import Clock
+from worcr_node.dispatch.fairness import Strategy
+from worcr_node.dispatch.picker import ClassView
+from worcr_node.dispatch.policy import Policy
+from worcr_node.dispatch.rules import TagSet, Verdict, evaluate
+from worcr_node.manager import JobManager
+from worcr_node.service import Service
+from worcr_node.store.pg import ClaimedJob, PgStore, StorageUnavailable
+from worcr_node.store.redis_index import IndexUnavailable, RedisIndex
+
+__all__ = ["ClassKey", "Consumer", "Dispatcher", "LaneInfo", "class_key"]
+
+log = logging.getLogger(__name__)
+
+CLAIM_LEASE_MS = 30_000  # lease between the Redis claim and the PostgreSQL update
+MAX_CLAIM = 100
+MIN_WINDOW = 16
+ClassKey = tuple[frozenset[str], frozenset[str]]  # (kinds, tags); empty kinds: any kind
+
+
+class Consumer(Protocol):
+    """A connected worker as the dispatcher sees it."""
+
+    worker_id: str
+    kinds: frozenset[str]  # empty: any kind
+    tags: list[str]
+    capacity: int
+    reserved: int  # jobs being claimed for it right now
+
+    @property
+    def held(self) -> int: ...
+
+    @property
+    def open(self) -> bool: ...
+
+    def deliver(self, jobs: Sequence[ClaimedJob]) -> bool:
+        """Push jobs to the worker; False if the connection is gone."""
+        ...
+
+
+def class_key(kinds: Collection[str], tags: Collection[str]) -> ClassKey:
+    return frozenset(kinds), frozenset(tags)
+
+
+@dataclass(frozen=True, slots=True)
+class LaneInfo:
+    lane: str
+    kind: str
+    tenant: str
+    tags: TagSet
+    weight: float
+
+
+@dataclass(slots=True)
+class _Class:
+    key: ClassKey
+    tags: TagSet
+    view: ClassView
+    members: int = 0
+    verdicts: dict[str, Verdict] = field(default_factory=dict)
+
+
+class Dispatcher(Service):
+    name = "dispatcher"
+
+    def __init__(
+        self,
+        manager: JobManager,
+        store: PgStore,
+        index: RedisIndex,
+        clock: Clock,
+        min_lease: float = 0.0,
+        window_budget: int = 100_000,
+    ) -> None:
+        super().__init__()
+        self.min_lease = min_lease
+        self.manager = manager
+        self.store = store
+        self.index = index
+        self.clock = clock
+        self.window_cap = index.window
+        self.window_budget = window_budget
+        self.policy = Policy()
+        self.consumers: list[Consumer] = []
+        self.lanes: dict[str, LaneInfo] = {}  # lanes that may have ready work
+        self.heads: dict[str, int] = {}  # lane -> seq of its oldest ready job, as last seen
+        self.classes: dict[ClassKey, _Class] = {}
+        self._known: dict[str, LaneInfo] = {}  # every lane met (lanes never change)
+        self._unknown: dict[str, int | None] = {}
+        self._refilling: set[str] = set()
+        self._wake = asyncio.Event()
+        self._rr = 0
+        # fewest_running: PostgreSQL's count per tenant, plus this node's changes since
+        self.running_base: dict[str, int] = {}
+        self.running_delta: Counter[str] = Counter()
+        self._job_tenant: dict[Any, str] = {}
+        manager.on_ready = self.lanes_ready
+        manager.on_done = self.jobs_done
+
+    # -- inputs ------------------------------------------------------------------------------------
+
+    def add(self, consumer: Consumer) -> None:
+        if consumer not in self.consumers:
+            self.consumers.append(consumer)
+            self._class_of(consumer).members += 1
+        self.wake()
+
+    def remove(self, consumer: Consumer) -> None:
+        if consumer in self.consumers:
+            self.consumers.remove(consumer)
+            key = class_key(consumer.kinds, consumer.tags)
+            cls = self.classes.get(key)
+            if cls is not None:
+                cls.members -= 1
+                if cls.members <= 0:
+                    del self.classes[key]
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def lanes_ready(self, lanes: Mapping[str, int | None]) -> None:
+        """Lanes that got ready work, with the seq of their oldest new job when known."""
+        for lane, head in lanes.items():
+            info = self._known.get(lane)
+            if info is None:
+                self._unknown[lane] = head
+            else:
+                self._add_lane(info, head)
+        self.wake()
+
+    def jobs_done(self, ids: Collection[Any]) -> None:
+        """Jobs this node delivered stopped running (fewest_running bookkeeping)."""
+        for jid in ids:
+            tenant = self._job_tenant.pop(jid, None)
+            if tenant is not None:
+                self.running_delta[tenant] -= 1
+                self._running_changed(tenant)
+
+    def set_policy(self, policy: Policy) -> None:
+        """A new rule set or fairness setting: rebuild every class view."""
+        self.policy = policy
+        for cls in self.classes.values():
+            self._fill(cls)
+        self.wake()
+
+    # -- lanes and classes -------------------------------------------------------------------------
+
+    def running(self, tenant: str) -> int:
+        return self.running_base.get(tenant, 0) + self.running_delta.get(tenant, 0)
+
+    def _running_changed(self, tenant: str) -> None:
+        for cls in self.classes.values():
+            cls.view.running_changed(tenant)
+
+    def _class_of(self, c: Consumer) -> _Class:
+        key = class_key(c.kinds, c.tags)
+        cls = self.classes.get(key)
+        if cls is None:
+            cls = self.classes[key] = _Class(
+                key, TagSet(key[1]), ClassView(self.policy.fairness, self.running)
+            )
+            self._fill(cls)
+        return cls
+
+    def new_view(self, key: ClassKey) -> ClassView:
+        """A class view built now from the ready lanes (explain for a class with no worker)."""
+        cls = _Class(key, TagSet(key[1]), ClassView(self.policy.fairness, self.running))
+        self._fill(cls)
+        return cls.view
+
+    def _fill(self, cls: _Class) -> None:
+        cls.view = ClassView(self.policy.fairness, self.running)
+        cls.verdicts.clear()
+        for info in self.lanes.values():
+            self._offer(cls, info)
+
+    def verdict(self, info: LaneInfo, kinds: frozenset[str], tags: TagSet) -> Verdict | None:
+        """None if the class does not run the lane's kind at all."""
+        if kinds and info.kind not in kinds:
+            return None
+        return evaluate(self.policy.rules, info.kind, info.tenant, info.tags, tags)
+
+    def _offer(self, cls: _Class, info: LaneInfo) -> None:
+        v = cls.verdicts.get(info.lane)
+        if v is None:
+            v = self.verdict(info, cls.key[0], cls.tags)
+            if v is None:
+                return
+            cls.verdicts[info.lane] = v
+        if v.allowed:
+            head = self.heads.get(info.lane, 0)
+            cls.view.add(info.lane, info.kind, info.tenant, info.weight * v.factor, head)
+
+    def _add_lane(self, info: LaneInfo, head: int | None) -> None:
+        if head is not None and (
+            info.lane not in self.lanes or head < self.heads.get(info.lane, head + 1)
+        ):
+            self.heads[info.lane] = head
+        new = info.lane not in self.lanes
+        self.lanes[info.lane] = info
+        for cls in self.classes.values():
+            if new:
+                self._offer(cls, info)
+            elif head is not None:
+                cls.view.set_head(info.lane, self.heads[info.lane])
+        if new:
+            self._resize_windows()
+
+    def _drop_lane(self, lane: str) -> None:
+        if self.lanes.pop(lane, None) is not None:
+            for cls in self.classes.values():
+                cls.view.remove(lane)
+            self._resize_windows()
+
+    def _resize_windows(self) -> None:
+        """Keep all windows together within the budget: many ready lanes, smaller windows."""
+        per_lane = self.window_budget // max(1, len(self.lanes))
+        self.index.window = max(MIN_WINDOW, min(self.window_cap, per_lane))
+
+    # -- loop --------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.spawn(self._loop(), "dispatch")
+        self.spawn(self._listen(), "ready-listener")
+        self.spawn(self._resync_loop(), "ready-resync")
+        self.spawn(self._running_loop(), "running-counts")
+
+    async def _loop(self) -> None:
+        while not self.stopping:
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
+            try:
+                async with asyncio.timeout(0.5):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                await self._learn_lanes()
+                for _ in range(1000):  # bounded: give the loop a turn between passes
+                    if not await self._pass():
+                        break
+                    await asyncio.sleep(0)
+            except (StorageUnavailable, IndexUnavailable) as exc:
+                log.warning("dispatch paused: %s", exc, extra={"action": "dispatch"})
+                await asyncio.sleep(0.5)
+            except Exception:  # one bad round must not stop dispatching for every worker
+                log.exception("dispatch round failed", extra={"action": "dispatch"})
+                await asyncio.sleep(0.5)
+
+    async def _learn_lanes(self) -> None:
+        if not self._unknown:
+            return
+        wanted, self._unknown = self._unknown, {}
+        try:
+            rows = await self.store.lane_get_many(sorted(wanted))
+        except StorageUnavailable:
+            wanted.update(self._unknown)
+            self._unknown = wanted
+            raise
+        for r in rows:
+            info = LaneInfo(r["lane"], r["kind"], r["tenant"], TagSet(r["tags"]),
+                            float(r["weight"]))  # fmt: skip
+            self._known[info.lane] = info
+            self._add_lane(info, wanted[info.lane])
+
+    async def _pass(self) -> bool:
+        """One round over hungry consumers; True if any job was claimed."""
+        progress = False
+        consumers = [c for c in self.consumers if c.open and self._wants(c)]
+        if not consumers or not self.lanes:
+            return False
+        self._rr = (self._rr + 1) % len(consumers)
+        for c in consumers[self._rr :] + consumers[: self._rr]:
+            if not self._wants(c):
+                continue
+            cls = self.classes.get(class_key(c.kinds, c.tags))
+            if cls is None:
+                continue
+            lane = cls.view.pick()
+            if lane is None:
+                continue
+            if await self._claim_for(c, cls, lane):
+                progress = True
+        return progress
+
+    @staticmethod
+    def _wants(c: Consumer) -> bool:
+        free = c.capacity - c.held - c.reserved
+        return free > 0 and (free >= max(1, c.capacity // 4) or c.held + c.reserved == 0)
+
+    async def _claim_for(self, c: Consumer, cls: _Class, lane: str) -> bool:
+        n = min(c.capacity - c.held - c.reserved, MAX_CLAIM)
+        c.reserved += n
+        handed_off = False
+        try:
+            deadline = int(self.clock.now() * 1000) + CLAIM_LEASE_MS
+            res = await self.index.claim(lane, n, deadline)
+            if not res.complete and res.left < self.index.window // 2:
+                self._refill_soon(lane)
+            if res.head >= 0 and lane in self.lanes:
+                self.heads[lane] = res.head
+                for other in self.classes.values():
+                    other.view.set_head(lane, res.head)
+            if not res.ids:
+                # Empty window: gone for good if complete, else parked until its refill lands.
+                self._drop_lane(lane)
+                return False
+            cls.view.charge(lane, len(res.ids))
+            self.spawn(self._finish_claim(c, res.ids, n), "claim")
+            handed_off = True
+            return True
+        finally:
+            if not handed_off:
+                c.reserved -= n
+
+    async def _finish_claim(self, c: Consumer, ids: list[str], reserved: int) -> None:
+        try:
+            jobs = await self.manager.claim(ids, c.worker_id)
+        except StorageUnavailable as exc:
+            log.warning("claim not written (%s); leases will expire", exc)
+            jobs = []
+        except Exception:  # the ids stay queued in PostgreSQL; their leases expire
+            log.exception("claim failed", extra={"action": "claim"})
+            jobs = []
+        finally:
+            c.reserved -= reserved
+        if jobs:
+            self._count_running(jobs)
+            if not c.deliver(jobs):
+                await self.manager.yield_([(j.id, j.token) for j in jobs])
+                return
+            self.wake()
+            # The worker has the jobs already; now give each lease its exact length. A job
+            # acked in between has no lease left, and lease_set never creates one (XX).
+            now_ms = int(self.clock.now() * 1000)
+            try:
+                await self.index.lease_set(
+                    {
+                        str(j.id): now_ms + int(max(j.reserve_for, self.min_lease) * 1000)
+                        for j in jobs
+                    }
+                )
+            except IndexUnavailable:
+                pass  # the provisional claim lease stands; heartbeats extend it
+            return
+        self.wake()
+
+    def _count_running(self, jobs: Sequence[ClaimedJob]) -> None:
+        if not self._uses_running_counts():
+            return
+        if len(self._job_tenant) > 200_000:  # acks that went to other nodes: forget, resync
+            self._job_tenant.clear()
+        touched = set()
+        for j in jobs:
+            self._job_tenant[j.id] = j.tenant
+            self.running_delta[j.tenant] += 1
+            touched.add(j.tenant)
+        for tenant in touched:
+            self._running_changed(tenant)
+
+    def _refill_soon(self, lane: str) -> None:
+        if lane not in self._refilling:
+            self._refilling.add(lane)
+            self.spawn(self._refill(lane), "refill")
+
+    async def _refill(self, lane: str) -> None:
+        head = None
+        try:
+            version = await self.index.lane_version(lane)
+            rows = await self.store.lane_ready_page(lane, self.index.window)
+            left = await self.index.refill(lane, version, len(rows) < self.index.window, rows)
+            if left and rows:
+                head = rows[0][1]
+        except (StorageUnavailable, IndexUnavailable) as exc:
+            log.warning("refill of lane %s failed: %s", lane, exc)
+        except Exception:
+            log.exception("refill of lane %s failed", lane, extra={"action": "refill"})
+        finally:
+            self._refilling.discard(lane)
+        if head is not None:
+            self.lanes_ready({lane: head})
+
+    # -- other nodes -------------------------------------------------------------------------------
+
+    async def _listen(self) -> None:
+        await self.index.listen(self.index.ready_channel, self._heard, lambda: self.stopping)
+
+    def _heard(self, data: str) -> None:
+        lanes: dict[str, int | None] = {}
+        for item in data.split():
+            lane, _, seq = item.partition(":")
+            lanes[lane] = int(seq) if seq.isdigit() else None
+        self.lanes_ready(lanes)
+
+    async def _resync_loop(self) -> None:
+        while not self.stopping:
+            await asyncio.sleep(1.0)
+            try:
+                await self.resync()
+            except IndexUnavailable:
+                pass
+
+    async def resync(self) -> None:
+        """Adopt the cluster-wide ready set (covers missed pub/sub messages)."""
+        ready = await self.index.ready_lanes()
+        for lane in list(self.lanes):
+            if lane not in ready and lane not in self._refilling:
+                self._drop_lane(lane)
+        self.lanes_ready({lane: None for lane in ready if lane not in self.lanes})
+
+    def _uses_running_counts(self) -> bool:
+        f = self.policy.fairness
+        return Strategy.FEWEST_RUNNING in (f.default, *f.kinds.values())
+
+    async def _running_loop(self) -> None:
+        """fewest_running needs cluster-wide running counts: re-read them every second."""
+        while not self.stopping:
+            await asyncio.sleep(1.0)
+            if not self._uses_running_counts():
+                continue
+            try:
+                counts = await self.store.running_by_tenant()
+            except StorageUnavailable:
+                continue
+            changed = set(self.running_base) | set(counts) | set(self.running_delta)
+            self.running_base = counts
+            self.running_delta.clear()
+            for tenant in changed:
+                self._running_changed(tenant)

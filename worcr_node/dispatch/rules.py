@@ -1,0 +1,279 @@
+"""Tag rules: what a rule is, how one is validated, and how rules judge a (lane, worker) pair.
+
+A rule matches on the job's kind, tenant and tags and on the worker's tags, and then either
+multiplies the job's weight by a factor or forbids the pair. Rules are stored in PostgreSQL
+(`store/queries.py`), managed over `/api/v1/rules`, and evaluated here, purely: the dispatcher
+evaluates each (lane, worker class) once and caches the verdict until the rules change.
+
+Tag patterns: a plain tag matches itself; `key:*` matches any tag `key:<value>`. `same`/`differ`
+compare the values of `key:` tags on both sides (affinity and anti-affinity: `region:eu` jobs only
+on `region:eu` workers is `{"differ": ["region"]}` with action `forbid`).
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "MAX_RULES",
+    "Rule",
+    "RuleError",
+    "TagSet",
+    "Verdict",
+    "evaluate",
+    "parse_rule",
+    "rule_matches",
+]
+
+MAX_RULES = 10_000
+MAX_LIST = 64  # entries in any list of a match
+MAX_TEXT = 128  # a tag, kind, tenant or key
+MAX_NAME = 128
+MAX_DESCRIPTION = 1024
+MAX_FACTOR = 1e6
+ACTIONS = ("multiply", "forbid")
+_RULE_FIELDS = frozenset({"name", "description", "enabled", "match", "action", "factor"})
+_MATCH_FIELDS = frozenset({"kinds", "tenants", "job_tags", "worker_tags", "same", "differ"})
+_TAG_FIELDS = frozenset({"all", "any", "none"})
+
+
+class RuleError(ValueError):
+    """A rule is invalid; the message names the field."""
+
+
+@dataclass(frozen=True, slots=True)
+class TagMatch:
+    """all: every pattern present; any: at least one present (if given); none: none present."""
+
+    all: tuple[str, ...] = ()
+    any: tuple[str, ...] = ()
+    none: tuple[str, ...] = ()
+
+    def test(self, tags: TagSet) -> str | None:
+        """None if the tags satisfy this match, else why not."""
+        for p in self.all:
+            if not tags.has(p):
+                return f"lacks {p}"
+        if self.any and not any(tags.has(p) for p in self.any):
+            return f"has none of {list(self.any)}"
+        for p in self.none:
+            if tags.has(p):
+                return f"has {p}"
+        return None
+
+    def to_json(self) -> dict[str, list[str]]:
+        return {k: list(v) for k, v in (("all", self.all), ("any", self.any), ("none", self.none))
+                if v}  # fmt: skip
+
+
+class TagSet:
+    """A set of tags with `key:*` lookups and per-key values (`region:eu` -> {"eu"})."""
+
+    __slots__ = ("keys", "tags", "values")
+
+    def __init__(self, tags: Iterable[str]) -> None:
+        self.tags = frozenset(tags)
+        self.values: dict[str, set[str]] = {}
+        for t in self.tags:
+            key, sep, value = t.partition(":")
+            if sep:
+                self.values.setdefault(key, set()).add(value)
+        self.keys = frozenset(self.values)
+
+    def has(self, pattern: str) -> bool:
+        if pattern.endswith(":*"):
+            return pattern[:-2] in self.keys
+        return pattern in self.tags
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    id: str
+    name: str
+    action: str  # multiply | forbid
+    factor: float = 1.0
+    kinds: frozenset[str] = frozenset()  # empty: any kind
+    tenants: frozenset[str] = frozenset()  # empty: any tenant
+    job_tags: TagMatch = field(default_factory=TagMatch)
+    worker_tags: TagMatch = field(default_factory=TagMatch)
+    same: tuple[str, ...] = ()
+    differ: tuple[str, ...] = ()
+    enabled: bool = True
+    description: str = ""
+
+    def match_json(self) -> dict[str, Any]:
+        m: dict[str, Any] = {}
+        if self.kinds:
+            m["kinds"] = sorted(self.kinds)
+        if self.tenants:
+            m["tenants"] = sorted(self.tenants)
+        if self.job_tags.to_json():
+            m["job_tags"] = self.job_tags.to_json()
+        if self.worker_tags.to_json():
+            m["worker_tags"] = self.worker_tags.to_json()
+        if self.same:
+            m["same"] = list(self.same)
+        if self.differ:
+            m["differ"] = list(self.differ)
+        return m
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": self.id,
+            "name": self.name,
+            "description": self.description,
+            "enabled": self.enabled,
+            "match": self.match_json(),
+            "action": self.action,
+        }
+        if self.action == "multiply":
+            out["factor"] = self.factor
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """How the rules judge one (job lane, worker) pair."""
+
+    allowed: bool
+    factor: float  # product of the matching multiply rules (1.0 if none)
+    matched: tuple[Rule, ...]  # every enabled rule that matched, in rule order
+    forbidden_by: tuple[Rule, ...]
+
+
+def rule_matches(
+    rule: Rule, kind: str, tenant: str, job_tags: TagSet, worker_tags: TagSet
+) -> str | None:
+    """None if the rule matches the pair, else the first reason it does not."""
+    if rule.kinds and kind not in rule.kinds:
+        return f"kind {kind!r} not in {sorted(rule.kinds)}"
+    if rule.tenants and tenant not in rule.tenants:
+        return f"tenant {tenant!r} not in {sorted(rule.tenants)}"
+    why = rule.job_tags.test(job_tags)
+    if why is not None:
+        return f"job {why}"
+    why = rule.worker_tags.test(worker_tags)
+    if why is not None:
+        return f"worker {why}"
+    for key in rule.same:
+        if not job_tags.values.get(key, set()) & worker_tags.values.get(key, set()):
+            return f"job and worker share no {key}: value"
+    for key in rule.differ:
+        jv, wv = job_tags.values.get(key), worker_tags.values.get(key)
+        if not jv or not wv:
+            return f"job or worker has no {key}: tag"
+        if jv & wv:
+            return f"job and worker share a {key}: value"
+    return None
+
+
+def evaluate(
+    rules: Sequence[Rule], kind: str, tenant: str, job_tags: TagSet, worker_tags: TagSet
+) -> Verdict:
+    """Factors of matching multiply rules multiply; any matching forbid rule wins."""
+    factor = 1.0
+    matched: list[Rule] = []
+    forbidden: list[Rule] = []
+    for rule in rules:
+        if not rule.enabled or rule_matches(rule, kind, tenant, job_tags, worker_tags) is not None:
+            continue
+        matched.append(rule)
+        if rule.action == "forbid":
+            forbidden.append(rule)
+        else:
+            factor *= rule.factor
+    return Verdict(not forbidden, factor, tuple(matched), tuple(forbidden))
+
+
+# -- validation ------------------------------------------------------------------------------------
+
+
+def parse_rule(body: Any, rule_id: str | None = None) -> Rule:
+    """A rule from its JSON form; RuleError names the first bad field."""
+    if not isinstance(body, Mapping):
+        raise RuleError("a rule must be a JSON object")
+    unknown = set(body) - _RULE_FIELDS
+    if unknown:
+        raise RuleError(f"unknown field(s) {sorted(unknown)}; allowed: {sorted(_RULE_FIELDS)}")
+    name = body.get("name")
+    if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME:
+        raise RuleError(f"name: expected a non-empty string of at most {MAX_NAME} characters")
+    description = body.get("description", "")
+    if not isinstance(description, str) or len(description) > MAX_DESCRIPTION:
+        raise RuleError(f"description: expected a string of at most {MAX_DESCRIPTION} characters")
+    enabled = body.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise RuleError("enabled: expected true or false")
+    action = body.get("action")
+    if action not in ACTIONS:
+        raise RuleError(f"action: expected one of {list(ACTIONS)}")
+    factor = 1.0
+    if action == "multiply":
+        raw = body.get("factor")
+        if isinstance(raw, bool) or not isinstance(raw, int | float):
+            raise RuleError("factor: a multiply rule needs a number")
+        factor = float(raw)
+        if not math.isfinite(factor) or not 0 < factor <= MAX_FACTOR:
+            raise RuleError(f"factor: expected a number > 0 and <= {MAX_FACTOR:g} "
+                            "(use action 'forbid' to exclude a match)")  # fmt: skip
+    elif "factor" in body:
+        raise RuleError("factor: only a multiply rule has a factor")
+    match = body.get("match", {})
+    if not isinstance(match, Mapping):
+        raise RuleError("match: expected an object")
+    unknown = set(match) - _MATCH_FIELDS
+    if unknown:
+        raise RuleError(f"match: unknown field(s) {sorted(unknown)}; allowed: "
+                        f"{sorted(_MATCH_FIELDS)}")  # fmt: skip
+    return Rule(
+        id=rule_id or str(uuid.uuid4()),
+        name=name.strip(),
+        description=description,
+        enabled=enabled,
+        action=action,
+        factor=factor,
+        kinds=frozenset(_texts(match, "kinds")),
+        tenants=frozenset(_texts(match, "tenants")),
+        job_tags=_tag_match(match, "job_tags"),
+        worker_tags=_tag_match(match, "worker_tags"),
+        same=tuple(_keys(match, "same")),
+        differ=tuple(_keys(match, "differ")),
+    )
+
+
+def _texts(m: Mapping[str, Any], name: str, patterns: bool = False) -> list[str]:
+    value = m.get(name, [])
+    if not isinstance(value, list) or len(value) > MAX_LIST:
+        raise RuleError(f"{name}: expected a list of at most {MAX_LIST} strings")
+    for v in value:
+        if not isinstance(v, str) or not v or len(v) > MAX_TEXT:
+            raise RuleError(f"{name}: {v!r} is not a non-empty string of at most {MAX_TEXT} chars")
+        if "*" in v and not (patterns and v.endswith(":*") and v.count("*") == 1 and len(v) > 2):
+            raise RuleError(f"{name}: {v!r}: '*' is only allowed as a whole value, as in 'key:*'")
+    return list(dict.fromkeys(value))
+
+
+def _keys(m: Mapping[str, Any], name: str) -> list[str]:
+    keys = _texts(m, name)
+    for k in keys:
+        if ":" in k:
+            raise RuleError(f"{name}: {k!r}: give the tag key without ':' (e.g. 'region')")
+    return keys
+
+
+def _tag_match(m: Mapping[str, Any], name: str) -> TagMatch:
+    value = m.get(name, {})
+    if not isinstance(value, Mapping):
+        raise RuleError(f"{name}: expected an object with all/any/none lists")
+    unknown = set(value) - _TAG_FIELDS
+    if unknown:
+        raise RuleError(f"{name}: unknown field(s) {sorted(unknown)}; allowed: all, any, none")
+    try:
+        parts = {k: tuple(_texts(value, k, patterns=True)) for k in _TAG_FIELDS if k in value}
+    except RuleError as exc:
+        raise RuleError(f"{name}.{exc}") from None
+    return TagMatch(**parts)
