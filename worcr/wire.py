@@ -60,6 +60,7 @@ class ErrorCode(StrEnum):
     STALE_TOKEN = "STALE_TOKEN"  # the attempt's lease is gone: job re-dispatched, cancelled, done
     NOT_FOUND = "NOT_FOUND"
     INVALID_STATE = "INVALID_STATE"  # e.g. cancel of a completed job
+    CONFLICT = "CONFLICT"  # HTTP API: a rule with that name exists, or too many rules
     UNAVAILABLE = "UNAVAILABLE"  # storage unreachable: retry later (retryable)
     SHUTTING_DOWN = "SHUTTING_DOWN"  # node is stopping: reconnect elsewhere (retryable)
     INTERNAL = "INTERNAL"

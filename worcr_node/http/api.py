@@ -1,7 +1,8 @@
 """HTTP API v1 (aiohttp): enqueue, read, list, cancel and retry jobs; health and readiness.
 
 Handlers only validate and translate; the JobManager does the work. Errors are JSON
-`{"error": {"code", "message"}}` with the same codes as the wire protocol.
+`{"error": {"code", "message"}}` with the same codes as the wire protocol. The dispatch policy
+routes (rules, fairness, tenant weights) live in `dispatch_api.py` and are added here.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from worcr.wire import ErrorCode
+from worcr_node.dispatch.policy import PolicyStore
 from worcr_node.http.render import render_attempt, render_job
 from worcr_node.jobspec import SpecError
 from worcr_node.manager import JobManager
@@ -168,7 +170,10 @@ class Api:
         return web.json_response({"status": "ready", "node_id": self.m.node_id})
 
 
-def build_app(manager: JobManager, token: str | None) -> web.Application:
+def build_app(manager: JobManager, token: str | None, policy: PolicyStore) -> web.Application:
+    # imported here: dispatch_api uses ApiError from this module
+    from worcr_node.http.dispatch_api import add_dispatch_routes
+
     app = web.Application(middlewares=[_middleware(token)], client_max_size=MAX_BODY)
     api = Api(manager)
     app.router.add_post("/api/v1/jobs", api.enqueue)
@@ -178,4 +183,5 @@ def build_app(manager: JobManager, token: str | None) -> web.Application:
     app.router.add_post("/api/v1/jobs/{id}/retry", api.retry)
     app.router.add_get("/healthz", api.healthz)
     app.router.add_get("/readyz", api.readyz)
+    add_dispatch_routes(app, policy, manager.limits.max_tenant_len)
     return app
