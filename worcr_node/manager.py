@@ -91,17 +91,20 @@ class JobManager:
     async def _flush_enqueue(self, jobs: list[NewJob]) -> list[InsertResult]:
         results = await self.store.job_insert_many(jobs)
         ready: Ready = defaultdict(list)
+        fresh = set()
         for r in results:
             if r.lane is not None and r.seq is not None:
                 ready[r.lane].append((r.seq, r.id))
-        await self._push_ready(ready)
+                if r.fresh:
+                    fresh.add(r.lane)
+        await self._push_ready(ready, fresh)
         return results
 
-    async def _push_ready(self, ready: Ready) -> None:
+    async def _push_ready(self, ready: Ready, fresh: Collection[str] = ()) -> None:
         if not ready:
             return
         try:
-            await self.index.push_ready(ready)
+            await self.index.push_ready(ready, fresh)
         except IndexUnavailable as exc:
             log.warning("Redis unavailable after commit; reconciler will index: %s", exc,
                         extra={"action": "push_ready"})  # fmt: skip

@@ -108,7 +108,7 @@ class Dispatcher(Service):
         self.classes: dict[ClassKey, _Class] = {}
         self._known: dict[str, LaneInfo] = {}  # every lane met (lanes never change)
         self._unknown: dict[str, int | None] = {}
-        self._refilling: set[str] = set()
+        self._refilling: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         self._rr = 0
         # fewest_running: PostgreSQL's count per tenant, plus this node's changes since
@@ -316,6 +316,11 @@ class Dispatcher(Service):
         try:
             deadline = int(self.clock.now() * 1000) + CLAIM_LEASE_MS
             res = await self.index.claim(lane, n, deadline)
+            if not res.ids and not res.complete:
+                # A cold window (new backlog, Redis restarted): page it in now rather than let
+                # younger lanes jump ahead, then try once more.
+                await asyncio.shield(self._refill_soon(lane))
+                res = await self.index.claim(lane, n, deadline)
             if not res.complete and res.left < self.index.window // 2:
                 self._refill_soon(lane)
             if res.head >= 0 and lane in self.lanes:
@@ -379,10 +384,11 @@ class Dispatcher(Service):
         for tenant in touched:
             self._running_changed(tenant)
 
-    def _refill_soon(self, lane: str) -> None:
-        if lane not in self._refilling:
-            self._refilling.add(lane)
-            self.spawn(self._refill(lane), "refill")
+    def _refill_soon(self, lane: str) -> asyncio.Task[None]:
+        task = self._refilling.get(lane)
+        if task is None:
+            task = self._refilling[lane] = self.spawn(self._refill(lane), "refill")
+        return task
 
     async def _refill(self, lane: str) -> None:
         head = None
@@ -397,7 +403,7 @@ class Dispatcher(Service):
         except Exception:
             log.exception("refill of lane %s failed", lane, extra={"action": "refill"})
         finally:
-            self._refilling.discard(lane)
+            self._refilling.pop(lane, None)
         if head is not None:
             self.lanes_ready({lane: head})
 

@@ -51,6 +51,7 @@ class InsertResult:
     duplicate: bool
     lane: str | None = None  # set for new ready jobs
     seq: int | None = None
+    fresh: bool = False  # the lane was created by this insert
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,16 +145,20 @@ class PgStore:
 
         async def tx(conn: asyncpg.Connection) -> list[InsertResult]:
             async with conn.transaction():
+                created: set[str] = set()
                 if new_lanes:
                     lanes = list(new_lanes.values())
-                    await conn.execute(
-                        q.LANE_INSERT_MANY,
-                        [j.lane for j in lanes],
-                        [j.kind for j in lanes],
-                        [j.tenant for j in lanes],
-                        ["\x1f".join(j.tags) for j in lanes],
-                        [j.weight for j in lanes],
-                    )
+                    created = {
+                        r[0]
+                        for r in await conn.fetch(
+                            q.LANE_INSERT_MANY,
+                            [j.lane for j in lanes],
+                            [j.kind for j in lanes],
+                            [j.tenant for j in lanes],
+                            ["\x1f".join(j.tags) for j in lanes],
+                            [j.weight for j in lanes],
+                        )
+                    }
                 rows = await conn.fetch(q.JOB_INSERT_MANY, *cols)
                 inserted = {r[0]: r[1] for r in rows}
                 existing: dict[uuid.UUID, str] = {}
@@ -167,7 +172,7 @@ class PgStore:
                     if keys:
                         for r in await conn.fetch(q.JOB_EXISTING_BY_UNIQUE_KEY, keys):
                             by_key[r[2]] = (r[0], r[1])
-            return _insert_results(jobs, inserted, existing, by_key)
+            return _insert_results(jobs, inserted, existing, by_key, created)
 
         results = await self.run(tx)
         self._known_lanes.update(new_lanes)
@@ -308,6 +313,7 @@ def _insert_results(
     inserted: dict[uuid.UUID, int],
     existing: dict[uuid.UUID, str],
     by_key: dict[str, tuple[uuid.UUID, str]],
+    created: set[str],
 ) -> list[InsertResult]:
     out: list[InsertResult] = []
     first: dict[uuid.UUID, InsertResult] = {}
@@ -320,7 +326,12 @@ def _insert_results(
             ready = j.state is JobState.QUEUED
             out.append(
                 InsertResult(
-                    j.id, j.state.value, False, j.lane if ready else None, seq if ready else None
+                    j.id,
+                    j.state.value,
+                    False,
+                    j.lane if ready else None,
+                    seq if ready else None,
+                    j.lane in created,
                 )
             )
         elif j.id in existing:

@@ -20,6 +20,7 @@ SELECT u.lane, u.kind, u.tenant,
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::float8[])
      AS u(lane, kind, tenant, tags, weight)
 ON CONFLICT (lane) DO NOTHING
+RETURNING lane
 """
 
 LANE_GET_MANY = (

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from importlib import resources
 from typing import Any
 
@@ -74,7 +74,9 @@ class RedisIndex:
 
     # -- lanes -------------------------------------------------------------------------------------
 
-    async def push_ready(self, by_lane: dict[str, list[tuple[int, uuid.UUID]]]) -> None:
+    async def push_ready(
+        self, by_lane: dict[str, list[tuple[int, uuid.UUID]]], fresh: Collection[str] = ()
+    ) -> None:
         """Jobs committed as ready: add them to their windows (or mark for refill), wake nodes.
 
         The wake-up message is `lane:oldest-seq ...`, so other nodes learn each lane's head."""
@@ -84,7 +86,7 @@ class RedisIndex:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for lane, items in by_lane.items():
                     for start in range(0, len(items), 1000):
-                        argv: list[Any] = [self.window, lane]
+                        argv: list[Any] = [self.window, lane, "1" if lane in fresh else "0"]
                         for seq, jid in items[start : start + 1000]:
                             argv.append(seq)
                             argv.append(str(jid))
