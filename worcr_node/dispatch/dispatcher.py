@@ -13,6 +13,8 @@ the class views when the dispatch policy changes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
@@ -36,6 +38,7 @@ log = logging.getLogger(__name__)
 CLAIM_LEASE_MS = 30_000  # lease between the Redis claim and the PostgreSQL update
 MAX_CLAIM = 100
 MIN_WINDOW = 16
+REGISTRY_EVERY = 10  # seconds between refreshes of this node's workers in the registry
 ClassKey = tuple[frozenset[str], frozenset[str]]  # (kinds, tags); empty kinds: any kind
 
 
@@ -124,11 +127,14 @@ class Dispatcher(Service):
         if consumer not in self.consumers:
             self.consumers.append(consumer)
             self._class_of(consumer).members += 1
+            self.spawn(self._register([consumer]), "register")
         self.wake()
 
     def remove(self, consumer: Consumer) -> None:
         if consumer in self.consumers:
             self.consumers.remove(consumer)
+            if not any(c.worker_id == consumer.worker_id for c in self.consumers):
+                self.spawn(self._unregister(consumer.worker_id), "unregister")
             key = class_key(consumer.kinds, consumer.tags)
             cls = self.classes.get(key)
             if cls is not None:
@@ -407,6 +413,29 @@ class Dispatcher(Service):
         if head is not None:
             self.lanes_ready({lane: head})
 
+    # -- worker registry ---------------------------------------------------------------------------
+
+    async def _register(self, consumers: Sequence[Consumer]) -> None:
+        now = self.clock.now()
+        entries = {
+            c.worker_id: json.dumps(
+                {
+                    "node": self.manager.node_id,
+                    "tags": list(c.tags),
+                    "kinds": sorted(c.kinds),
+                    "capacity": c.capacity,
+                    "seen": now,
+                }
+            )
+            for c in consumers
+        }
+        with contextlib.suppress(IndexUnavailable):
+            await self.index.workers_put(entries)
+
+    async def _unregister(self, worker_id: str) -> None:
+        with contextlib.suppress(IndexUnavailable):
+            await self.index.workers_forget([worker_id])
+
     # -- other nodes -------------------------------------------------------------------------------
 
     async def _listen(self) -> None:
@@ -420,10 +449,14 @@ class Dispatcher(Service):
         self.lanes_ready(lanes)
 
     async def _resync_loop(self) -> None:
+        turns = 0
         while not self.stopping:
             await asyncio.sleep(1.0)
+            turns += 1
             try:
                 await self.resync()
+                if turns % REGISTRY_EVERY == 0 and self.consumers:
+                    await self._register(self.consumers)
             except IndexUnavailable:
                 pass
 

@@ -2,7 +2,8 @@
 
 Handlers only validate and translate; the JobManager does the work. Errors are JSON
 `{"error": {"code", "message"}}` with the same codes as the wire protocol. The dispatch policy
-routes (rules, fairness, tenant weights) live in `dispatch_api.py` and are added here.
+routes (rules, fairness, tenant weights) live in `dispatch_api.py`, explain in `explain_api.py`;
+`build_app` adds them.
 """
 
 from __future__ import annotations
@@ -16,7 +17,11 @@ from typing import Any
 from aiohttp import web
 
 from worcr.wire import ErrorCode
+from worcr_node.dispatch.dispatcher import Dispatcher
 from worcr_node.dispatch.policy import PolicyStore
+from worcr_node.http.dispatch_api import add_dispatch_routes
+from worcr_node.http.errors import ApiError, error_response
+from worcr_node.http.explain_api import add_explain_route
 from worcr_node.http.render import render_attempt, render_job
 from worcr_node.jobspec import SpecError
 from worcr_node.manager import JobManager
@@ -32,20 +37,6 @@ MAX_BODY = 8 << 20
 STATES = {s.value for s in JobState}
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-
-
-def _error(status: int, code: str, message: str, **headers: str) -> web.Response:
-    return web.json_response(
-        {"error": {"code": code, "message": message}}, status=status, headers=headers
-    )
-
-
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -54,18 +45,18 @@ def _middleware(token: str | None) -> Any:
     async def mw(request: web.Request, handler: Handler) -> web.StreamResponse:
         if token is not None and request.path.startswith("/api/"):
             if request.headers.get("Authorization") != f"Bearer {token}":
-                return _error(401, ErrorCode.UNAUTHORIZED, "missing or wrong bearer token")
+                return error_response(401, ErrorCode.UNAUTHORIZED, "missing or wrong bearer token")
         try:
             return await handler(request)
         except ApiError as exc:
-            return _error(exc.status, exc.code, exc.message)
+            return error_response(exc.status, exc.code, exc.message)
         except SpecError as exc:
-            return _error(400, ErrorCode.BAD_REQUEST, str(exc))
+            return error_response(400, ErrorCode.BAD_REQUEST, str(exc))
         except (StorageUnavailable, IndexUnavailable) as exc:
-            return _error(503, ErrorCode.UNAVAILABLE, f"storage unavailable, retry: {exc}",
+            return error_response(503, ErrorCode.UNAVAILABLE, f"storage unavailable, retry: {exc}",
                           **{"Retry-After": "1"})  # fmt: skip
         except web.HTTPRequestEntityTooLarge:
-            return _error(413, ErrorCode.BAD_REQUEST, f"body over {MAX_BODY} bytes")
+            return error_response(413, ErrorCode.BAD_REQUEST, f"body over {MAX_BODY} bytes")
 
     return mw
 
@@ -170,10 +161,9 @@ class Api:
         return web.json_response({"status": "ready", "node_id": self.m.node_id})
 
 
-def build_app(manager: JobManager, token: str | None, policy: PolicyStore) -> web.Application:
-    # imported here: dispatch_api uses ApiError from this module
-    from worcr_node.http.dispatch_api import add_dispatch_routes
-
+def build_app(
+    manager: JobManager, token: str | None, policy: PolicyStore, dispatcher: Dispatcher
+) -> web.Application:
     app = web.Application(middlewares=[_middleware(token)], client_max_size=MAX_BODY)
     api = Api(manager)
     app.router.add_post("/api/v1/jobs", api.enqueue)
@@ -184,4 +174,5 @@ def build_app(manager: JobManager, token: str | None, policy: PolicyStore) -> we
     app.router.add_get("/healthz", api.healthz)
     app.router.add_get("/readyz", api.readyz)
     add_dispatch_routes(app, policy, manager.limits.max_tenant_len)
+    add_explain_route(app, dispatcher)
     return app

@@ -19,7 +19,7 @@ from worcr.wire import ErrorCode
 from worcr_node.dispatch.fairness import FairnessError, parse_fairness, parse_tenant_weight
 from worcr_node.dispatch.policy import PolicyStore, RuleConflict
 from worcr_node.dispatch.rules import RuleError, parse_rule
-from worcr_node.http.api import ApiError
+from worcr_node.http.errors import ApiError
 
 __all__ = ["DispatchApi", "add_dispatch_routes"]
 

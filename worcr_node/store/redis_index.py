@@ -57,6 +57,7 @@ class RedisIndex:
         self.ready_channel = f"{self.p}:ready-lanes"
         self.cancel_channel = f"{self.p}:cancel"
         self.policy_channel = f"{self.p}:policy"
+        self.workers_key = f"{self.p}:workers"
         self._push = self.redis.register_script(_script("push"))
         self._claim = self.redis.register_script(_script("claim"))
         self._refill = self.redis.register_script(_script("refill"))
@@ -210,6 +211,21 @@ class RedisIndex:
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
                 except Exception:
                     pass
+
+    # -- worker registry (explain, UI): worker id -> JSON description, refreshed by its node -------
+
+    async def workers_put(self, entries: dict[str, str]) -> None:
+        if entries:
+            mapping: dict[Any, Any] = dict(entries)
+            await self._redis_op(self.redis.hset(self.workers_key, mapping=mapping))
+
+    async def workers_forget(self, worker_ids: Sequence[str]) -> None:
+        if worker_ids:
+            await self._redis_op(self.redis.hdel(self.workers_key, *worker_ids))
+
+    async def worker_get(self, worker_id: str) -> str | None:
+        v = await self._redis_op(self.redis.hget(self.workers_key, worker_id))
+        return None if v is None else str(v)
 
     async def publish_policy(self) -> None:
         await self._redis_op(self.redis.publish(self.policy_channel, "changed"))

@@ -1,0 +1,84 @@
+"""HTTP API v1: `GET /api/v1/dispatch/explain` - would a job go to a worker, and why.
+
+`?job=ID&worker=ID` explains against a connected worker (found on this node, else in the cluster's
+worker registry in Redis); `?job=ID&tags=a,b[&kinds=x,y]` against ad-hoc worker tags. The answer
+comes from `worcr_node.dispatch.explain`, which uses the dispatcher's own rule evaluation and pick
+structures.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+from aiohttp import web
+
+from worcr.wire import ErrorCode
+from worcr_node.dispatch.dispatcher import Dispatcher, LaneInfo
+from worcr_node.dispatch.explain import WorkerDesc, explain, parse_list
+from worcr_node.dispatch.rules import TagSet
+from worcr_node.http.errors import ApiError
+from worcr_node.http.render import render_job
+
+__all__ = ["add_explain_route"]
+
+_PARAMS = frozenset({"job", "worker", "tags", "kinds"})
+MAX_TAGS = 64
+
+
+def _bad(message: str) -> ApiError:
+    return ApiError(400, ErrorCode.BAD_REQUEST, message)
+
+
+class ExplainApi:
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self.d = dispatcher
+
+    async def explain(self, request: web.Request) -> web.Response:
+        q = request.query
+        unknown = set(q) - _PARAMS
+        if unknown:
+            raise _bad(f"unknown parameter(s) {sorted(unknown)}; allowed: {sorted(_PARAMS)}")
+        raw = q.get("job", "")
+        try:
+            job_id = uuid.UUID(raw)
+        except ValueError:
+            raise _bad("job: give the id of a job, as in ?job=<id>&worker=<id>") from None
+        if "worker" in q and ("tags" in q or "kinds" in q):
+            raise _bad("give either worker=<id> or tags=/kinds= (ad-hoc worker), not both")
+        if "worker" in q:
+            worker = await self._worker(q["worker"])
+        elif "tags" in q or "kinds" in q:
+            tags, kinds = parse_list(q.get("tags")), parse_list(q.get("kinds"))
+            if len(tags) > MAX_TAGS or len(kinds) > MAX_TAGS:
+                raise _bad(f"tags, kinds: at most {MAX_TAGS} each")
+            worker = WorkerDesc(tuple(tags), tuple(kinds))
+        else:
+            raise _bad("give worker=<id>, or tags=a,b (and optionally kinds=x,y)")
+        row = await self.d.store.job_get(job_id)
+        if row is None:
+            raise ApiError(404, ErrorCode.NOT_FOUND, f"no job {job_id}")
+        lane = LaneInfo(row["lane"], row["kind"], row["tenant"], TagSet(row["tags"]),
+                        float(row["weight"]))  # fmt: skip
+        job = render_job(row)
+        job["lane"] = row["lane"]
+        return web.json_response(explain(self.d, job, lane, worker))
+
+    async def _worker(self, worker_id: str) -> WorkerDesc:
+        for c in self.d.consumers:
+            if c.worker_id == worker_id:
+                return WorkerDesc(tuple(c.tags), tuple(sorted(c.kinds)), worker_id,
+                                  self.d.manager.node_id, "connected to this node")  # fmt: skip
+        raw = await self.d.index.worker_get(worker_id)
+        if raw is None:
+            raise ApiError(404, ErrorCode.NOT_FOUND,
+                           f"no worker {worker_id!r} is connected to any node; "
+                           "give its tags instead: ?job=<id>&tags=a,b&kinds=x")  # fmt: skip
+        entry = json.loads(raw)
+        node = str(entry.get("node"))
+        return WorkerDesc(tuple(entry.get("tags", ())), tuple(entry.get("kinds", ())), worker_id,
+                          node, f"registered by node {node}")  # fmt: skip
+
+
+def add_explain_route(app: web.Application, dispatcher: Dispatcher) -> None:
+    app.router.add_get("/api/v1/dispatch/explain", ExplainApi(dispatcher).explain)
