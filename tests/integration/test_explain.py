@@ -16,7 +16,7 @@ from worcr_node.dispatch.rules import parse_rule
 from worcr_node.node import Node
 
 EXPLAIN = "/api/v1/dispatch/explain"
-NOJOB = NOJOB
+NOJOB = "00000000-0000-0000-0000-000000000000"
 BOOST = {
     "name": "premium x10",
     "match": {"job_tags": {"all": ["premium"]}, "worker_tags": {"all": ["premium"]}},
