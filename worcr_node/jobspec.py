@@ -90,7 +90,7 @@ def parse_time(value: Any, field: str) -> float:
     if isinstance(value, bool):
         raise SpecError(f"{field}: expected Unix seconds or an ISO 8601 time, got a boolean")
     if isinstance(value, int | float):
-        if not math.isfinite(value) or not 0 <= value < 1e11:
+        if not 0 <= value < 1e11 or not math.isfinite(value):  # compare first: huge ints
             raise SpecError(f"{field}: {value!r} is out of range")
         return float(value)
     if isinstance(value, str):
@@ -119,9 +119,11 @@ def _number(spec: Mapping[str, Any], field: str, low: float, high: float) -> flo
     value = spec.get(field)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
         raise SpecError(f"{field}: expected a number")
-    if not low <= value <= high:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise SpecError(f"{field}: expected a finite number")
+    if not low <= value <= high:  # exact for huge ints too (no float conversion first)
         raise SpecError(f"{field}: {value} is out of range [{low}, {high}]")
     return float(value)
 

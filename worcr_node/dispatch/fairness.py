@@ -95,6 +95,6 @@ def parse_tenant_weight(body: Any) -> float:
     w = body["weight"]
     if isinstance(w, bool) or not isinstance(w, int | float):
         raise FairnessError("weight: expected a number")
-    if not math.isfinite(w) or not 0 < w <= MAX_TENANT_WEIGHT:
+    if not 0 < w <= MAX_TENANT_WEIGHT or not math.isfinite(w):  # compare first: huge ints
         raise FairnessError(f"weight: expected a number > 0 and <= {MAX_TENANT_WEIGHT:g}")
     return float(w)

@@ -100,6 +100,7 @@ class PolicyStore:
 
     async def rule_create(self, rule: Rule) -> Rule:
         async def fn(c: asyncpg.Connection) -> Rule:
+            await c.execute(q.RULE_CREATE_LOCK)
             if await c.fetchval(q.RULE_COUNT) >= MAX_RULES:
                 raise RuleConflict(f"there are already {MAX_RULES} rules (the maximum)")
             return rule_from_row(await c.fetchrow(q.RULE_INSERT, *_rule_args(rule)))

@@ -216,10 +216,10 @@ def parse_rule(body: Any, rule_id: str | None = None) -> Rule:
         raw = body.get("factor")
         if isinstance(raw, bool) or not isinstance(raw, int | float):
             raise RuleError("factor: a multiply rule needs a number")
-        factor = float(raw)
-        if not math.isfinite(factor) or not 0 < factor <= MAX_FACTOR:
+        if not 0 < raw <= MAX_FACTOR or not math.isfinite(raw):  # compare first: huge ints
             raise RuleError(f"factor: expected a number > 0 and <= {MAX_FACTOR:g} "
                             "(use action 'forbid' to exclude a match)")  # fmt: skip
+        factor = float(raw)
     elif "factor" in body:
         raise RuleError("factor: only a multiply rule has a factor")
     match = body.get("match", {})

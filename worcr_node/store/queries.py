@@ -235,6 +235,8 @@ _RULE_COLS = "id, name, description, enabled, match, action, factor, created_at,
 RULE_LIST = f"SELECT {_RULE_COLS} FROM worcr_rules ORDER BY created_at, id"
 RULE_GET = f"SELECT {_RULE_COLS} FROM worcr_rules WHERE id = $1"
 RULE_COUNT = "SELECT count(*) FROM worcr_rules"
+# Serializes rule creation, so concurrent creates cannot pass the rule limit together.
+RULE_CREATE_LOCK = "SELECT pg_advisory_xact_lock(x'776F7263722D72'::bigint)"  # "worcr-r"
 RULE_INSERT = f"""
 INSERT INTO worcr_rules (id, name, description, enabled, match, action, factor)
 VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7)

@@ -95,6 +95,7 @@ def test_same_and_differ_compare_tag_values() -> None:
         ({"name": "x", "action": "multiply", "factor": -1}, "factor"),
         ({"name": "x", "action": "multiply", "factor": float("nan")}, "factor"),
         ({"name": "x", "action": "multiply", "factor": 1e9}, "factor"),
+        ({"name": "x", "action": "multiply", "factor": 10**400}, "factor"),
         ({"name": "x", "action": "multiply", "factor": True}, "factor"),
         ({"name": "x", "action": "multiply", "factor": "2"}, "factor"),
         ({"name": "x", "action": "forbid", "factor": 2}, "factor"),
