@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -16,6 +17,7 @@ from typing import Any
 
 from tests.rawclient import RawClient
 from tests.waiting import wait_until
+from worcr import wire
 from worcr_node.dispatch.fairness import Strategy
 from worcr_node.dispatch.rules import parse_rule
 from worcr_node.node import Node
@@ -38,20 +40,27 @@ async def worker(node: Node, served: Served, **hello: Any) -> AsyncIterator[RawC
     await c.hello(**hello)
 
     async def serve() -> None:
+        # Plain queue reads and fire-and-forget ack requests (answers land in the queue and are
+        # skipped): no asyncio.wait_for, which on Python 3.11 can swallow the cancel below.
+        msgids = itertools.count(1 << 30)
         while True:
-            batch = (await c.next_notification("jobs", timeout=3600))["jobs"]
+            msg = await c.notifications.get()
+            if msg[0] != wire.MsgType.NOTIFICATION or msg[1] != "jobs":
+                continue
+            batch = msg[2]["jobs"]
             served.jobs.extend(batch)
             if not served.hold:
-                await c.call("ack", {"jobs": [{"id": j["id"], "token": j["token"]} for j in batch]})
+                acks = {"jobs": [{"id": j["id"], "token": j["token"]} for j in batch]}
+                c.send_raw(wire.request(next(msgids), "ack", acks))
 
     task = asyncio.create_task(serve())
     try:
         yield c
     finally:
-        await c.close()  # first: the reader stops, so nothing can swallow the cancel below
         task.cancel()
         await asyncio.wait({task}, timeout=5)
         assert task.done()
+        await c.close()
 
 
 async def enqueue(node: Node, specs: list[dict[str, Any]]) -> None:
