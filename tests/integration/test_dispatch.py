@@ -116,14 +116,20 @@ async def test_the_premium_example_as_documented(node: Node) -> None:
     })  # fmt: skip
     await enqueue(node, [{"kind": "render", "tags": ["premium"]} for _ in range(300)]
                   + [{"kind": "render", "tags": ["basic"]} for _ in range(300)])  # fmt: skip
-    premium, plain = Served(), Served()
-    async with worker(node, premium, capacity=4, tags=["premium"]), \
+    premium, premium2, plain = Served(), Served(), Served()
+    async with worker(node, premium, capacity=4, tags=["premium", "host:a"]), \
+            worker(node, premium2, capacity=4, tags=["premium", "host:b"]), \
             worker(node, plain, capacity=4, tags=["cpu"]):  # fmt: skip
+        # host tags no rule mentions do not split workers into separate pick structures
+        assert set(node.dispatcher.classes) == {
+            (frozenset(), frozenset({"premium"})), (frozenset(), frozenset()),
+        }  # fmt: skip
 
         async def all_done() -> bool:
-            return len(premium.jobs) + len(plain.jobs) >= 600
+            return len(premium.jobs) + len(premium2.jobs) + len(plain.jobs) >= 600
 
         await wait_until(all_done, timeout=60)
+    premium.jobs += premium2.jobs
     assert all(j["tags"] == ["premium"] for j in premium.jobs)
     assert len(premium.jobs) > 0
     assert any(j["tags"] == ["basic"] for j in plain.jobs)

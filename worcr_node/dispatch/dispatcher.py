@@ -25,13 +25,19 @@ from worcr_node.clock import Clock
 from worcr_node.dispatch.fairness import Strategy
 from worcr_node.dispatch.picker import ClassView
 from worcr_node.dispatch.policy import Policy
-from worcr_node.dispatch.rules import TagSet, Verdict, evaluate
+from worcr_node.dispatch.rules import (
+    TagSet,
+    Verdict,
+    evaluate,
+    relevant_tags,
+    worker_tag_relevance,
+)
 from worcr_node.manager import JobManager
 from worcr_node.service import Service
 from worcr_node.store.pg import ClaimedJob, PgStore, StorageUnavailable
 from worcr_node.store.redis_index import IndexUnavailable, RedisIndex
 
-__all__ = ["ClassKey", "Consumer", "Dispatcher", "LaneInfo", "class_key"]
+__all__ = ["ClassKey", "Consumer", "Dispatcher", "LaneInfo"]
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +66,6 @@ class Consumer(Protocol):
     def deliver(self, jobs: Sequence[ClaimedJob]) -> bool:
         """Push jobs to the worker; False if the connection is gone."""
         ...
-
-
-def class_key(kinds: Collection[str], tags: Collection[str]) -> ClassKey:
-    return frozenset(kinds), frozenset(tags)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +111,8 @@ class Dispatcher(Service):
         self.lanes: dict[str, LaneInfo] = {}  # lanes that may have ready work
         self.heads: dict[str, int] = {}  # lane -> seq of its oldest ready job, as last seen
         self.classes: dict[ClassKey, _Class] = {}
+        self._keys: dict[int, ClassKey] = {}  # id(consumer) -> its class
+        self._relevance = worker_tag_relevance(())
         self._known: dict[str, LaneInfo] = {}  # every lane met (lanes never change)
         self._unknown: dict[str, int | None] = {}
         self._refilling: dict[str, asyncio.Task[None]] = {}
@@ -126,7 +130,7 @@ class Dispatcher(Service):
     def add(self, consumer: Consumer) -> None:
         if consumer not in self.consumers:
             self.consumers.append(consumer)
-            self._class_of(consumer).members += 1
+            self._join(consumer)
             self.spawn(self._register([consumer]), "register")
         self.wake()
 
@@ -135,7 +139,7 @@ class Dispatcher(Service):
             self.consumers.remove(consumer)
             if not any(c.worker_id == consumer.worker_id for c in self.consumers):
                 self.spawn(self._unregister(consumer.worker_id), "unregister")
-            key = class_key(consumer.kinds, consumer.tags)
+            key = self._keys.pop(id(consumer))
             cls = self.classes.get(key)
             if cls is not None:
                 cls.members -= 1
@@ -164,10 +168,13 @@ class Dispatcher(Service):
                 self._running_changed(tenant)
 
     def set_policy(self, policy: Policy) -> None:
-        """A new rule set or fairness setting: rebuild every class view."""
+        """A new rule set or fairness setting: regroup workers into classes, rebuild the views."""
         self.policy = policy
-        for cls in self.classes.values():
-            self._fill(cls)
+        self._relevance = worker_tag_relevance(policy.rules)
+        self.classes.clear()
+        self._keys.clear()
+        for c in self.consumers:
+            self._join(c)
         self.wake()
 
     # -- lanes and classes -------------------------------------------------------------------------
@@ -179,15 +186,19 @@ class Dispatcher(Service):
         for cls in self.classes.values():
             cls.view.running_changed(tenant)
 
-    def _class_of(self, c: Consumer) -> _Class:
-        key = class_key(c.kinds, c.tags)
+    def key_for(self, kinds: Collection[str], tags: Collection[str]) -> ClassKey:
+        """Workers with the same kinds and the same tags *that some rule looks at* form a class:
+        a hostname tag no rule mentions does not split workers into separate pick structures."""
+        return frozenset(kinds), relevant_tags(tags, self._relevance)
+
+    def _join(self, c: Consumer) -> None:
+        key = self._keys[id(c)] = self.key_for(c.kinds, c.tags)
         cls = self.classes.get(key)
         if cls is None:
-            cls = self.classes[key] = _Class(
-                key, TagSet(key[1]), ClassView(self.policy.fairness, self.running)
-            )
+            view = ClassView(self.policy.fairness, self.running)
+            cls = self.classes[key] = _Class(key, TagSet(key[1]), view)
             self._fill(cls)
-        return cls
+        cls.members += 1
 
     def new_view(self, key: ClassKey) -> ClassView:
         """A class view built now from the ready lanes (explain for a class with no worker)."""
@@ -234,6 +245,7 @@ class Dispatcher(Service):
             self._resize_windows()
 
     def _drop_lane(self, lane: str) -> None:
+        self.heads.pop(lane, None)
         if self.lanes.pop(lane, None) is not None:
             for cls in self.classes.values():
                 cls.view.remove(lane)
@@ -300,7 +312,7 @@ class Dispatcher(Service):
         for c in consumers[self._rr :] + consumers[: self._rr]:
             if not self._wants(c):
                 continue
-            cls = self.classes.get(class_key(c.kinds, c.tags))
+            cls = self.classes.get(self._keys[id(c)])
             if cls is None:
                 continue
             lane = cls.view.pick()

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from worcr_node.dispatch.dispatcher import Dispatcher, LaneInfo, class_key
+from worcr_node.dispatch.dispatcher import Dispatcher, LaneInfo
 from worcr_node.dispatch.rules import TagSet, rule_matches
 
 __all__ = ["WorkerDesc", "explain"]
@@ -95,7 +95,7 @@ def _fairness(d: Dispatcher, lane: LaneInfo, worker: WorkerDesc) -> dict[str, An
         "tenant_running": d.running(lane.tenant),
         "ready_lanes_on_node": len(d.lanes),
     }
-    key = class_key(worker.kinds, worker.tags)
+    key = d.key_for(worker.kinds, worker.tags)
     cls = d.classes.get(key)
     view = cls.view if cls is not None else d.new_view(key)
     out["worker_class"] = (

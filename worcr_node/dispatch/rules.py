@@ -26,7 +26,9 @@ __all__ = [
     "Verdict",
     "evaluate",
     "parse_rule",
+    "relevant_tags",
     "rule_matches",
+    "worker_tag_relevance",
 ]
 
 MAX_RULES = 10_000
@@ -187,6 +189,30 @@ def evaluate(
         else:
             factor *= rule.factor
     return Verdict(not forbidden, factor, tuple(matched), tuple(forbidden))
+
+
+def worker_tag_relevance(rules: Sequence[Rule]) -> tuple[frozenset[str], frozenset[str]]:
+    """The worker tags any rule can see: exact patterns, and keys (`key:*`, same, differ)."""
+    exact: set[str] = set()
+    keys: set[str] = set()
+    for r in rules:
+        for p in (*r.worker_tags.all, *r.worker_tags.any, *r.worker_tags.none):
+            if p.endswith(":*"):
+                keys.add(p[:-2])
+            else:
+                exact.add(p)
+        keys.update(r.same)
+        keys.update(r.differ)
+    return frozenset(exact), frozenset(keys)
+
+
+def relevant_tags(
+    tags: Iterable[str], relevance: tuple[frozenset[str], frozenset[str]]
+) -> frozenset[str]:
+    """The subset of a worker's tags that rules can tell apart: workers whose relevant tags are
+    equal get the same verdict for every job, so they share one pick structure."""
+    exact, keys = relevance
+    return frozenset(t for t in tags if t in exact or t.partition(":")[0] in keys)
 
 
 # -- validation ------------------------------------------------------------------------------------

@@ -8,7 +8,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from worcr_node.dispatch.rules import Rule, RuleError, TagSet, evaluate, parse_rule
+from worcr_node.dispatch.rules import (
+    Rule,
+    RuleError,
+    TagSet,
+    evaluate,
+    parse_rule,
+    relevant_tags,
+    worker_tag_relevance,
+)
 
 PREMIUM_BOOST = {
     "name": "premium boost",
@@ -172,3 +180,25 @@ def test_verdict_is_the_product_of_matches_unless_forbidden(
         if r.action == "multiply":
             product *= r.factor
     assert v.factor == pytest.approx(product)
+
+
+def test_only_tags_some_rule_looks_at_tell_workers_apart() -> None:
+    rules = [parse_rule(PREMIUM_BOOST), parse_rule({"name": "r", "action": "forbid",
+             "match": {"worker_tags": {"none": ["gpu:*"]}, "differ": ["region"]}})]  # fmt: skip
+    rel = worker_tag_relevance(rules)
+    tags = ["premium", "host:a1", "gpu:a100", "region:eu", "spot"]
+    assert relevant_tags(tags, rel) == {"premium", "gpu:a100", "region:eu"}
+    assert relevant_tags(["host:b7", "premium"], rel) == relevant_tags(["premium"], rel)
+    assert relevant_tags(tags, worker_tag_relevance([])) == frozenset()
+
+
+@given(_tags, _tags, st.lists(st.tuples(_tags, _tags, _tags), max_size=4))
+def test_relevant_tags_never_change_a_verdict(
+    job: list[str], worker: list[str], specs: list[Any]
+) -> None:
+    rules = [parse_rule({"name": f"r{i}", "action": "forbid", "match": {
+        "worker_tags": {"all": a, "none": n}, "job_tags": {"any": j}, "same": ["k"]}})
+        for i, (a, n, j) in enumerate(specs)]  # fmt: skip
+    reduced = relevant_tags(worker, worker_tag_relevance(rules))
+    full = evaluate(rules, "k", "t", TagSet(job), TagSet(worker))
+    assert evaluate(rules, "k", "t", TagSet(job), TagSet(reduced)) == full
