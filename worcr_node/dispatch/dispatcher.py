@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 CLAIM_LEASE_MS = 30_000  # lease between the Redis claim and the PostgreSQL update
 MAX_CLAIM = 100
+MAX_LANES_PER_CLAIM = 8  # lanes one worker's claim may draw from when lanes run short
 MIN_WINDOW = 16
 REGISTRY_EVERY = 10  # seconds between refreshes of this node's workers in the registry
 ClassKey = tuple[frozenset[str], frozenset[str]]  # (kinds, tags); empty kinds: any kind
@@ -313,12 +314,7 @@ class Dispatcher(Service):
             if not self._wants(c):
                 continue
             cls = self.classes.get(self._keys[id(c)])
-            if cls is None:
-                continue
-            lane = cls.view.pick()
-            if lane is None:
-                continue
-            if await self._claim_for(c, cls, lane):
+            if cls is not None and len(cls.view) and await self._claim_for(c, cls):
                 progress = True
         return progress
 
@@ -327,35 +323,51 @@ class Dispatcher(Service):
         free = c.capacity - c.held - c.reserved
         return free > 0 and (free >= max(1, c.capacity // 4) or c.held + c.reserved == 0)
 
-    async def _claim_for(self, c: Consumer, cls: _Class, lane: str) -> bool:
+    async def _claim_for(self, c: Consumer, cls: _Class) -> bool:
+        """Fill the worker's free credit: pick a lane, claim from it, and while lanes run short
+        (many small tenants) pick again, up to MAX_LANES_PER_CLAIM lanes. Each lane is charged
+        what it gave, so fairness is as if every lane were a separate turn; the worker gets one
+        push and one lease update for the lot."""
         n = min(c.capacity - c.held - c.reserved, MAX_CLAIM)
         c.reserved += n
-        handed_off = False
+        ids: list[str] = []
         try:
-            deadline = int(self.clock.now() * 1000) + CLAIM_LEASE_MS
-            res = await self.index.claim(lane, n, deadline)
-            if not res.ids and not res.complete:
-                # A cold window (new backlog, Redis restarted): page it in now rather than let
-                # younger lanes jump ahead, then try once more.
-                await asyncio.shield(self._refill_soon(lane))
-                res = await self.index.claim(lane, n, deadline)
-            if not res.complete and res.left < self.index.window // 2:
-                self._refill_soon(lane)
-            if res.head >= 0 and lane in self.lanes:
-                self.heads[lane] = res.head
-                for other in self.classes.values():
-                    other.view.set_head(lane, res.head)
-            if not res.ids:
-                # Empty window: gone for good if complete, else parked until its refill lands.
-                self._drop_lane(lane)
-                return False
-            cls.view.charge(lane, len(res.ids))
-            self.spawn(self._finish_claim(c, res.ids, n), "claim")
-            handed_off = True
-            return True
+            for _ in range(MAX_LANES_PER_CLAIM):
+                lane = cls.view.pick()
+                if lane is None:
+                    break
+                ids += await self._claim_lane(cls, lane, n - len(ids))
+                if len(ids) >= n:
+                    break
+            if ids:
+                self.spawn(self._finish_claim(c, ids, n), "claim")
+            return bool(ids)
         finally:
-            if not handed_off:
+            if not ids:
                 c.reserved -= n
+
+    async def _claim_lane(self, cls: _Class, lane: str, n: int) -> list[str]:
+        deadline = int(self.clock.now() * 1000) + CLAIM_LEASE_MS
+        res = await self.index.claim(lane, n, deadline)
+        if not res.ids and not res.complete:
+            # A cold window (new backlog, Redis restarted): page it in now rather than let
+            # younger lanes jump ahead, then try once more.
+            await asyncio.shield(self._refill_soon(lane))
+            res = await self.index.claim(lane, n, deadline)
+        if not res.complete and res.left < self.index.window // 2:
+            self._refill_soon(lane)
+        if res.head >= 0 and lane in self.lanes:
+            self.heads[lane] = res.head
+            for other in self.classes.values():
+                other.view.set_head(lane, res.head)
+        if res.ids:
+            cls.view.charge(lane, len(res.ids))
+        if not res.left and (res.complete or not res.ids):
+            # Empty window: gone for good if complete, else (a refill found nothing claimable)
+            # parked until a refill or a push brings it back. An incomplete lane that just gave
+            # ids stays: its refill is under way, and the next pick waits for it.
+            self._drop_lane(lane)
+        return res.ids
 
     async def _finish_claim(self, c: Consumer, ids: list[str], reserved: int) -> None:
         try:
@@ -466,7 +478,10 @@ class Dispatcher(Service):
             await asyncio.sleep(1.0)
             turns += 1
             try:
-                await self.resync()
+                # A full read of the ready set costs O(lanes): with many lanes, do it less often
+                # (pub/sub carries the news; resync only covers missed messages).
+                if turns % max(1, min(10, len(self.lanes) // 1000)) == 0:
+                    await self.resync()
                 if turns % REGISTRY_EVERY == 0 and self.consumers:
                     await self._register(self.consumers)
             except IndexUnavailable:
