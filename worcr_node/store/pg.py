@@ -97,6 +97,11 @@ class PgStore:
             max_size=self._pool_size,
             command_timeout=30,
             max_inactive_connection_lifetime=60,
+            # Plan every execution for its parameters. A generic plan cached while worcr_jobs was
+            # nearly empty (a hash join over every queued row for the batched claim) would make
+            # each claim cost 50-100 ms once the table grows, until autovacuum's next ANALYZE
+            # (up to a minute). Found by bench/fairness.py; planning costs far less than that.
+            server_settings={"plan_cache_mode": "force_custom_plan"},
         )
         async with self._pool.acquire() as conn:
             await migrate(conn)
