@@ -27,6 +27,9 @@ Latency = completion - enqueue. Figures per strategy:
   - head_mean_stddev_ms / head_p90_stddev_ms: population standard deviation, across all
     tenants (A and the small ones), of those per-tenant head means / p90s;
   - throughput_per_s = all jobs / (last completion - first completion), and throughput_vs_fifo;
+    window_throughput_per_s = completions (any tenant) in the --window (2) s after the small
+    tenants' arrival / --window: the strategies differ only while several tenants have ready
+    work, after that every strategy serves A's one lane the same way;
   - big_done_when_small_finished: A's jobs completed when the last small tenant's last job
     completed; big_done_before_small_arrived and big_done_after_small_arrived split it at the
     moment the small tenants' enqueue began (the workers run while A enqueues, so part of A is
@@ -116,6 +119,7 @@ class Run:
     sizes: list[int]
     t0: float = 0.0  # just before A's first enqueue call
     chunk: int = 1000
+    window: float = 2.0  # s after the small tenants' arrival, for window_throughput
     big_enq: list[float] = field(default_factory=list)  # per chunk: time before its call
     small_enq: float = 0.0  # time before the small tenants' calls
     big_enq_done: float = 0.0
@@ -181,6 +185,13 @@ def figures(run: Run, head: int) -> dict[str, Any]:
     span = every[-1] - every[0] if len(every) > 1 else 0.0
     res["throughput_per_s"] = round(len(every) / span, 1) if span > 0 else None
     res["run_s"] = round(every[-1] - run.t0, 3) if every else None
+    # The strategies differ only while several tenants have ready work; once the small tenants
+    # are done, every strategy serves A's single lane alike. So also: all completions in the
+    # same --window seconds after the small tenants' arrival.
+    lo, hi = run.small_enq, run.small_enq + run.window
+    in_window = sum(1 for t in every if lo <= t < hi)
+    full = bool(every) and every[-1] >= hi
+    res["window_throughput_per_s"] = round(in_window / run.window, 1) if full else None
     if small and len(small) == sum(run.sizes[1:]):
         small_last = max(small)
         res["big_done_when_small_finished"] = sum(1 for t in big if t <= small_last)
@@ -353,7 +364,7 @@ class FairnessBench(Bench):
         self.tmp = self.root / strategy
         self.logdir = self.tmp / "joblog"
         self.logdir.mkdir(parents=True)
-        run = Run(strategy, self.sizes, chunk=a.chunk)
+        run = Run(strategy, self.sizes, chunk=a.chunk, window=a.window)
         self.runs[strategy] = run
         run.log = CompletionLog(self.logdir / LOG_NAME, self.sizes)
         await self.fresh_state(strategy)
@@ -500,6 +511,7 @@ def git_state() -> dict[str, Any]:
 def report(bench: FairnessBench, args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {s: figures(r, args.head) for s, r in bench.runs.items()}
     base = out.get("fifo", {}).get("throughput_per_s")
+    wbase = out.get("fifo", {}).get("window_throughput_per_s")
     setup = {
         "big": args.big,
         "small_tenants": args.small_tenants,
@@ -511,6 +523,7 @@ def report(bench: FairnessBench, args: argparse.Namespace) -> dict[str, Any]:
         "capacity_per_worker": 2 * args.concurrency,
         "chunk": args.chunk,
         "head": args.head,
+        "window_s": args.window,
         "autovacuum_naptime_s": args.autovacuum_naptime or 60,
         "workers_started": "after the enqueues" if args.workers_last else "before the enqueues",
         "machine": machine(),
@@ -521,6 +534,9 @@ def report(bench: FairnessBench, args: argparse.Namespace) -> dict[str, Any]:
         tp = res.get("throughput_per_s")
         ratio = round(tp / base, 3) if tp and base else None
         res["throughput_vs_fifo"] = ratio
+        wtp = res.get("window_throughput_per_s")
+        wratio = round(wtp / wbase, 3) if wtp and wbase else None
+        res["window_throughput_vs_fifo"] = wratio
         limit = args.target_big
         res["target"] = {
             "small_finished_before_big_ran": limit,
@@ -529,6 +545,7 @@ def report(bench: FairnessBench, args: argparse.Namespace) -> dict[str, Any]:
                 res.get("big_done_after_small_arrived"), limit
             ),
             "throughput_within_10pct_of_fifo": None if ratio is None else ratio >= 0.9,
+            "window_throughput_within_10pct_of_fifo": None if wratio is None else wratio >= 0.9,
         }
         res["setup"] = setup
     return out
@@ -541,7 +558,7 @@ def _lt(x: int | None, limit: int) -> bool | None:
 def print_table(out: dict[str, Any]) -> None:
     say(
         "strategy        A-done@small-end (after arrival)  small head mean / p90 (median)  "
-        "stddev mean/p90  jobs/s  vs fifo"
+        "stddev mean/p90  jobs/s  vs fifo  window jobs/s  vs fifo"
     )
     for s, r in out.items():
         m, p = r["small_tenants_head_mean_ms"], r["small_tenants_head_p90_ms"]
@@ -550,7 +567,8 @@ def print_table(out: dict[str, Any]) -> None:
             f"{s:15} {r['big_done_when_small_finished']!s:>8} ({after!s:>6})"
             f"          {m['median']!s:>9} / {p['median']!s:>9} ms      "
             f"{r['head_mean_stddev_ms']!s:>7}/{r['head_p90_stddev_ms']!s:>7}  "
-            f"{r['throughput_per_s']!s:>7}  {r['throughput_vs_fifo']}"
+            f"{r['throughput_per_s']!s:>7}  {r['throughput_vs_fifo']!s:>7}  "
+            f"{r['window_throughput_per_s']!s:>13}  {r['window_throughput_vs_fifo']}"
         )
 
 
@@ -610,7 +628,7 @@ def plot(bench: FairnessBench, out: dict[str, Any], path: Path) -> None:
                 if res.get("big_done_after_small_arrived") is not None:
                     n = res["big_done_after_small_arrived"]
                     ax2.axhline(n, color="k", ls=":", lw=0.8)
-                    ax2.set_ylim(0, max(1, n) * 2.2)
+                    ax2.set_ylim(0, min(max(1, n) * 2.2, run.sizes[0] * 1.05))
                 after = res.get("big_done_after_small_arrived")
                 ax.set_title(
                     f"{run.strategy}: from the small tenants' arrival "
@@ -661,6 +679,12 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--chunk", type=int, default=1000, help="A's jobs per enqueue_many call")
     ap.add_argument("--head", type=int, default=100, help="first N jobs per tenant (default 100)")
     ap.add_argument(
+        "--window",
+        type=float,
+        default=2.0,
+        help="s after the small tenants' arrival for window_throughput_per_s (default 2)",
+    )
+    ap.add_argument(
         "--target-big", type=int, default=2000, help="target: small done before A ran this many"
     )
     ap.add_argument(
@@ -685,6 +709,8 @@ def parse_args() -> argparse.Namespace:
     args.strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     if bad := [s for s in args.strategies if s not in STRATEGIES]:
         ap.error(f"unknown strategies {bad}; expected some of {list(STRATEGIES)}")
+    if len(set(args.strategies)) != len(args.strategies):
+        ap.error("--strategies: each strategy at most once")
     if args.slots % args.workers:
         ap.error("--slots must be a multiple of --workers")
     if args.big < 1 or args.small < 1 or args.small_tenants < 1 or args.chunk < 1:
