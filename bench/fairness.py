@@ -34,11 +34,12 @@ Latency = completion - enqueue. Figures per strategy:
     completed; big_done_before_small_arrived and big_done_after_small_arrived split it at the
     moment the small tenants' enqueue began (the workers run while A enqueues, so part of A is
     done before the small tenants exist).
-The node's pooled connections cache the generic plan of the claim statement built while
-worcr_jobs was nearly empty (a hash join over every queued row), so each claim costs ~50-100 ms
-until the table is analyzed, which invalidates the plan; with PostgreSQL's default
-autovacuum_naptime (60 s) that happens up to a minute after the big enqueue, at a moment that
-differs from run to run and dominates the throughput comparison between strategies.
+Before commit 57e1e5f (plan_cache_mode=force_custom_plan), the node's pooled connections cached
+the generic plan of the claim statement built while worcr_jobs was nearly empty (a hash join
+over every queued row), so each claim cost ~50-100 ms until an ANALYZE of the table invalidated
+the plan; with PostgreSQL's default autovacuum_naptime (60 s) that happened up to a minute after
+the big enqueue, at a moment that differed from run to run and dominated the throughput
+comparison between strategies.
 --autovacuum-naptime S sets autovacuum_naptime (ALTER SYSTEM) so autovacuum analyzes the table
 as it grows (default: PostgreSQL's 60 s, as deployed). Other processes of the machine that look
 like benchmarks or tests are recorded per strategy (`other_activity`), with the load average.
