@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import NodeFactory
+from tests.premium import PREMIUM_ONLY, PREMIUM_X10
 from tests.rawclient import RawClient
 from tests.waiting import wait_until
 from worcr_node.dispatch.fairness import Strategy
@@ -26,18 +27,8 @@ FAIRNESS = "/api/v1/dispatch/fairness"
 TENANTS = "/api/v1/tenants"
 MISSING = "00000000-0000-4000-8000-000000000000"
 
-BOOST = {
-    "name": "premium on premium",
-    "description": "premium jobs on premium workers",
-    "match": {"job_tags": {"all": ["premium"]}, "worker_tags": {"all": ["premium"]}},
-    "action": "multiply",
-    "factor": 10,
-}
-KEEP_OFF = {
-    "name": "premium workers only for premium jobs",
-    "match": {"job_tags": {"none": ["premium"]}, "worker_tags": {"all": ["premium"]}},
-    "action": "forbid",
-}
+BOOST = {**PREMIUM_X10, "description": "premium jobs on premium workers"}
+KEEP_OFF = PREMIUM_ONLY
 
 
 @pytest.fixture

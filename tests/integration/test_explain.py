@@ -10,6 +10,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import NodeFactory
+from tests.premium import PREMIUM_ONLY, PREMIUM_X10
 from tests.rawclient import RawClient
 from tests.waiting import wait_until
 from worcr_node.dispatch.rules import parse_rule
@@ -17,17 +18,7 @@ from worcr_node.node import Node
 
 EXPLAIN = "/api/v1/dispatch/explain"
 NOJOB = "00000000-0000-0000-0000-000000000000"
-BOOST = {
-    "name": "premium x10",
-    "match": {"job_tags": {"all": ["premium"]}, "worker_tags": {"all": ["premium"]}},
-    "action": "multiply",
-    "factor": 10,
-}
-ONLY = {
-    "name": "premium workers only run premium jobs",
-    "match": {"job_tags": {"none": ["premium"]}, "worker_tags": {"all": ["premium"]}},
-    "action": "forbid",
-}
+BOOST, ONLY = PREMIUM_X10, PREMIUM_ONLY
 
 
 @pytest.fixture
