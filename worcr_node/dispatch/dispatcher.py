@@ -512,5 +512,9 @@ class Dispatcher(Service):
             changed = set(self.running_base) | set(counts) | set(self.running_delta)
             self.running_base = counts
             self.running_delta.clear()
+            # Jobs delivered before this read are in its counts; their completions show up in the
+            # next read. Forgetting them here means a completion already counted by PostgreSQL
+            # cannot also be subtracted locally (which undercounted the busiest tenant).
+            self._job_tenant.clear()
             for tenant in changed:
                 self._running_changed(tenant)
