@@ -71,7 +71,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.fairness_jobs import LOG_NAME  # noqa: E402
-from bench.throughput import MB, PY, Bench, machine, pct, say  # noqa: E402
+from bench.throughput import MB, Bench, machine, pct, say  # noqa: E402
 
 STRATEGIES = ("fifo", "round_robin", "weighted_fair", "fewest_running")
 BIG = "A"
@@ -221,6 +221,8 @@ def figures(run: Run, head: int) -> dict[str, Any]:
 class FairnessBench(Bench):
     """Reuses bench/throughput.py's services, node start and worker stop; one node per strategy."""
 
+    job_module = "bench.fairness_jobs"
+
     def __init__(self, args: argparse.Namespace) -> None:
         super().__init__(args)
         self.root = self.tmp
@@ -229,34 +231,6 @@ class FairnessBench(Bench):
         self.started = time.time()
 
     # processes ---------------------------------------------------------------------------------
-
-    def start_workers(self) -> None:
-        env = dict(os.environ, BENCH_LOG_DIR=str(self.logdir), PYTHONPATH=str(ROOT))
-        for k in range(self.args.workers):
-            cmd = [
-                PY,
-                "-m",
-                "worcr.worker",
-                "bench.fairness_jobs",
-                "--nodes",
-                self.node_addr,
-                "--concurrency",
-                str(self.args.concurrency),
-                "--log-level",
-                self.args.log_level,
-            ]
-            log = open(self.tmp / f"worker{k}.log", "wb")
-            self.workers.append(
-                subprocess.Popen(
-                    cmd,
-                    cwd=ROOT,
-                    env=env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            )
-        self.sampler.watch("workers", [w.pid for w in self.workers])
 
     def stop_node(self) -> None:
         if self.node is not None and self.node.poll() is None:

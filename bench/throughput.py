@@ -224,6 +224,8 @@ def finish_profiles(out: Path, profilers: list[subprocess.Popen[bytes]]) -> None
 
 
 class Bench:
+    job_module = "bench.noop_jobs"  # what the worker processes run
+
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.tmp = Path(tempfile.mkdtemp(prefix="worcr-bench-", dir=args.dir))
@@ -294,7 +296,7 @@ class Bench:
                 PY,
                 "-m",
                 "worcr.worker",
-                "bench.noop_jobs",
+                self.job_module,
                 "--nodes",
                 self.node_addr,
                 "--concurrency",
