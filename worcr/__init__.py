@@ -19,6 +19,7 @@ from worcr.errors import (
     RemoteError,
     WorcrError,
 )
+from worcr.limits import Grant, LimitTimeout
 from worcr.registry import Registry, default_registry, job
 from worcr.spec import EnqueueResult, JobSpec
 from worcr.sync_client import SyncClient
@@ -34,8 +35,10 @@ __all__ = [
     "EnqueueResult",
     "ErrorCode",
     "FrameTooLarge",
+    "Grant",
     "JobContext",
     "JobSpec",
+    "LimitTimeout",
     "Permanent",
     "Registry",
     "RemoteError",

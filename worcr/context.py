@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from worcr.limits import Grant, NodeLink, acquire
 from worcr.wire import Limits
 
 __all__ = [
@@ -105,7 +106,9 @@ class JobContext:
 
     __slots__ = (
         "_abandoned",
+        "_link",
         "_logger",
+        "_loop",
         "_started",
         "_task",
         "args",
@@ -151,6 +154,59 @@ class JobContext:
         self._task: asyncio.Task[None] | None = None
         self._started = False
         self._abandoned = False
+        self._link: NodeLink | None = None  # set by the executor: requests to the node
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- rate limits ------------------------------------------------------------------------------
+
+    async def acquire(
+        self, limit: str, key: str | None = None, units: int = 1, *, wait: float | None = None
+    ) -> Grant:
+        """Take `units` of the rate limit named `limit` (for `key`, or the key the limit's
+        template computes from this job), waiting until the node grants them; raises
+        `LimitTimeout` after `wait` seconds (None: as long as it takes). Units of a concurrency
+        limit are held until the job ends (or `release`); others are spent."""
+        return await acquire(self._require_link(), self._ref(), limit, key, units, wait)
+
+    async def try_acquire(self, limit: str, key: str | None = None, units: int = 1) -> Grant:
+        """Ask once: the `Grant` says granted, or how long to wait (`retry_after`)."""
+        params = dict(self._ref(), limit=limit, units=units)
+        if key is not None:
+            params["key"] = key
+        return Grant.from_wire(await self._require_link().request("acquire", params))
+
+    async def release(self, limit: str, key: str | None = None, units: int = 1) -> int:
+        """Give concurrency units back before the job ends; returns how many were held."""
+        params = dict(self._ref(), limit=limit, units=units)
+        if key is not None:
+            params["key"] = key
+        answer = await self._require_link().request("release", params)
+        return int(answer.get("released", 0)) if isinstance(answer, dict) else 0
+
+    def acquire_sync(
+        self, limit: str, key: str | None = None, units: int = 1, *, wait: float | None = None
+    ) -> Grant:
+        """`acquire` for handlers that are plain functions (they run in worker threads)."""
+        grant: Grant = self._run_sync(self.acquire(limit, key, units, wait=wait))
+        return grant
+
+    def release_sync(self, limit: str, key: str | None = None, units: int = 1) -> int:
+        released: int = self._run_sync(self.release(limit, key, units))
+        return released
+
+    def _run_sync(self, coro: Any) -> Any:
+        if self._loop is None:
+            coro.close()
+            raise RuntimeError("this job context is not attached to a running worker")
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def _ref(self) -> dict[str, Any]:
+        return {"id": self.id, "token": self.token}
+
+    def _require_link(self) -> NodeLink:
+        if self._link is None:
+            raise RuntimeError("this job context is not attached to a running worker")
+        return self._link
 
     @classmethod
     def from_wire(cls, job: Any) -> JobContext:

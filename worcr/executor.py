@@ -26,6 +26,7 @@ from worcr.context import (
     is_retryable,
     truncate_backtrace,
 )
+from worcr.limits import NodeLink
 from worcr.registry import Handler, Registry
 from worcr.report import Reporter
 from worcr.wire import Limits
@@ -52,7 +53,9 @@ class JobExecutor:
         concurrency: int,
         threads: int,
         worker_id: str = "",
+        node: NodeLink | None = None,
     ) -> None:
+        self.node = node  # requests jobs make to the node (rate limits)
         self.registry = registry
         self.reporter = reporter
         self.concurrency = concurrency
@@ -114,6 +117,8 @@ class JobExecutor:
                 )
                 continue
             self.held[ctx.id] = ctx
+            ctx._link = self.node
+            ctx._loop = asyncio.get_running_loop()
             if self.active < self.concurrency:
                 self._start(ctx, handler)
             else:

@@ -31,6 +31,7 @@ from worcr.client import DEFAULT_NODE, normalize_nodes
 from worcr.connection import Connection
 from worcr.errors import ConnectionClosed, RemoteError
 from worcr.executor import JobExecutor
+from worcr.limits import NodeLink
 from worcr.registry import Registry
 from worcr.report import Reporter
 from worcr.session import SessionLoop
@@ -102,6 +103,7 @@ class Worker:
         self._link: SessionLoop | None = None
         self._reporter: Reporter | None = None
         self._executor: JobExecutor | None = None
+        self._node = NodeLink()
 
     # -- configuration --------------------------------------------------------------------------
 
@@ -208,6 +210,7 @@ class Worker:
         self._stop_event = asyncio.Event()
         if self._stop_requested:
             self._stop_event.set()
+        self._node = NodeLink()
         reporter = self._reporter = Reporter(batch_size=self.report_batch, delay=self.report_delay)
         executor = self._executor = JobExecutor(
             self.registry,
@@ -215,6 +218,7 @@ class Worker:
             concurrency=self.concurrency,
             threads=self.threads,
             worker_id=self.worker_id,
+            node=self._node,
         )
         link = self._link = SessionLoop(
             self.nodes,
@@ -296,6 +300,7 @@ class Worker:
         """A session started (`conn`) or was lost (None)."""
         reporter = self._reporter
         assert reporter is not None
+        self._node.attach(conn)
         if conn is None:
             reporter.attach(None)
             if not self._stopped:

@@ -2,28 +2,37 @@
 
 Every node runs them; each is safe to run concurrently on several nodes (PostgreSQL row locks with
 SKIP LOCKED, leases taken atomically by a Lua script). The reconciler is what makes Redis a
-rebuildable index: it re-marks lanes that have ready jobs in PostgreSQL and re-creates leases of
-running jobs that have none. The epoch watchdog notices that Redis lost its data (restart,
-FLUSHALL, failover) and runs the reconciler at once.
+rebuildable index: it re-marks lanes that have ready jobs in PostgreSQL, re-creates leases of
+running jobs that have none, and makes running jobs hold the concurrency units their limits say
+(after a Redis loss, or a limit created while they ran). The epoch watchdog notices that Redis lost
+its data (restart, FLUSHALL, failover: the epoch is gone while PostgreSQL remembers one) and
+rebuilds at once; limits then restart conservatively (limits.lua).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
 
+import msgpack
+
 from worcr_node.clock import Clock
 from worcr_node.dispatch.dispatcher import Dispatcher
+from worcr_node.dispatch.rules import TagSet
+from worcr_node.limits.model import LimitType
 from worcr_node.manager import JobManager
 from worcr_node.service import Service
 from worcr_node.store.pg import PgStore, StorageUnavailable
-from worcr_node.store.redis_index import IndexUnavailable, RedisIndex
+from worcr_node.store.redis_index import IndexUnavailable, LimitCheck, RedisIndex
 
 __all__ = ["Duties"]
 
 log = logging.getLogger(__name__)
+
+EPOCH = "redis_epoch"  # worcr_cluster key: the Redis epoch last seen
 
 
 class Duties(Service):
@@ -59,10 +68,11 @@ class Duties(Service):
             "epoch": epoch_every,
         }
         self._lock = asyncio.Lock()
+        self._recount: asyncio.Task[None] | None = None
+        self.started = False
 
     async def start(self) -> None:
-        self.epoch = await self.index.epoch_init(uuid.uuid4().hex)
-        await self.reconcile()
+        await self.check_epoch()
         duties: dict[str, Callable[[], Awaitable[object]]] = {
             "promote": self.promote,
             "leases": self.expire_leases,
@@ -72,6 +82,7 @@ class Duties(Service):
         }
         for name, fn in duties.items():
             self.spawn(self._every_loop(name, fn, self._every[name]), name)
+        self.started = True
 
     async def _every_loop(
         self, name: str, fn: Callable[[], Awaitable[object]], period: float
@@ -104,32 +115,113 @@ class Duties(Service):
         return total
 
     async def check_epoch(self) -> None:
+        """Notice that Redis lost its data (restart, FLUSHALL, failover) and rebuild from
+        PostgreSQL. Until the epoch is back, the limit scripts admit nothing (they check it), so
+        limits cannot hand out a second allowance before the running jobs are counted again."""
         current = await self.index.epoch()
         if current is not None and current == self.epoch:
             return
-        log.warning("Redis lost its data (epoch %s -> %s): rebuilding from PostgreSQL",
-                    self.epoch, current, extra={"action": "rebuild"})  # fmt: skip
-        self.epoch = await self.index.epoch_init(uuid.uuid4().hex)
-        self.rebuilds += 1
-        await self.reconcile()
+        if current is not None:  # first look, or another node rebuilt already
+            if self.epoch is not None:
+                self.rebuilds += 1
+            self.epoch = current
+            await self.reconcile(full=True)
+            return
+        recorded = await self.store.cluster_get(EPOCH)
+        lost = recorded is not None or self.epoch is not None
+        if lost:
+            log.warning("Redis lost its data (epoch %s gone): rebuilding from PostgreSQL; limits "
+                        "restart conservatively", recorded or self.epoch,
+                        extra={"action": "rebuild"})  # fmt: skip
+            self.rebuilds += 1
+        await self.reconcile(full=True)  # leases and concurrency units first
+        if lost:
+            await self.index.mark_recovered()
+        fresh = uuid.uuid4().hex
+        self.epoch = await self.index.epoch_init(fresh)
+        if self.epoch == fresh:
+            await self.store.cluster_set(EPOCH, fresh)
 
-    async def reconcile(self) -> None:
-        """Make Redis agree with PostgreSQL: leases for running jobs, ready marks for lanes."""
+    def policy_changed(self) -> None:
+        """Limits may have changed: count the running jobs against them again, soon."""
+        if self._recount is None or self._recount.done():
+            self._recount = self.spawn(self._recount_now(), "recount")
+
+    async def _recount_now(self) -> None:
+        try:
+            await self.reconcile(full=True)
+        except (StorageUnavailable, IndexUnavailable) as exc:
+            log.warning("recount skipped: %s", exc, extra={"action": "recount"})
+        except Exception:  # logged; the periodic reconcile tries again
+            log.exception("recount failed", extra={"action": "recount"})
+
+    async def reconcile(self, full: bool = False) -> None:
+        """Make Redis agree with PostgreSQL: leases for running jobs (and the concurrency units
+        their limits say they hold), ready marks for lanes."""
         async with self._lock:
-            running = await self.store.job_running_all()
-            now_ms = int(self.clock.now() * 1000)
-            adopted = await self.index.lease_adopt(
-                {
-                    str(jid): now_ms + int(max(rf, self.dispatcher.min_lease) * 1000)
-                    for jid, rf in running
-                }
-            )
-            if adopted:
-                log.warning("re-created %d lease(s) from PostgreSQL", adopted,
-                            extra={"action": "reconcile"})  # fmt: skip
+            await self._adopt(full)
             lanes = await self.store.lanes_with_ready()
             ready = await self.index.ready_lanes()
             missing = [lane for lane in lanes if lane not in ready]
             if missing:
                 await self.index.mark_ready(missing)
                 self.dispatcher.lanes_ready(dict.fromkeys(missing))
+
+    async def _adopt(self, full: bool) -> None:
+        limits = self.dispatcher.limits
+        counts = full or any(x.type == LimitType.CONCURRENCY for x in limits.job)
+        now_ms = int(self.clock.now() * 1000)
+        holds: dict[str, list[tuple[LimitCheck, int]]] = {}
+        if counts:
+            rows = await self.store.job_running_for_recount()
+            workers = await self._worker_tags()
+            by_id = {x.id: x for x in limits.limits}
+            running = []
+            for r in rows:
+                jid = str(r["id"])
+                running.append((jid, float(r["reserve_for"])))
+                tags = TagSet(r["tags"])
+                args = msgpack.unpackb(r["args"], raw=False, strict_map_key=False)
+                mine = [(c, 1) for c in limits.for_job(r["kind"], r["tenant"], tags, args,
+                                                       workers.get(r["worker_id"]))]  # fmt: skip
+                for item in r["holds"]:
+                    limit_id, key, units = item.split("\x1f")
+                    lim = by_id.get(limit_id)
+                    if lim is not None and lim.type == LimitType.CONCURRENCY:
+                        mine.append((limits.check(lim, key), int(units)))
+                if mine:
+                    holds[jid] = mine
+        else:
+            running = [(str(jid), rf) for jid, rf in await self.store.job_running_all()]
+        created = await self.index.lease_adopt(
+            {jid: now_ms + int(max(rf, self.dispatcher.min_lease) * 1000) for jid, rf in running},
+            holds,
+            now_ms,
+        )
+        if created:
+            # A job that ended between the read above and the adopt got a lease it must not
+            # keep (and units it must not hold): give those back now.
+            still = {str(i) for i in await self.store.job_running_still(
+                [uuid.UUID(i) for i in created])}  # fmt: skip
+            ended = [i for i in created if i not in still]
+            await self.index.lease_release(ended)
+            if still:
+                log.warning("re-created %d lease(s) from PostgreSQL", len(still),
+                            extra={"action": "reconcile"})  # fmt: skip
+        if full:
+            await self.store.hold_sweep()
+
+    async def _worker_tags(self) -> dict[str, TagSet]:
+        """Tags of known workers (this node's, then the registry's); unknown ones are absent."""
+        out: dict[str, TagSet] = {}
+        try:
+            for wid, raw in (await self.index.workers_all()).items():
+                try:
+                    out[wid] = TagSet(json.loads(raw).get("tags", []))
+                except (ValueError, AttributeError, TypeError):
+                    continue
+        except IndexUnavailable:
+            pass
+        for c in self.dispatcher.consumers:
+            out[c.worker_id] = TagSet(c.tags)
+        return out

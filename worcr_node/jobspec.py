@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import math
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
@@ -19,6 +19,7 @@ import msgpack
 import uuid_utils
 
 from worcr.wire import Limits
+from worcr_node.limits.model import partition_for
 from worcr_node.state import JobState
 
 __all__ = ["Backoff", "NewJob", "SpecError", "lane_of", "parse_job_spec", "parse_time"]
@@ -76,13 +77,23 @@ class NewJob:
     reserve_for: float
     lane: str
     client_id: bool  # the producer chose the id (idempotent enqueue)
+    partition: Partition = ()
+
+
+Partition = tuple[tuple[str, str], ...]  # (args path, value) pairs that split lanes
+PartitionPaths = Callable[[str, str, tuple[str, ...]], tuple[str, ...]]
 
 
 @lru_cache(maxsize=65536)
-def lane_of(kind: str, tenant: str, tags: tuple[str, ...], weight: float) -> str:
-    """Stable lane id: jobs with the same kind, tenant, tag set and weight share a lane."""
-    key = "\x1f".join((kind, tenant, repr(weight), *tags)).encode()
-    return hashlib.blake2b(key, digest_size=8).hexdigest()
+def lane_of(
+    kind: str, tenant: str, tags: tuple[str, ...], weight: float, partition: Partition = ()
+) -> str:
+    """Stable lane id: jobs with the same kind, tenant, tag set, weight and partition (values of
+    the args paths job limits key on) share a lane."""
+    key = "\x1f".join((kind, tenant, repr(weight), *tags))
+    if partition:
+        key += "\x1e" + "\x1f".join(f"{p}={v}" for p, v in partition)
+    return hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
 
 
 def parse_time(value: Any, field: str) -> float:
@@ -185,8 +196,16 @@ def _id(spec: Mapping[str, Any]) -> tuple[uuid.UUID, bool]:
         raise SpecError(f"id: {raw[:64]!r} is not a UUID") from None
 
 
-def parse_job_spec(spec: Any, now: float, limits: Limits) -> NewJob:
-    """Validate one job spec; raise SpecError with the offending field in the message."""
+def _no_paths(kind: str, tenant: str, tags: tuple[str, ...]) -> tuple[str, ...]:
+    return ()
+
+
+def parse_job_spec(
+    spec: Any, now: float, limits: Limits, paths: PartitionPaths = _no_paths
+) -> NewJob:
+    """Validate one job spec; raise SpecError with the offending field in the message.
+
+    `paths` names the args paths that job limits split this job's lane by (limits/compiled.py)."""
     if not isinstance(spec, Mapping):
         raise SpecError("a job spec must be a map")
     unknown = set(spec) - _KNOWN
@@ -216,6 +235,8 @@ def parse_job_spec(spec: Any, now: float, limits: Limits) -> NewJob:
     expires_at = _when(spec, "expires_at", "expires_in", now)
     job_id, client_id = _id(spec)
     state = JobState.SCHEDULED if run_at is not None and run_at > now else JobState.QUEUED
+    split_by = paths(kind, tenant, tags)
+    partition = partition_for(split_by, args) if split_by else ()
     return NewJob(
         id=job_id,
         kind=kind,
@@ -230,6 +251,7 @@ def parse_job_spec(spec: Any, now: float, limits: Limits) -> NewJob:
         backoff=_backoff(spec.get("backoff")),
         unique_key=unique_key,
         reserve_for=reserve_for or DEFAULT_RESERVE_FOR,
-        lane=lane_of(kind, tenant, tags, weight),
+        lane=lane_of(kind, tenant, tags, weight, partition),
         client_id=client_id,
+        partition=partition,
     )

@@ -20,7 +20,7 @@ import asyncpg
 from worcr.wire import Limits
 from worcr_node.batcher import Batcher
 from worcr_node.clock import Clock
-from worcr_node.jobspec import NewJob, SpecError, parse_job_spec
+from worcr_node.jobspec import NewJob, PartitionPaths, SpecError, parse_job_spec
 from worcr_node.outcome import Failure, decide_failure, decide_lost_lease, decide_yield
 from worcr_node.state import JobState
 from worcr_node.store.pg import ClaimedJob, FinishOutcome, InsertResult, PgStore
@@ -53,6 +53,8 @@ class JobManager:
         self.on_ready: Callable[[Mapping[str, int | None]], None] = lambda lanes: None
         # Called with ids of jobs that stopped running through this node (fewest_running counts).
         self.on_done: Callable[[Collection[uuid.UUID]], None] = lambda ids: None
+        # The args paths job limits split a (kind, tenant, tags) lane by (set with each policy).
+        self.partition_paths: PartitionPaths = lambda kind, tenant, tags: ()
         # Called with (job id, token) of running jobs that were cancelled.
         self.on_cancel: Callable[[Sequence[tuple[str, int]]], None] = lambda jobs: None
         self._enqueue = Batcher[NewJob, InsertResult]("enqueue", self._flush_enqueue, concurrency=2)
@@ -61,7 +63,7 @@ class JobManager:
         )
         self._fail = Batcher[Failure, bool]("fail", self._flush_fail)
         self._yield = Batcher[tuple[uuid.UUID, int], bool]("yield", self._flush_yield)
-        self._claim = Batcher[tuple[uuid.UUID, str], ClaimedJob | None](
+        self._claim = Batcher[tuple[uuid.UUID, str, str, int | None], ClaimedJob | None](
             "claim", self._flush_claim, concurrency=2
         )
 
@@ -79,7 +81,7 @@ class JobManager:
         jobs = []
         for i, spec in enumerate(specs):
             try:
-                jobs.append(parse_job_spec(spec, now, self.limits))
+                jobs.append(parse_job_spec(spec, now, self.limits, self.partition_paths))
             except SpecError as exc:
                 raise SpecError(f"jobs[{i}].{exc}") from None
         return jobs
@@ -112,26 +114,34 @@ class JobManager:
 
     # -- dispatch ----------------------------------------------------------------------------------
 
-    async def claim(self, ids: Sequence[str], worker_id: str) -> list[ClaimedJob]:
-        """Lease-holding ids become running attempts in PostgreSQL (queued -> running).
+    async def claim(
+        self, items: Sequence[tuple[str, str, int | None]], worker_id: str
+    ) -> list[ClaimedJob]:
+        """Lease-holding ids, each with the lane it was claimed from and when its job limits
+        admitted it (Redis ms, None if none applied), become running attempts in PostgreSQL
+        (queued -> running).
 
-        Ids that are no longer queued (cancelled, expired, claimed twice) are dropped and their
-        Redis leases released.
+        Ids that are no longer queued in that lane (cancelled, expired, claimed twice, moved to
+        a split lane) are dropped and their Redis leases (and limit units) released.
         """
-        items = [(uuid.UUID(i), worker_id) for i in ids]
-        claimed = await self._claim.submit(items)
+        claimed = await self._claim.submit(
+            [(uuid.UUID(i), worker_id, lane, admitted) for i, lane, admitted in items]
+        )
         got = [c for c in claimed if c is not None]
-        if len(got) < len(ids):
+        if len(got) < len(items):
             taken = {str(c.id) for c in got}
-            await self._release([i for i in ids if i not in taken])
+            await self._release([i for i, _, _ in items if i not in taken])
         return got
 
-    async def _flush_claim(self, items: list[tuple[uuid.UUID, str]]) -> list[ClaimedJob | None]:
+    async def _flush_claim(
+        self, items: list[tuple[uuid.UUID, str, str, int | None]]
+    ) -> list[ClaimedJob | None]:
         rows = await self.store.job_claim_many(
-            [i[0] for i in items], [i[1] for i in items], self.node_id
-        )
+            [i[0] for i in items], [i[1] for i in items], self.node_id,
+            [i[2] for i in items], [i[3] for i in items],
+        )  # fmt: skip
         by_id = {(r.id, r.worker_id): r for r in rows}
-        return [by_id.get((jid, wid)) for jid, wid in items]
+        return [by_id.get((jid, wid)) for jid, wid, _, _ in items]
 
     async def _release(self, ids: Sequence[str]) -> None:
         try:

@@ -17,9 +17,10 @@ from aiohttp import web
 from worcr_node.clock import Clock, SystemClock
 from worcr_node.config import Config
 from worcr_node.dispatch.dispatcher import Dispatcher
-from worcr_node.dispatch.policy import PolicyStore, PolicyWatcher
+from worcr_node.dispatch.policy import Policy, PolicyStore, PolicyWatcher
 from worcr_node.duties import Duties
 from worcr_node.http.api import build_app
+from worcr_node.limits.rate import RateLimiter
 from worcr_node.manager import JobManager
 from worcr_node.service import Service
 from worcr_node.store.pg import PgStore
@@ -56,11 +57,11 @@ class Node:
             config.window_budget,
         )
         self.policy_store = PolicyStore(self.store, self.index)
-        self.policy = PolicyWatcher(self.policy_store, self.dispatcher.set_policy)
         self.duties = Duties(
             self.manager, self.store, self.index, self.dispatcher, self.clock,
             **{f"{k}_every": v for k, v in (duty_periods or {}).items()},
         )  # fmt: skip
+        self.policy = PolicyWatcher(self.policy_store, self._policy_changed)
         self.hub = Hub(
             self.manager,
             config.node_id,
@@ -73,6 +74,9 @@ class Node:
             self.dispatcher.wake,
         )
         self.manager.on_cancel = self.hub.cancel_jobs
+        self.rate = RateLimiter(self.index, self.store, lambda: self.dispatcher.limits)
+        self.hub.rate = self.rate
+        self.dispatcher.on_freed = self.rate.freed
         self.tcp = TcpServer(self.hub, config.listen.host, config.listen.port)
         self.http_port = config.http.port
         self._runner: web.AppRunner | None = None
@@ -83,6 +87,11 @@ class Node:
         ]  # fmt: skip
         for s in self._services:
             s.on_crash = self._on_crash
+
+    def _policy_changed(self, policy: Policy) -> None:
+        self.dispatcher.set_policy(policy)
+        if self.duties.started:
+            self.duties.policy_changed()
 
     def _on_crash(self, name: str, exc: BaseException) -> None:
         log.error("service task %s died: stopping the node", name, extra={"action": "crash"})

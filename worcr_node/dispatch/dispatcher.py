@@ -8,6 +8,14 @@ Redis window (which leases them), turns them into running attempts in PostgreSQL
 pushes them to the worker. It keeps the windows topped up from PostgreSQL (refill), learns of new
 ready lanes from the manager (local enqueues) and from Redis pub/sub (other nodes), and rebuilds
 the class views when the dispatch policy changes.
+
+Job limits: a (lane, class) pair may take from limits (limits/compiled.py); its claims then go
+through `claim_limited`, which takes only what every limit admits. A lane whose limit is full is
+*parked*: taken out of that class's view (other lanes and tenants go on), and put back when the
+limit may admit again: at the time the script said (rate limits), or when a holder releases units
+(concurrency; every node hears it on the limits-freed channel), with a 1 s re-check as a safety.
+Parked lanes come back a few at a time, in the order they were parked, so a full global limit
+costs a handful of script calls per freed unit, not one per waiting lane.
 """
 
 from __future__ import annotations
@@ -16,8 +24,9 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections import Counter
-from collections.abc import Collection, Mapping, Sequence
+import math
+from collections import Counter, deque
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -32,10 +41,11 @@ from worcr_node.dispatch.rules import (
     relevant_tags,
     worker_tag_relevance,
 )
+from worcr_node.limits.compiled import CompiledLimits
 from worcr_node.manager import JobManager
 from worcr_node.service import Service
 from worcr_node.store.pg import ClaimedJob, PgStore, StorageUnavailable
-from worcr_node.store.redis_index import IndexUnavailable, RedisIndex
+from worcr_node.store.redis_index import ClaimResult, IndexUnavailable, LimitCheck, RedisIndex
 
 __all__ = ["ClassKey", "Consumer", "Dispatcher", "LaneInfo"]
 
@@ -46,7 +56,12 @@ MAX_CLAIM = 100
 MAX_LANES_PER_CLAIM = 8  # lanes one worker's claim may draw from when lanes run short
 MIN_WINDOW = 16
 REGISTRY_EVERY = 10  # seconds between refreshes of this node's workers in the registry
+RECHECK = 1.0  # seconds: a lane parked on a concurrency limit is retried at least this often
+UNPARK_PER_UNIT = 2  # lanes put back per unit a limit frees
+MISFILED = "\x00misfiled"  # park key: the lane is not split by an args path a limit keys on
+REBUILDING = "\x00rebuilding"  # park key: Redis lost its data, limits wait for the rebuild
 ClassKey = tuple[frozenset[str], frozenset[str]]  # (kinds, tags); empty kinds: any kind
+Claimed = tuple[str, str, int | None]  # (job id, lane, admitted at in Redis ms)
 
 
 class Consumer(Protocol):
@@ -76,6 +91,7 @@ class LaneInfo:
     tenant: str
     tags: TagSet
     weight: float
+    partition: Mapping[str, str] | None = None  # args path -> value (job limits split by it)
 
 
 @dataclass(slots=True)
@@ -85,6 +101,7 @@ class _Class:
     view: ClassView
     members: int = 0
     verdicts: dict[str, Verdict] = field(default_factory=dict)
+    checks: dict[str, tuple[LimitCheck, ...] | None] = field(default_factory=dict)
 
 
 class Dispatcher(Service):
@@ -123,6 +140,14 @@ class Dispatcher(Service):
         self.running_base: dict[str, int] = {}
         self.running_delta: Counter[str] = Counter()
         self._job_tenant: dict[Any, str] = {}
+        # job limits
+        self.limits = CompiledLimits((), index.limit_keys)
+        self.blocked: dict[str, float] = {}  # state key -> loop time it may admit again
+        self.parked: dict[str, deque[tuple[ClassKey, str]]] = {}  # park key -> (class, lane)
+        self._parked_at: dict[tuple[ClassKey, str], str] = {}
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self.misfiled: set[str] = set()  # lanes to split (repartition duty)
+        self.on_freed: Callable[[Collection[str]], None] = lambda keys: None
         manager.on_ready = self.lanes_ready
         manager.on_done = self.jobs_done
 
@@ -169,9 +194,19 @@ class Dispatcher(Service):
                 self._running_changed(tenant)
 
     def set_policy(self, policy: Policy) -> None:
-        """A new rule set or fairness setting: regroup workers into classes, rebuild the views."""
+        """A new rule set, limit set or fairness setting: regroup workers into classes, rebuild
+        the views, forget what was parked (limits may have changed: each lane is tried again)."""
         self.policy = policy
-        self._relevance = worker_tag_relevance(policy.rules)
+        self.limits = CompiledLimits(policy.limits, self.index.limit_keys)
+        self.manager.partition_paths = self.limits.paths
+        self._relevance = worker_tag_relevance((*policy.rules, *self.limits.matches))
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        self.blocked.clear()
+        self.parked.clear()
+        self._parked_at.clear()
+        self.misfiled.clear()
         self.classes.clear()
         self._keys.clear()
         for c in self.consumers:
@@ -210,6 +245,7 @@ class Dispatcher(Service):
     def _fill(self, cls: _Class) -> None:
         cls.view = ClassView(self.policy.fairness, self.running)
         cls.verdicts.clear()
+        cls.checks.clear()
         for info in self.lanes.values():
             self._offer(cls, info)
 
@@ -226,7 +262,7 @@ class Dispatcher(Service):
             if v is None:
                 return
             cls.verdicts[info.lane] = v
-        if v.allowed:
+        if v.allowed and (cls.key, info.lane) not in self._parked_at:
             head = self.heads.get(info.lane, 0)
             cls.view.add(info.lane, info.kind, info.tenant, info.weight * v.factor, head)
 
@@ -247,6 +283,9 @@ class Dispatcher(Service):
 
     def _drop_lane(self, lane: str) -> None:
         self.heads.pop(lane, None)
+        for key in self.classes:
+            self._parked_at.pop((key, lane), None)
+        self.misfiled.discard(lane)
         if self.lanes.pop(lane, None) is not None:
             for cls in self.classes.values():
                 cls.view.remove(lane)
@@ -262,6 +301,8 @@ class Dispatcher(Service):
     async def start(self) -> None:
         self.spawn(self._loop(), "dispatch")
         self.spawn(self._listen(), "ready-listener")
+        self.spawn(self.index.listen(self.index.freed_channel, self._freed,
+                                     lambda: self.stopping), "freed-listener")  # fmt: skip
         self.spawn(self._resync_loop(), "ready-resync")
         self.spawn(self._running_loop(), "running-counts")
 
@@ -298,8 +339,10 @@ class Dispatcher(Service):
             self._unknown = wanted
             raise
         for r in rows:
+            part = r["partition"]
             info = LaneInfo(r["lane"], r["kind"], r["tenant"], TagSet(r["tags"]),
-                            float(r["weight"]))  # fmt: skip
+                            float(r["weight"]),
+                            json.loads(part) if isinstance(part, str) else part)  # fmt: skip
             self._known[info.lane] = info
             self._add_lane(info, wanted[info.lane])
 
@@ -330,30 +373,47 @@ class Dispatcher(Service):
         push and one lease update for the lot."""
         n = min(c.capacity - c.held - c.reserved, MAX_CLAIM)
         c.reserved += n
-        ids: list[str] = []
+        ids: list[Claimed] = []
+        parked = False
         try:
             for _ in range(MAX_LANES_PER_CLAIM):
                 lane = cls.view.pick()
                 if lane is None:
                     break
-                ids += await self._claim_lane(cls, lane, n - len(ids))
+                got = await self._claim_lane(cls, lane, n - len(ids))
+                if got is None:
+                    parked = True  # the view changed: worth another pass
+                    continue
+                ids += got
                 if len(ids) >= n:
                     break
             if ids:
                 self.spawn(self._finish_claim(c, ids, n), "claim")
-            return bool(ids)
+            return bool(ids) or parked
         finally:
             if not ids:
                 c.reserved -= n
 
-    async def _claim_lane(self, cls: _Class, lane: str, n: int) -> list[str]:
+    async def _claim_lane(self, cls: _Class, lane: str, n: int) -> list[Claimed] | None:
+        """Claim up to n ids from one lane for a class; None if the lane got parked instead."""
+        info = self.lanes.get(lane)
+        checks = self._checks(cls, info) if info is not None else ()
+        if checks is None or self._known_full(cls, lane, checks):
+            return None
         deadline = int(self.clock.now() * 1000) + CLAIM_LEASE_MS
-        res = await self.index.claim(lane, n, deadline)
-        if not res.ids and not res.complete:
+        res = await self._claim_once(lane, n, deadline, checks)
+        if res.blocker is None and not res.ids and not res.complete:
             # A cold window (new backlog, Redis restarted): page it in now rather than let
             # younger lanes jump ahead, then try once more.
             await asyncio.shield(self._refill_soon(lane))
-            res = await self.index.claim(lane, n, deadline)
+            res = await self._claim_once(lane, n, deadline, checks)
+        if res.blocker is not None:
+            key = REBUILDING if res.blocker < 0 else checks[res.blocker].state_key
+            self._block(key, res.retry_ms)
+            self._park(cls, lane, key)
+            return None
+        for i, retry in res.exhausted:
+            self._block(checks[i].state_key, retry)
         if not res.complete and res.left < self.index.window // 2:
             self._refill_soon(lane)
         if res.head >= 0 and lane in self.lanes:
@@ -367,9 +427,97 @@ class Dispatcher(Service):
             # parked until a refill or a push brings it back. An incomplete lane that just gave
             # ids stays: its refill is under way, and the next pick waits for it.
             self._drop_lane(lane)
-        return res.ids
+        admitted = res.now_ms if checks else None
+        return [(i, lane, admitted) for i in res.ids]
 
-    async def _finish_claim(self, c: Consumer, ids: list[str], reserved: int) -> None:
+    async def _claim_once(
+        self, lane: str, n: int, deadline: int, checks: tuple[LimitCheck, ...]
+    ) -> ClaimResult:
+        if checks:
+            return await self.index.claim_limited(lane, n, deadline, checks)
+        return await self.index.claim(lane, n, deadline)
+
+    # -- job limits: parking -----------------------------------------------------------------------
+
+    def _known_full(self, cls: _Class, lane: str, checks: tuple[LimitCheck, ...] | None) -> bool:
+        """Park the lane without a script call if it is misfiled or a limit is known full."""
+        if checks is None:
+            self.misfiled.add(lane)
+            self._park(cls, lane, MISFILED)
+            return True
+        if checks:
+            now = asyncio.get_running_loop().time()
+            for check in checks:
+                if self.blocked.get(check.state_key, 0.0) > now:
+                    self._park(cls, lane, check.state_key)
+                    return True
+        return False
+
+    def _checks(self, cls: _Class, info: LaneInfo) -> tuple[LimitCheck, ...] | None:
+        if info.lane in cls.checks:
+            return cls.checks[info.lane]
+        checks = self.limits.for_lane(info.kind, info.tenant, info.tags, info.partition, cls.tags)
+        cls.checks[info.lane] = checks
+        return checks
+
+    def _park(self, cls: _Class, lane: str, key: str) -> None:
+        cls.view.remove(lane)
+        self._parked_at[(cls.key, lane)] = key
+        self.parked.setdefault(key, deque()).append((cls.key, lane))
+        if key not in self._timers and key != MISFILED:
+            self._schedule(key, RECHECK)
+
+    def _block(self, key: str, retry_ms: int) -> None:
+        """A limit key admits nothing for retry_ms (-1: until a holder releases units)."""
+        loop = asyncio.get_running_loop()
+        delay = retry_ms / 1000 if retry_ms >= 0 else RECHECK
+        self.blocked[key] = loop.time() + delay if retry_ms >= 0 else math.inf
+        self._schedule(key, delay)
+
+    def _schedule(self, key: str, delay: float) -> None:
+        old = self._timers.get(key)
+        loop = asyncio.get_running_loop()
+        if old is not None:
+            if old.when() <= loop.time() + delay:
+                return
+            old.cancel()
+        self._timers[key] = loop.call_later(delay, self._timer_fired, key)
+
+    def _timer_fired(self, key: str) -> None:
+        self._timers.pop(key, None)
+        self.unpark(key, None)
+
+    def unpark(self, key: str, budget: int | None) -> None:
+        """A limit key may admit again: put up to `budget` (None: all) of its lanes back."""
+        self.blocked.pop(key, None)
+        waiting = self.parked.get(key)
+        if not waiting:
+            return
+        n = 0
+        while waiting and (budget is None or n < budget):
+            class_key, lane = waiting.popleft()
+            if self._parked_at.get((class_key, lane)) != key:
+                continue  # stale entry: moved on already
+            del self._parked_at[(class_key, lane)]
+            cls = self.classes.get(class_key)
+            info = self.lanes.get(lane)
+            if cls is not None and info is not None:
+                self._offer(cls, info)
+                n += 1
+        if not waiting:
+            del self.parked[key]
+        else:
+            self._schedule(key, RECHECK)  # the rest get their turn at the latest then
+        self.wake()
+
+    def _freed(self, data: str) -> None:
+        """Units of these limit keys were released somewhere in the cluster."""
+        counts = Counter(data.split("\n"))
+        for key, count in counts.items():
+            self.unpark(key, count * UNPARK_PER_UNIT)
+        self.on_freed(counts.keys())
+
+    async def _finish_claim(self, c: Consumer, ids: list[Claimed], reserved: int) -> None:
         try:
             jobs = await self.manager.claim(ids, c.worker_id)
         except StorageUnavailable as exc:

@@ -1,4 +1,5 @@
-"""The dispatch policy: rules + fairness settings, stored in PostgreSQL, watched by every node.
+"""The dispatch policy: rules, fairness settings and limits, stored in PostgreSQL, watched by every
+node.
 
 `PolicyStore` reads and writes the policy tables; every write bumps `worcr_dispatch_version` in
 the same transaction. `PolicyWatcher` (a node service) polls that version every 0.25 s and also
@@ -20,6 +21,8 @@ import asyncpg
 
 from worcr_node.dispatch.fairness import DEFAULT_SCOPE, Fairness, Strategy
 from worcr_node.dispatch.rules import MAX_RULES, Rule, RuleError, parse_rule
+from worcr_node.limits.model import Limit, LimitError
+from worcr_node.limits.store import limit_from_row
 from worcr_node.service import Service
 from worcr_node.store import queries as q
 from worcr_node.store.pg import PgStore, StorageUnavailable
@@ -39,6 +42,7 @@ class Policy:
     version: int = 0
     rules: tuple[Rule, ...] = ()
     fairness: Fairness = field(default_factory=Fairness)
+    limits: tuple[Limit, ...] = ()
 
 
 def rule_from_row(r: asyncpg.Record) -> Rule:
@@ -70,12 +74,14 @@ class PolicyStore:
                 rules = [rule_from_row(r) for r in await c.fetch(q.RULE_LIST)]
                 scopes = {r[0]: Strategy(r[1]) for r in await c.fetch(q.FAIRNESS_LIST)}
                 weights = {r[0]: float(r[1]) for r in await c.fetch(q.TENANT_WEIGHT_LIST)}
+                limits = [limit_from_row(r) for r in await c.fetch(q.LIMIT_LIST)]
             default = scopes.pop(DEFAULT_SCOPE, Strategy.ROUND_ROBIN)
-            return Policy(int(version), tuple(rules), Fairness(default, scopes, weights))
+            return Policy(int(version), tuple(rules), Fairness(default, scopes, weights),
+                          tuple(limits))  # fmt: skip
 
         return await self.pg.run(read)
 
-    async def _write(self, fn: Callable[[asyncpg.Connection], Any]) -> Any:
+    async def write(self, fn: Callable[[asyncpg.Connection], Any]) -> Any:
         async def tx(c: asyncpg.Connection) -> Any:
             async with c.transaction():
                 out = await fn(c)
@@ -115,11 +121,11 @@ class PolicyStore:
         return await self._unique_name(fn, rule.name)  # type: ignore[no-any-return]
 
     async def rule_delete(self, rule_id: uuid.UUID) -> bool:
-        return bool(await self._write(lambda c: c.fetchval(q.RULE_DELETE, rule_id)))
+        return bool(await self.write(lambda c: c.fetchval(q.RULE_DELETE, rule_id)))
 
     async def _unique_name(self, fn: Callable[[asyncpg.Connection], Any], name: str) -> Any:
         try:
-            return await self._write(fn)
+            return await self.write(fn)
         except asyncpg.UniqueViolationError:
             raise RuleConflict(f"a rule named {name!r} exists already") from None
 
@@ -132,7 +138,7 @@ class PolicyStore:
             strategies = [default.value, *(s.value for s in kinds.values())]
             await c.execute(q.FAIRNESS_INSERT_MANY, scopes, strategies)
 
-        await self._write(fn)
+        await self.write(fn)
 
     async def tenant_weights(self) -> list[asyncpg.Record]:
         return await self.pg.run(lambda c: c.fetch(q.TENANT_WEIGHT_LIST))
@@ -141,13 +147,13 @@ class PolicyStore:
         return await self.pg.run(lambda c: c.fetchrow(q.TENANT_WEIGHT_GET, tenant))
 
     async def tenant_weight_set(self, tenant: str, weight: float) -> asyncpg.Record:
-        row: asyncpg.Record = await self._write(
+        row: asyncpg.Record = await self.write(
             lambda c: c.fetchrow(q.TENANT_WEIGHT_SET, tenant, weight)
         )
         return row
 
     async def tenant_weight_delete(self, tenant: str) -> bool:
-        return bool(await self._write(lambda c: c.fetchval(q.TENANT_WEIGHT_DELETE, tenant)))
+        return bool(await self.write(lambda c: c.fetchval(q.TENANT_WEIGHT_DELETE, tenant)))
 
 
 def _rule_args(rule: Rule) -> tuple[Any, ...]:
@@ -173,7 +179,7 @@ class PolicyWatcher(Service):
     async def start(self) -> None:
         try:
             await self.refresh()
-        except (StorageUnavailable, RuleError) as exc:
+        except (StorageUnavailable, RuleError, LimitError) as exc:
             log.warning("dispatch policy not loaded yet: %s", exc)
         self.spawn(self._poll(), "poll")
         self.spawn(self.store.index.listen(
@@ -189,8 +195,9 @@ class PolicyWatcher(Service):
         if policy.version != self.policy.version:
             self.policy = policy
             self.on_change(policy)
-            log.info("dispatch policy v%d: %d rule(s), fairness %s", policy.version,
-                     len(policy.rules), policy.fairness.to_json(),
+            log.info("dispatch policy v%d: %d rule(s), %d limit(s), fairness %s",
+                     policy.version, len(policy.rules), len(policy.limits),
+                     policy.fairness.to_json(),
                      extra={"action": "policy"})  # fmt: skip
             return True
         return False

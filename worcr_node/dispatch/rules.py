@@ -20,11 +20,13 @@ from typing import Any
 
 __all__ = [
     "MAX_RULES",
+    "Match",
     "Rule",
     "RuleError",
     "TagSet",
     "Verdict",
     "evaluate",
+    "parse_match",
     "parse_rule",
     "relevant_tags",
     "rule_matches",
@@ -93,21 +95,17 @@ class TagSet:
 
 
 @dataclass(frozen=True, slots=True)
-class Rule:
-    id: str
-    name: str
-    action: str  # multiply | forbid
-    factor: float = 1.0
+class Match:
+    """What a rule or a job limit applies to: job kind, tenant and tags, and worker tags."""
+
     kinds: frozenset[str] = frozenset()  # empty: any kind
     tenants: frozenset[str] = frozenset()  # empty: any tenant
     job_tags: TagMatch = field(default_factory=TagMatch)
     worker_tags: TagMatch = field(default_factory=TagMatch)
     same: tuple[str, ...] = ()
     differ: tuple[str, ...] = ()
-    enabled: bool = True
-    description: str = ""
 
-    def match_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, Any]:
         m: dict[str, Any] = {}
         if self.kinds:
             m["kinds"] = sorted(self.kinds)
@@ -122,6 +120,39 @@ class Rule:
         if self.differ:
             m["differ"] = list(self.differ)
         return m
+
+    def job_side(self, kind: str, tenant: str, job_tags: TagSet) -> str | None:
+        """None if the job side matches (whatever the worker), else why not."""
+        if self.kinds and kind not in self.kinds:
+            return f"kind {kind!r} not in {sorted(self.kinds)}"
+        if self.tenants and tenant not in self.tenants:
+            return f"tenant {tenant!r} not in {sorted(self.tenants)}"
+        why = self.job_tags.test(job_tags)
+        return None if why is None else f"job {why}"
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    id: str
+    name: str
+    action: str  # multiply | forbid
+    factor: float = 1.0
+    kinds: frozenset[str] = frozenset()  # empty: any kind
+    tenants: frozenset[str] = frozenset()  # empty: any tenant
+    job_tags: TagMatch = field(default_factory=TagMatch)
+    worker_tags: TagMatch = field(default_factory=TagMatch)
+    same: tuple[str, ...] = ()
+    differ: tuple[str, ...] = ()
+    enabled: bool = True
+    description: str = ""
+
+    @property
+    def match(self) -> Match:
+        return Match(self.kinds, self.tenants, self.job_tags, self.worker_tags, self.same,
+                     self.differ)  # fmt: skip
+
+    def match_json(self) -> dict[str, Any]:
+        return self.match.to_json()
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -148,9 +179,9 @@ class Verdict:
 
 
 def rule_matches(
-    rule: Rule, kind: str, tenant: str, job_tags: TagSet, worker_tags: TagSet
+    rule: Rule | Match, kind: str, tenant: str, job_tags: TagSet, worker_tags: TagSet
 ) -> str | None:
-    """None if the rule matches the pair, else the first reason it does not."""
+    """None if the rule (or match) matches the pair, else the first reason it does not."""
     if rule.kinds and kind not in rule.kinds:
         return f"kind {kind!r} not in {sorted(rule.kinds)}"
     if rule.tenants and tenant not in rule.tenants:
@@ -191,8 +222,11 @@ def evaluate(
     return Verdict(not forbidden, factor, tuple(matched), tuple(forbidden))
 
 
-def worker_tag_relevance(rules: Sequence[Rule]) -> tuple[frozenset[str], frozenset[str]]:
-    """The worker tags any rule can see: exact patterns, and keys (`key:*`, same, differ)."""
+def worker_tag_relevance(
+    rules: Iterable[Rule | Match],
+) -> tuple[frozenset[str], frozenset[str]]:
+    """The worker tags any rule (or limit match) can see: exact patterns, and keys (`key:*`,
+    same, differ)."""
     exact: set[str] = set()
     keys: set[str] = set()
     for r in rules:
@@ -248,13 +282,7 @@ def parse_rule(body: Any, rule_id: str | None = None) -> Rule:
         factor = float(raw)
     elif "factor" in body:
         raise RuleError("factor: only a multiply rule has a factor")
-    match = body.get("match", {})
-    if not isinstance(match, Mapping):
-        raise RuleError("match: expected an object")
-    unknown = set(match) - _MATCH_FIELDS
-    if unknown:
-        raise RuleError(f"match: unknown field(s) {sorted(unknown)}; allowed: "
-                        f"{sorted(_MATCH_FIELDS)}")  # fmt: skip
+    m = parse_match(body.get("match", {}))
     return Rule(
         id=rule_id or str(uuid.uuid4()),
         name=name.strip(),
@@ -262,6 +290,24 @@ def parse_rule(body: Any, rule_id: str | None = None) -> Rule:
         enabled=enabled,
         action=action,
         factor=factor,
+        kinds=m.kinds,
+        tenants=m.tenants,
+        job_tags=m.job_tags,
+        worker_tags=m.worker_tags,
+        same=m.same,
+        differ=m.differ,
+    )
+
+
+def parse_match(match: Any) -> Match:
+    """A match from its JSON form; RuleError names the first bad field."""
+    if not isinstance(match, Mapping):
+        raise RuleError("match: expected an object")
+    unknown = set(match) - _MATCH_FIELDS
+    if unknown:
+        raise RuleError(f"match: unknown field(s) {sorted(unknown)}; allowed: "
+                        f"{sorted(_MATCH_FIELDS)}")  # fmt: skip
+    return Match(
         kinds=frozenset(_texts(match, "kinds")),
         tenants=frozenset(_texts(match, "tenants")),
         job_tags=_tag_match(match, "job_tags"),

@@ -162,6 +162,7 @@ class PgStore:
                             [j.tenant for j in lanes],
                             ["\x1f".join(j.tags) for j in lanes],
                             [j.weight for j in lanes],
+                            [_partition_json(j) for j in lanes],
                         )
                     }
                 rows = await conn.fetch(q.JOB_INSERT_MANY, *cols)
@@ -186,9 +187,17 @@ class PgStore:
     # -- dispatch and results ----------------------------------------------------------------------
 
     async def job_claim_many(
-        self, ids: Sequence[uuid.UUID], worker_ids: Sequence[str], node_id: str
+        self,
+        ids: Sequence[uuid.UUID],
+        worker_ids: Sequence[str],
+        node_id: str,
+        lanes: Sequence[str],
+        admitted_ms: Sequence[int | None],
     ) -> list[ClaimedJob]:
-        rows = await self.run(lambda c: c.fetch(q.JOB_CLAIM_MANY, ids, worker_ids, node_id))
+        """queued -> running for ids still in the lane they were claimed from."""
+        rows = await self.run(
+            lambda c: c.fetch(q.JOB_CLAIM_MANY, ids, worker_ids, node_id, lanes, admitted_ms)
+        )
         return [ClaimedJob(*r) for r in rows]
 
     async def job_complete_many(
@@ -240,6 +249,48 @@ class PgStore:
     async def job_running_all(self) -> list[tuple[uuid.UUID, float]]:
         rows = await self.run(lambda c: c.fetch(q.JOB_RUNNING_ALL))
         return [(r[0], r[1]) for r in rows]
+
+    async def job_running_for_recount(self) -> list[asyncpg.Record]:
+        """Running attempts with kind, tenant, tags, args, worker and their rate-limit holds
+        (`holds`: "limit id \\x1f key \\x1f units" strings)."""
+        return await self.run(lambda c: c.fetch(q.JOB_RUNNING_FOR_RECOUNT))
+
+    async def job_running_still(self, ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+        rows = await self.run(lambda c: c.fetch(q.JOB_RUNNING_STILL, ids))
+        return {r[0] for r in rows}
+
+    # -- limits ------------------------------------------------------------------------------------
+
+    async def hold_add(
+        self, job_id: uuid.UUID, token: int, limit_id: str, key: str, units: int
+    ) -> None:
+        await self.run(
+            lambda c: c.execute(q.HOLD_ADD, job_id, token, uuid.UUID(limit_id), key, units)
+        )
+
+    async def hold_give(
+        self, job_id: uuid.UUID, token: int, limit_id: str, key: str, units: int
+    ) -> None:
+        lid = uuid.UUID(limit_id)
+
+        async def tx(c: asyncpg.Connection) -> None:
+            async with c.transaction():
+                if await c.fetchval(q.HOLD_GIVE, job_id, token, lid, key, units) is None:
+                    await c.execute(q.HOLD_DROP, job_id, token, lid, key)
+
+        await self.run(tx)
+
+    async def hold_sweep(self) -> int:
+        """Forget holds of attempts that ended."""
+        status = await self.run(lambda c: c.execute(q.HOLD_SWEEP))
+        return int(status.split()[-1])
+
+    async def cluster_get(self, key: str) -> str | None:
+        value = await self.run(lambda c: c.fetchval(q.CLUSTER_GET, key))
+        return None if value is None else str(value)
+
+    async def cluster_set(self, key: str, value: str) -> None:
+        await self.run(lambda c: c.execute(q.CLUSTER_SET, key, value))
 
     # -- time-driven -------------------------------------------------------------------------------
 
@@ -348,6 +399,10 @@ def _insert_results(
             out.append(InsertResult(j.id, "unknown", True))
         first[j.id] = out[-1]
     return out
+
+
+def _partition_json(job: NewJob) -> str | None:
+    return json.dumps(dict(job.partition)) if job.partition else None
 
 
 def backoff_of(raw: str | None) -> Backoff:

@@ -10,21 +10,23 @@ from __future__ import annotations
 _JOB_COLS = (
     "id, state, kind, args, tags, tenant, weight, lane, run_at, expires_at, max_attempts, backoff,"
     " unique_key, reserve_for, attempt, lease_token, worker_id, node_id, result, last_error,"
-    " enqueued_at, started_at, finished_at, updated_at"
+    " enqueued_at, admitted_at, started_at, finished_at, updated_at"
 )
 
 LANE_INSERT_MANY = """
-INSERT INTO worcr_lanes (lane, kind, tenant, tags, weight)
+INSERT INTO worcr_lanes (lane, kind, tenant, tags, weight, partition)
 SELECT u.lane, u.kind, u.tenant,
-       CASE WHEN u.tags = '' THEN '{}'::text[] ELSE string_to_array(u.tags, E'\\x1f') END, u.weight
-FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::float8[])
-     AS u(lane, kind, tenant, tags, weight)
+       CASE WHEN u.tags = '' THEN '{}'::text[] ELSE string_to_array(u.tags, E'\\x1f') END, u.weight,
+       u.partition::jsonb
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::float8[], $6::text[])
+     AS u(lane, kind, tenant, tags, weight, partition)
 ON CONFLICT (lane) DO NOTHING
 RETURNING lane
 """
 
 LANE_GET_MANY = (
-    "SELECT lane, kind, tenant, tags, weight FROM worcr_lanes WHERE lane = ANY($1::text[])"
+    "SELECT lane, kind, tenant, tags, weight, partition FROM worcr_lanes"
+    " WHERE lane = ANY($1::text[])"
 )
 
 JOB_INSERT_MANY = """
@@ -51,13 +53,16 @@ WHERE unique_key = ANY($1::text[])
   AND state IN ('scheduled', 'queued', 'running', 'retrying')
 """
 
-# queued -> running. The fencing token grows by one at every dispatch.
+# queued -> running. The fencing token grows by one at every dispatch. A job no longer in the lane
+# it was claimed from (moved to a split lane by a new limit) is not claimed.
 JOB_CLAIM_MANY = """
 UPDATE worcr_jobs j
 SET state = 'running', attempt = j.attempt + 1, lease_token = j.lease_token + 1,
-    worker_id = u.worker_id, node_id = $3, started_at = now(), updated_at = now()
-FROM unnest($1::uuid[], $2::text[]) AS u(id, worker_id)
-WHERE j.id = u.id AND j.state = 'queued' AND (j.expires_at IS NULL OR j.expires_at > now())
+    worker_id = u.worker_id, node_id = $3, started_at = now(), updated_at = now(),
+    admitted_at = to_timestamp(u.admitted / 1000.0)
+FROM unnest($1::uuid[], $2::text[], $4::text[], $5::int8[]) AS u(id, worker_id, lane, admitted)
+WHERE j.id = u.id AND j.state = 'queued' AND j.lane = u.lane
+  AND (j.expires_at IS NULL OR j.expires_at > now())
 RETURNING j.id, j.lease_token, j.kind, j.args, j.tags, j.tenant, j.attempt, j.max_attempts,
           j.reserve_for, extract(epoch FROM j.enqueued_at)::float8, u.worker_id
 """
@@ -71,10 +76,12 @@ WITH u AS (
     SET state = 'completed', result = u.result, finished_at = now(), updated_at = now()
     FROM u
     WHERE j.id = u.id AND j.lease_token = u.token AND j.state = 'running'
-    RETURNING j.id, j.attempt, j.lease_token, j.worker_id, j.node_id, j.started_at
+    RETURNING j.id, j.attempt, j.lease_token, j.worker_id, j.node_id, j.started_at, j.admitted_at
 )
-INSERT INTO worcr_attempts (job_id, attempt, lease_token, worker_id, node_id, started_at, outcome)
-SELECT id, attempt, lease_token, worker_id, node_id, started_at, 'completed' FROM done
+INSERT INTO worcr_attempts (job_id, attempt, lease_token, worker_id, node_id, started_at, outcome,
+                            admitted_at)
+SELECT id, attempt, lease_token, worker_id, node_id, started_at, 'completed', admitted_at
+FROM done
 RETURNING job_id
 """
 
@@ -106,11 +113,12 @@ WITH u AS (
     FROM u
     WHERE j.id = u.id AND j.lease_token = u.token AND j.state = 'running'
     RETURNING j.id, j.seq, j.lane, j.state, j.attempt - u.attempt_delta AS ran_as, j.lease_token,
-              j.worker_id, j.node_id, j.started_at, u.outcome, u.error, u.backtrace
+              j.worker_id, j.node_id, j.started_at, j.admitted_at, u.outcome, u.error, u.backtrace
 ), hist AS (
     INSERT INTO worcr_attempts (job_id, attempt, lease_token, worker_id, node_id, started_at,
-                                outcome, error, backtrace)
-    SELECT id, ran_as, lease_token, worker_id, node_id, started_at, outcome, error, backtrace
+                                admitted_at, outcome, error, backtrace)
+    SELECT id, ran_as, lease_token, worker_id, node_id, started_at, admitted_at, outcome, error,
+           backtrace
     FROM moved
     ON CONFLICT DO NOTHING
 )
@@ -182,8 +190,9 @@ JOB_STATE_FOR_UPDATE = "SELECT state, lease_token FROM worcr_jobs WHERE id = $1 
 # The attempt a cancel interrupted (running jobs only).
 ATTEMPT_CANCELLED = """
 INSERT INTO worcr_attempts (job_id, attempt, lease_token, worker_id, node_id, started_at, outcome,
-                            error)
-SELECT id, attempt, lease_token, worker_id, node_id, started_at, 'cancelled', 'cancelled'
+                            error, admitted_at)
+SELECT id, attempt, lease_token, worker_id, node_id, started_at, 'cancelled', 'cancelled',
+       admitted_at
 FROM worcr_jobs WHERE id = $1
 ON CONFLICT DO NOTHING
 """
@@ -202,7 +211,8 @@ RETURNING id, seq, lane
 JOB_GET = f"SELECT {_JOB_COLS} FROM worcr_jobs WHERE id = $1"
 
 ATTEMPTS_OF_JOB = """
-SELECT attempt, lease_token, worker_id, node_id, started_at, finished_at, outcome, error, backtrace
+SELECT attempt, lease_token, worker_id, node_id, started_at, finished_at, outcome, error, backtrace,
+       admitted_at
 FROM worcr_attempts WHERE job_id = $1 ORDER BY lease_token
 """
 
@@ -269,3 +279,67 @@ TENANT_WEIGHT_DELETE = "DELETE FROM worcr_tenants WHERE tenant = $1 RETURNING te
 
 # Running jobs per tenant (fewest_running), through the partial index on running jobs.
 RUNNING_BY_TENANT = "SELECT tenant, count(*) FROM worcr_jobs WHERE state = 'running' GROUP BY 1"
+
+# -- limits ----------------------------------------------------------------------------------------
+
+_LIMIT_COLS = (
+    "id, name, description, enabled, scope, type, max_units, period, burst, key_template, match,"
+    " created_at, updated_at"
+)
+LIMIT_LIST = f"SELECT {_LIMIT_COLS} FROM worcr_limits ORDER BY created_at, id"
+LIMIT_GET = f"SELECT {_LIMIT_COLS} FROM worcr_limits WHERE id = $1"
+LIMIT_GET_BY_NAME = f"SELECT {_LIMIT_COLS} FROM worcr_limits WHERE name = $1"
+LIMIT_COUNT = "SELECT count(*) FROM worcr_limits"
+LIMIT_CREATE_LOCK = "SELECT pg_advisory_xact_lock(x'776F7263722D6C'::bigint)"  # "worcr-l"
+LIMIT_INSERT = f"""
+INSERT INTO worcr_limits (id, name, description, enabled, scope, type, max_units, period, burst,
+                          key_template, match)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb)
+RETURNING {_LIMIT_COLS}
+"""
+LIMIT_UPDATE = f"""
+UPDATE worcr_limits
+SET name = $2, description = $3, enabled = $4, scope = $5, type = $6, max_units = $7, period = $8,
+    burst = $9, key_template = $10, match = $11::jsonb, updated_at = now()
+WHERE id = $1
+RETURNING {_LIMIT_COLS}
+"""
+LIMIT_DELETE = "DELETE FROM worcr_limits WHERE id = $1 RETURNING id"
+
+# Concurrency units of rate limits held by running attempts (recount after a Redis loss).
+HOLD_ADD = """
+INSERT INTO worcr_holds (job_id, lease_token, limit_id, key, units)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (job_id, lease_token, limit_id, key)
+DO UPDATE SET units = worcr_holds.units + EXCLUDED.units
+"""
+HOLD_GIVE = """
+UPDATE worcr_holds SET units = units - $5
+WHERE job_id = $1 AND lease_token = $2 AND limit_id = $3 AND key = $4 AND units > $5
+RETURNING units
+"""
+HOLD_DROP = """
+DELETE FROM worcr_holds WHERE job_id = $1 AND lease_token = $2 AND limit_id = $3 AND key = $4
+"""
+HOLD_SWEEP = """
+DELETE FROM worcr_holds h
+WHERE NOT EXISTS (SELECT 1 FROM worcr_jobs j
+                  WHERE j.id = h.job_id AND j.lease_token = h.lease_token AND j.state = 'running')
+"""
+
+# Running attempts with what a recount needs: their job limits and their rate-limit holds.
+JOB_RUNNING_FOR_RECOUNT = """
+SELECT j.id, j.reserve_for, j.kind, j.tenant, j.tags, j.args, j.worker_id,
+       coalesce((SELECT array_agg(h.limit_id::text || E'\\x1f' || h.key || E'\\x1f' || h.units)
+                 FROM worcr_holds h
+                 WHERE h.job_id = j.id AND h.lease_token = j.lease_token), '{}') AS holds
+FROM worcr_jobs j WHERE j.state = 'running'
+"""
+
+JOB_RUNNING_STILL = "SELECT id FROM worcr_jobs WHERE id = ANY($1::uuid[]) AND state = 'running'"
+
+CLUSTER_GET = "SELECT value FROM worcr_cluster WHERE key = $1"
+CLUSTER_SET = """
+INSERT INTO worcr_cluster (key, value) VALUES ($1, $2)
+ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = now()
+"""

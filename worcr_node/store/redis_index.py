@@ -1,8 +1,10 @@
-"""The Redis index: lane windows, the ready-lane set, leases, and the epoch sentinel.
+"""The Redis index: lane windows, the ready-lane set, leases, limit state, the epoch sentinel.
 
 Redis holds only what must be fast and can be rebuilt from PostgreSQL: a bounded window of job ids
 per lane (the backlog stays in PostgreSQL), one lease deadline per running job, and the set of
-lanes that may have ready work. Multi-key changes are Lua scripts (store/lua/*.lua) loaded once.
+lanes that may have ready work, and the live state of limits (counters, token buckets, window logs,
+the concurrency units each running job holds). Multi-key changes are Lua scripts
+(store/lua/*.lua) loaded once.
 All keys share the hash tag `{prefix}` so every script touches one slot (Redis Cluster safe).
 """
 
@@ -12,6 +14,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -20,7 +23,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-__all__ = ["ClaimResult", "IndexUnavailable", "RedisIndex"]
+__all__ = ["AcquireResult", "ClaimResult", "IndexUnavailable", "LimitCheck", "RedisIndex"]
 
 log = logging.getLogger(__name__)
 
@@ -29,18 +32,60 @@ class IndexUnavailable(Exception):
     """Redis cannot be reached; PostgreSQL still holds the truth."""
 
 
-def _script(name: str) -> str:
-    return (resources.files("worcr_node.store") / "lua" / f"{name}.lua").read_text()
+def _script(name: str, *, limits: bool = False) -> str:
+    text = (resources.files("worcr_node.store") / "lua" / f"{name}.lua").read_text()
+    return _script("limits") + "\n" + text if limits else text
 
 
 class ClaimResult:
-    __slots__ = ("complete", "head", "ids", "left")
+    __slots__ = ("blocker", "complete", "exhausted", "head", "ids", "left", "now_ms", "retry_ms")
 
-    def __init__(self, ids: list[str], left: int, complete: bool, head: int) -> None:
+    def __init__(
+        self,
+        ids: list[str],
+        left: int,
+        complete: bool,
+        head: int,
+        now_ms: int = 0,
+        blocker: int = 0,
+        retry_ms: int = 0,
+        exhausted: Sequence[tuple[int, int]] = (),
+    ) -> None:
         self.ids = ids
         self.left = left
         self.complete = complete
         self.head = head  # seq of the window's new head (or of the last id taken; -1: unknown)
+        self.now_ms = now_ms  # Redis clock at the claim (limited claims only)
+        # limited claims: the 0-based index of the limit that admitted nothing (None: none;
+        # -1: Redis lost its data and is not rebuilt yet), ms until it may admit again (-1: when
+        # a holder releases), and (index, retry ms) of limits this claim used up
+        self.blocker: int | None = None if blocker == 0 else (-1 if blocker < 0 else blocker - 1)
+        self.retry_ms = retry_ms
+        self.exhausted = exhausted
+
+
+@dataclass(frozen=True, slots=True)
+class LimitCheck:
+    """One limit as a Redis script sees it, for one key."""
+
+    algo: str  # c | b | f | s
+    state_key: str
+    index_key: str  # the limit's usage index (keys recently used)
+    label: str  # the key as users see it
+    limit: int
+    period_ms: int
+    burst: int
+
+    def argv(self) -> list[Any]:
+        return [self.algo, self.state_key, self.index_key, self.label, self.limit,
+                self.period_ms, self.burst]  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class AcquireResult:
+    status: int  # 1 granted, 0 not now, -1 no lease, -2 never, -3 rebuilding
+    value: int  # retry ms (status 0; -1: when a holder releases) or units given back
+    now_ms: int
 
 
 class RedisIndex:
@@ -58,11 +103,18 @@ class RedisIndex:
         self.cancel_channel = f"{self.p}:cancel"
         self.policy_channel = f"{self.p}:policy"
         self.workers_key = f"{self.p}:workers"
+        self.recovered_key = f"{self.p}:recovered"  # when Redis last lost its data (ms)
+        self.freed_channel = f"{self.p}:limits-freed"
+        self.hold_prefix = f"{self.p}:h:"  # + job id: concurrency units the job holds
         self._push = self.redis.register_script(_script("push"))
         self._claim = self.redis.register_script(_script("claim"))
+        self._claim_limited = self.redis.register_script(_script("claim_limited", limits=True))
         self._refill = self.redis.register_script(_script("refill"))
-        self._expire = self.redis.register_script(_script("expire"))
+        self._expire = self.redis.register_script(_script("expire", limits=True))
         self._adopt = self.redis.register_script(_script("adopt"))
+        self._release = self.redis.register_script(_script("release", limits=True))
+        self._acquire = self.redis.register_script(_script("acquire", limits=True))
+        self._usage = self.redis.register_script(_script("usage", limits=True))
 
     def _window(self, lane: str) -> str:
         return f"{self.p}:w:{lane}"
@@ -109,6 +161,21 @@ class RedisIndex:
             [n, deadline_ms, lane],
         )
         return ClaimResult(list(res[0]), int(res[1]), res[2] == "1", int(res[3]))
+
+    async def claim_limited(
+        self, lane: str, n: int, deadline_ms: int, checks: Sequence[LimitCheck], now_ms: str = ""
+    ) -> ClaimResult:
+        """As `claim`, taking only as many ids as the job limits admit, and charging them."""
+        argv: list[Any] = [n, deadline_ms, lane, now_ms, self.hold_prefix, len(checks)]
+        for c in checks:
+            argv += c.argv()
+        keys = [self._window(lane), self.leases_key, self._meta(lane), self.ready_key,
+                self.epoch_key, self.recovered_key]  # fmt: skip
+        res = await self._call(self._claim_limited, keys, argv)
+        ex = [int(x) for x in res[7]]
+        return ClaimResult(list(res[0]), int(res[1]), res[2] == "1", int(res[3]), int(res[4]),
+                           int(res[5]), int(res[6]),
+                           [(ex[i] - 1, ex[i + 1]) for i in range(0, len(ex), 2)])  # fmt: skip
 
     async def lane_version(self, lane: str) -> str:
         try:
@@ -162,22 +229,86 @@ class RedisIndex:
             mapping: dict[str, float] = {k: float(v) for k, v in deadlines.items()}
             await self._redis_op(self.redis.zadd(self.leases_key, mapping, xx=True))
 
-    async def lease_release(self, ids: Sequence[str]) -> None:
-        if ids:
-            await self._redis_op(self.redis.zrem(self.leases_key, *ids))
+    async def lease_release(self, ids: Sequence[str]) -> list[str]:
+        """Drop leases and the concurrency units their jobs hold; return the limit state keys
+        that got units back (also announced on the freed channel, for every node)."""
+        if not ids:
+            return []
+        freed = list(await self._call(self._release, [self.leases_key], [self.hold_prefix, *ids]))
+        await self._announce_freed(freed)
+        return freed
 
     async def lease_take_expired(self, now_ms: int, limit: int) -> list[str]:
-        return list(await self._call(self._expire, [self.leases_key], [now_ms, limit]))
+        res = await self._call(self._expire, [self.leases_key], [now_ms, limit, self.hold_prefix])
+        await self._announce_freed(list(res[1]))
+        return list(res[0])
 
-    async def lease_adopt(self, deadlines: dict[str, int]) -> int:
-        """Create leases for running jobs that have none; return how many were created."""
-        argv: list[Any] = []
+    async def _announce_freed(self, freed: list[str]) -> None:
+        if freed:
+            await self._redis_op(self.redis.publish(self.freed_channel, "\n".join(freed)))
+
+    async def lease_adopt(
+        self,
+        deadlines: dict[str, int],
+        holds: dict[str, list[tuple[LimitCheck, int]]] | None = None,
+        now_ms: int = 0,
+    ) -> list[str]:
+        """Create leases for running jobs that have none, and top up the concurrency units each
+        leased job holds (`holds`: job id -> (limit, units)); return the ids leased here."""
+        argv: list[Any] = [self.hold_prefix, now_ms]
         for jid, deadline in deadlines.items():
-            argv.append(deadline)
-            argv.append(jid)
-        if not argv:
-            return 0
-        return int(await self._call(self._adopt, [self.leases_key], argv))
+            mine = (holds or {}).get(jid, [])
+            argv += [deadline, jid, len(mine)]
+            for check, units in mine:
+                argv += [check.state_key, units, check.index_key, check.label]
+        if len(argv) == 2:
+            return []
+        return list(await self._call(self._adopt, [self.leases_key], argv))
+
+    # -- limits ------------------------------------------------------------------------------------
+
+    def limit_keys(self, limit_id: str, shape: str) -> tuple[str, str]:
+        """(state key prefix, usage index key) of one limit's keyspace."""
+        return f"{self.p}:L:{limit_id}:{shape}:", f"{self.p}:Li:{limit_id}:{shape}"
+
+    async def acquire(
+        self, job_id: str, check: LimitCheck, units: int, give: bool = False, now_ms: str = ""
+    ) -> AcquireResult:
+        """A running job takes units of a rate limit (or gives concurrency units back)."""
+        argv: list[Any] = [now_ms, self.hold_prefix, job_id, "give" if give else "take",
+                           check.algo, check.state_key, check.index_key, check.label,
+                           check.limit, check.period_ms, check.burst, units]  # fmt: skip
+        keys = [self.leases_key, self.epoch_key, self.recovered_key]
+        res = await self._call(self._acquire, keys, argv)
+        result = AcquireResult(int(res[0]), int(res[1]), int(res[2]))
+        if give and result.value > 0:
+            await self._announce_freed([check.state_key])
+        return result
+
+    async def limit_usage(
+        self, checks: Sequence[LimitCheck], now_ms: str = ""
+    ) -> tuple[list[tuple[int, int, int]], float]:
+        """(used, available, retry ms) per key, and the Redis clock in ms."""
+        argv: list[Any] = [now_ms]
+        for c in checks:
+            argv += [c.algo, c.state_key, c.limit, c.period_ms, c.burst]
+        res = await self._call(self._usage, [self.recovered_key], argv)
+        return [(int(a), int(b), int(c)) for a, b, c in res[0]], float(res[1])
+
+    async def limit_index(self, index_key: str, count: int) -> list[tuple[str, float]]:
+        """Keys of one limit used most recently, newest first, with when (ms)."""
+        rows = await self._redis_op(self.redis.zrevrange(index_key, 0, count - 1, withscores=True))
+        return [(str(k), float(t)) for k, t in rows]
+
+    async def limit_index_prune(self, index_key: str, before_ms: float) -> None:
+        await self._redis_op(self.redis.zremrangebyscore(index_key, "-inf", before_ms))
+
+    async def mark_recovered(self) -> None:
+        """Redis lost its data: limits restart conservatively from now (see limits.lua)."""
+        await self._redis_op(self.redis.eval(
+            "local t = redis.call('TIME') "
+            "redis.call('SET', KEYS[1], tonumber(t[1]) * 1000 + math.floor(t[2] / 1000)) "
+            "return 1", 1, self.recovered_key))  # fmt: skip
 
     # -- epoch (data-loss detection) ---------------------------------------------------------------
 
@@ -222,6 +353,10 @@ class RedisIndex:
     async def workers_forget(self, worker_ids: Sequence[str]) -> None:
         if worker_ids:
             await self._redis_op(self.redis.hdel(self.workers_key, *worker_ids))
+
+    async def workers_all(self) -> dict[str, str]:
+        return {str(k): str(v) for k, v in
+                (await self._redis_op(self.redis.hgetall(self.workers_key))).items()}  # fmt: skip
 
     async def worker_get(self, worker_id: str) -> str | None:
         v = await self._redis_op(self.redis.hget(self.workers_key, worker_id))

@@ -19,6 +19,7 @@ from worcr import wire
 from worcr.wire import ErrorCode, Limits, MsgType, ProtocolError, RemoteError
 from worcr_node.clock import Clock
 from worcr_node.jobspec import MAX_RESERVE_FOR, MIN_RESERVE_FOR, SpecError
+from worcr_node.limits.rate import RateLimiter, RateLimitError
 from worcr_node.manager import JobManager
 from worcr_node.outcome import Failure
 from worcr_node.store.pg import ClaimedJob, StorageUnavailable
@@ -108,6 +109,7 @@ class Hub:
         self.sessions: set[Session] = set()
         self.holder: dict[str, Session] = {}  # job id -> session holding it
         self.shutting_down = False
+        self.rate: RateLimiter | None = None  # set by the node
 
     def cancel_jobs(self, jobs: Sequence[tuple[str, int]]) -> None:
         by_session: dict[Session, list[dict[str, Any]]] = {}
@@ -206,6 +208,8 @@ class Session:
             frame = wire.response(msgid, exc.to_wire(), None)
         except SpecError as exc:
             frame = wire.response(msgid, _bad(str(exc)).to_wire(), None)
+        except RateLimitError as exc:
+            frame = wire.response(msgid, RemoteError(exc.code, exc.message).to_wire(), None)
         except (StorageUnavailable, IndexUnavailable) as exc:
             err = RemoteError(ErrorCode.UNAVAILABLE, f"storage unavailable, retry: {exc}", True)
             frame = wire.response(msgid, err.to_wire(), None)
@@ -478,6 +482,49 @@ async def on_bye(s: Session, p: dict[str, Any]) -> dict[str, Any]:
     return {}
 
 
+def _limit_ref(s: Session, p: dict[str, Any]) -> tuple[uuid.UUID, int, str, str | None, int]:
+    """(job id, token, limit name, key or None, units) of an acquire or release."""
+    refs = _job_refs({"jobs": [{"id": p.get("id"), "token": p.get("token")}]}, s.hub.limits)
+    name = p.get("limit")
+    if not isinstance(name, str) or not name or len(name) > 128:
+        raise _bad("limit: expected the name of a rate limit")
+    key = p.get("key")
+    if key is not None and not isinstance(key, str):
+        raise _bad("key: expected a string")
+    units = p.get("units", 1)
+    if isinstance(units, bool) or not isinstance(units, int) or not 1 <= units <= 1_000_000:
+        raise _bad("units: expected an integer from 1 to 1000000")
+    return refs[0]["_uuid"], refs[0]["token"], name, key, units
+
+
+async def _running_attempt(s: Session, job_id: uuid.UUID, token: int) -> None:
+    """The (id, token) must be the job's current running attempt."""
+    held = s.held_jobs.get(str(job_id))
+    if held is not None and held[0] == token:
+        return
+    row = await s.hub.manager.store.job_get(job_id)
+    if row is None or row["state"] != "running" or row["lease_token"] != token:
+        raise RemoteError(ErrorCode.STALE_TOKEN, f"job {job_id}: this attempt is not running")
+
+
+async def on_acquire(s: Session, p: dict[str, Any]) -> dict[str, Any]:
+    job_id, token, name, key, units = _limit_ref(s, p)
+    wait = p.get("wait", 0)
+    if isinstance(wait, bool) or not isinstance(wait, int | float) or not 0 <= wait <= 60:
+        raise _bad("wait: expected seconds from 0 to 60")
+    assert s.hub.rate is not None
+    await _running_attempt(s, job_id, token)
+    grant = await s.hub.rate.acquire(job_id, token, name, key, units, float(wait))
+    return grant.to_wire()
+
+
+async def on_release(s: Session, p: dict[str, Any]) -> dict[str, Any]:
+    job_id, token, name, key, units = _limit_ref(s, p)
+    assert s.hub.rate is not None
+    await _running_attempt(s, job_id, token)
+    return {"released": await s.hub.rate.release(job_id, token, name, key, units)}
+
+
 HANDLERS: dict[str, Handler] = {
     "hello": on_hello,
     "enqueue": on_enqueue,
@@ -487,4 +534,6 @@ HANDLERS: dict[str, Handler] = {
     "capacity": on_capacity,
     "heartbeat": on_heartbeat,
     "bye": on_bye,
+    "acquire": on_acquire,
+    "release": on_release,
 }

@@ -1,0 +1,1 @@
+"""Limits: concurrency, token bucket, fixed and sliding windows, for jobs and for running code."""
