@@ -19,6 +19,7 @@ import asyncpg
 import pytest
 
 from cluster.services import PostgresServer, RedisServer
+from tests.workers import SpawnWorker, WorkerProcess
 from worcr_node.config import Config, HostPort
 from worcr_node.node import Node
 from worcr_node.store.migrate import migrate
@@ -111,6 +112,21 @@ async def node_factory(
 @pytest.fixture
 async def node(node_factory: NodeFactory) -> Node:
     return await node_factory()
+
+
+@pytest.fixture
+async def spawn_worker(tmp_path: Path) -> AsyncIterator[SpawnWorker]:
+    """Start `python -m worcr.worker tests.integration.jobs.sample` processes; kill leftovers."""
+    procs: list[WorkerProcess] = []
+
+    async def spawn(node: Node, *options: str) -> WorkerProcess:
+        proc = await WorkerProcess.start(node, tmp_path / f"worker-{len(procs)}.log", *options)
+        procs.append(proc)
+        return proc
+
+    yield spawn
+    for proc in procs:
+        await proc.close()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

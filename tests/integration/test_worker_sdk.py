@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 import threading
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -27,11 +25,8 @@ import worcr
 from tests.conftest import NodeFactory
 from tests.rawclient import RawClient
 from tests.waiting import wait_until
+from tests.workers import SpawnWorker
 from worcr_node.node import Node
-
-ROOT = Path(__file__).resolve().parents[2]
-SAMPLE = "tests.integration.jobs.sample"
-
 
 # -- helpers -----------------------------------------------------------------------------------
 
@@ -92,74 +87,6 @@ async def running(worker: worcr.Worker) -> AsyncIterator[worcr.Worker]:
         worker.stop()
         code = await asyncio.wait_for(task, 15)
     assert code == 0
-
-
-class WorkerProcess:
-    """`python -m worcr.worker tests.integration.jobs.sample` as a child process."""
-
-    def __init__(self, proc: asyncio.subprocess.Process, log_path: Path) -> None:
-        self.proc = proc
-        self.log_path = log_path
-
-    @classmethod
-    async def start(cls, node: Node, log_path: Path, *options: str) -> WorkerProcess:
-        with log_path.open("ab") as log:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "worcr.worker", SAMPLE,
-                "--nodes", node.worker_address, "--log-level", "DEBUG", *options,
-                cwd=ROOT,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=log,
-            )  # fmt: skip
-        return cls(proc, log_path)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-6000:]
-
-    async def started(self, timeout: float = 15.0) -> tuple[str, int, int]:
-        """(id, attempt, token) from the next `started` line: a handler is running now."""
-        assert self.proc.stdout is not None
-        try:
-            line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
-        except TimeoutError:
-            raise AssertionError(f"no job started in the worker; its log:\n{self.log()}") from None
-        if not line:
-            await self.proc.wait()
-            raise AssertionError(
-                f"the worker exited with {self.proc.returncode}; its log:\n{self.log()}"
-            )
-        word, job_id, attempt, token = line.decode().split()
-        assert word == "started", line
-        return job_id, int(attempt), int(token)
-
-    async def wait(self, timeout: float) -> int:
-        try:
-            return await asyncio.wait_for(self.proc.wait(), timeout)
-        except TimeoutError:
-            raise AssertionError(f"the worker did not exit; its log:\n{self.log()}") from None
-
-    async def close(self) -> None:
-        if self.proc.returncode is None:
-            self.proc.kill()
-        await self.proc.wait()
-
-
-SpawnWorker = Callable[..., Awaitable[WorkerProcess]]
-
-
-@pytest.fixture
-async def spawn_worker(tmp_path: Path) -> AsyncIterator[SpawnWorker]:
-    procs: list[WorkerProcess] = []
-
-    async def spawn(node: Node, *options: str) -> WorkerProcess:
-        proc = await WorkerProcess.start(node, tmp_path / f"worker-{len(procs)}.log", *options)
-        procs.append(proc)
-        return proc
-
-    yield spawn
-    for proc in procs:
-        await proc.close()
 
 
 # -- in-process worker, Client, SyncClient -------------------------------------------------------
