@@ -22,6 +22,7 @@ from worcr_node.dispatch.policy import PolicyStore
 from worcr_node.http.dispatch_api import add_dispatch_routes
 from worcr_node.http.errors import ApiError, error_response
 from worcr_node.http.explain_api import add_explain_route
+from worcr_node.http.limits_api import add_limits_routes
 from worcr_node.http.render import render_attempt, render_job
 from worcr_node.jobspec import SpecError
 from worcr_node.manager import JobManager
@@ -175,4 +176,5 @@ def build_app(
     app.router.add_get("/readyz", api.readyz)
     add_dispatch_routes(app, policy, manager.limits.max_tenant_len)
     add_explain_route(app, dispatcher)
+    add_limits_routes(app, policy, manager.index, lambda: dispatcher.limits)
     return app

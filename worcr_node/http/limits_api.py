@@ -1,0 +1,292 @@
+"""HTTP API v1 for limits: define them, and read their live usage per key.
+
+Routes under `/api/v1/limits`, registered on the main app by `build_app` (so the bearer-token
+middleware and JSON errors of `api.py` apply). A limit is addressed by its id or by its name.
+Handlers only validate (with `parse_limit`) and translate; `LimitStore` stores each change and
+bumps the dispatch policy version, and every node's `PolicyWatcher` picks it up.
+
+Usage is read from Redis: the limit's usage index (the keys it was used with, by when) and the
+state of each key (`RedisIndex.limit_usage`, on the Redis clock). Listing it also prunes the index
+of keys idle long enough to read as unused again, so it does not grow with every key ever seen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from worcr.wire import ErrorCode
+from worcr_node.http.errors import ApiError
+from worcr_node.limits.compiled import CompiledLimits
+from worcr_node.limits.model import MAX_KEY_LEN, MAX_NAME, Limit, LimitError, LimitType, parse_limit
+from worcr_node.limits.store import LimitConflict, LimitStore
+
+if TYPE_CHECKING:
+    from worcr_node.dispatch.policy import PolicyStore
+    from worcr_node.store.redis_index import RedisIndex
+
+__all__ = ["LimitsApi", "add_limits_routes"]
+
+_USAGE_PARAMS = frozenset({"key", "max"})
+MAX_USAGE = 1000  # keys in one usage answer
+PRUNE_SCAN = 1000  # index entries read to find idle concurrency keys
+CONCURRENCY_IDLE_MS = 3_600_000  # a concurrency key unused and untouched this long is forgotten
+
+
+def _bad(message: str) -> ApiError:
+    return ApiError(400, ErrorCode.BAD_REQUEST, message)
+
+
+async def _body(request: web.Request) -> Any:
+    try:
+        return await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise _bad("body is not valid JSON") from None
+    except ValueError:  # an integer literal over Python's 4300 digits
+        raise _bad("body is not valid JSON: a number has too many digits") from None
+    except RecursionError:
+        raise _bad("body is not valid JSON: nested too deeply") from None
+
+
+def _strings(value: Any, path: str) -> Iterator[tuple[str, str]]:
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            yield from _strings(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v, path)
+
+
+def _parse(body: Any) -> Limit:
+    try:
+        limit = parse_limit(body)
+    except LimitError as exc:
+        raise _bad(str(exc)) from None
+    # PostgreSQL text and jsonb take neither NUL nor unpaired surrogates, which parse_limit lets
+    # through in `description` and `match`: refuse them here rather than fail in the store.
+    for path, text in _strings(limit.to_json(), ""):
+        if "\x00" in text or _has_surrogate(text):
+            raise _bad(f"{path}: must not contain NUL characters or unpaired surrogates")
+    return limit
+
+
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _same_id(given: Any, limit_id: str) -> bool:
+    if not isinstance(given, str):
+        return False
+    try:
+        return str(uuid.UUID(given)) == limit_id
+    except ValueError:
+        return False
+
+
+def _iso(ms: float) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+
+
+def _idle_ms(limit: Limit) -> float:
+    """How long after its last use a rate-type key is certainly back to unused, doubled: one
+    period for windows, a full refill (burst emission intervals) for a token bucket."""
+    if limit.type == LimitType.TOKEN_BUCKET:
+        return 2 * max(limit.period_ms, limit.burst * limit.period_ms / limit.limit)
+    return 2 * limit.period_ms
+
+
+class LimitsApi:
+    def __init__(
+        self, store: LimitStore, index: RedisIndex, compiled: Callable[[], CompiledLimits]
+    ) -> None:
+        self.store = store
+        self.index = index
+        self.compiled = compiled  # the limits in force on this node (the dispatcher's)
+
+    async def _find(self, ref: str) -> Limit:
+        """The limit with this id, else with this name."""
+        limit = None
+        try:
+            limit_id: uuid.UUID | None = uuid.UUID(ref)
+        except ValueError:
+            limit_id = None
+        if limit_id is not None:
+            limit = await self.store.get(limit_id)
+        if limit is None:  # a name may look like a UUID
+            limit = await self.store.by_name(ref)
+        if limit is None:
+            raise ApiError(404, ErrorCode.NOT_FOUND, f"no limit {ref!r}")
+        return limit
+
+    # -- definitions -------------------------------------------------------------------------------
+
+    async def limits(self, request: web.Request) -> web.Response:
+        return web.json_response({"limits": [x.to_json() for x in await self.store.list()]})
+
+    async def create(self, request: web.Request) -> web.Response:
+        body = await _body(request)
+        limit = _parse(body)
+        if "id" in body:
+            raise _bad("id: the server picks a new limit's id; leave it out")
+        try:
+            created = await self.store.create(limit)
+        except LimitConflict as exc:
+            raise ApiError(409, ErrorCode.CONFLICT, str(exc)) from None
+        return web.json_response(created.to_json(), status=201)
+
+    async def get(self, request: web.Request) -> web.Response:
+        return web.json_response((await self._find(_ref(request))).to_json())
+
+    async def replace(self, request: web.Request) -> web.Response:
+        ref = _ref(request)
+        body = await _body(request)
+        limit = _parse(body)
+        current = await self._find(ref)
+        if "id" in body and not _same_id(body["id"], current.id):
+            raise _bad(f"id: {str(body['id'])[:64]!r} is not the id of limit {ref!r} "
+                       f"({current.id}); leave it out or give the same")  # fmt: skip
+        try:
+            replaced = await self.store.replace(dataclasses.replace(limit, id=current.id))
+        except LimitConflict as exc:
+            raise ApiError(409, ErrorCode.CONFLICT, str(exc)) from None
+        if replaced is None:  # deleted meanwhile
+            raise ApiError(404, ErrorCode.NOT_FOUND, f"no limit {ref!r}")
+        return web.json_response(replaced.to_json())
+
+    async def delete(self, request: web.Request) -> web.Response:
+        ref = _ref(request)
+        limit = await self._find(ref)
+        if not await self.store.delete(uuid.UUID(limit.id)):
+            raise ApiError(404, ErrorCode.NOT_FOUND, f"no limit {ref!r}")
+        return web.Response(status=204)
+
+    # -- usage -------------------------------------------------------------------------------------
+
+    async def usage(self, request: web.Request) -> web.Response:
+        ref = _ref(request)
+        key, count = _usage_params(request)
+        limit = await self._find(ref)
+        compiled = self.compiled()
+        if all(x.id != limit.id for x in compiled.limits):  # this node has not reloaded yet
+            compiled = CompiledLimits([limit], self.index.limit_keys)
+        index_key = compiled.check(limit, "").index_key
+        if key is not None:
+            # last used: when among the most recent keys (the index has no lookup by key)
+            recent = dict(await self.index.limit_index(index_key, PRUNE_SCAN))
+            [one], now_ms = await self.index.limit_usage([compiled.check(limit, key)])
+            items = [_item(limit, key, recent.get(key), *one)]
+        else:
+            rows = await self.index.limit_index(index_key, count)
+            checks = [compiled.check(limit, k) for k, _ in rows]
+            usage, now_ms = await self.index.limit_usage(checks)
+            seen = [(k, t, u) for (k, t), u in zip(rows, usage, strict=True)]
+            before = await self._prune(limit, compiled, index_key,
+                                       [(k, t, u[0]) for k, t, u in seen], len(rows) < count,
+                                       now_ms)  # fmt: skip
+            items = [_item(limit, k, t, *u) for k, t, u in seen if before is None or t > before]
+        return web.json_response({"limit": limit.to_json(), "at": _iso(now_ms), "keys": items})
+
+    async def _prune(
+        self,
+        limit: Limit,
+        compiled: CompiledLimits,
+        index_key: str,
+        rows: list[tuple[str, float, int]],
+        complete: bool,
+        now_ms: float,
+    ) -> float | None:
+        """Drop index entries of keys that read as unused again; `rows` (key, last used, used)
+        are the newest entries, all of them if `complete`. Returns the cutoff: entries last used
+        at or before it are gone (None: nothing pruned)."""
+        if limit.type != LimitType.CONCURRENCY:
+            before = now_ms - _idle_ms(limit)
+        else:
+            # A concurrency key stays used while its holders run, however long ago they took
+            # their units: keep every key in use, which needs the whole stale tail read.
+            before = now_ms - CONCURRENCY_IDLE_MS
+            if not complete:
+                entries = await self.index.limit_index(index_key, PRUNE_SCAN)
+                if len(entries) >= PRUNE_SCAN:
+                    return None  # older entries unseen: one of them may be in use
+                stale = [(k, t) for k, t in entries if t <= before]
+                checks = [compiled.check(limit, k) for k, _ in stale]
+                used = [u[0] for u in (await self.index.limit_usage(checks))[0]] if stale else []
+                rows = [(k, t, n) for (k, t), n in zip(stale, used, strict=True)]
+                complete = True
+            busy = [t for _, t, n in rows if n > 0 and t <= before]
+            if busy:
+                before = min(busy) - 1
+        if complete and not any(t <= before for _, t, _ in rows):
+            return None
+        await self.index.limit_index_prune(index_key, before)
+        return before
+
+
+def _ref(request: web.Request) -> str:
+    """The limit id or name in the path (anything else cannot name a limit)."""
+    ref = request.match_info["ref"]
+    if len(ref) > MAX_NAME or not ref.isprintable():
+        raise _bad(f"{ref[:64]!r} is not a limit id or name")
+    return ref
+
+
+def _usage_params(request: web.Request) -> tuple[str | None, int]:
+    q = request.query
+    unknown = set(q) - _USAGE_PARAMS
+    if unknown:
+        raise _bad(f"unknown parameter(s) {sorted(unknown)}; allowed: {sorted(_USAGE_PARAMS)}")
+    keys = q.getall("key", [])
+    if len(keys) > 1:
+        raise _bad("key: give one key (or none, for the keys used most recently)")
+    key = keys[0] if keys else None
+    if key is not None and (len(key) > MAX_KEY_LEN or not key.isprintable()):
+        raise _bad(f"key: at most {MAX_KEY_LEN} printable characters")
+    raw = q.get("max", "100")
+    count = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 4 else 0
+    if not 1 <= count <= MAX_USAGE:
+        raise _bad(f"max: expected an integer from 1 to {MAX_USAGE}")
+    return key, count
+
+
+def _item(
+    limit: Limit, key: str, last_ms: float | None, used: int, available: int, retry_ms: int
+) -> dict[str, Any]:
+    """One key's usage. `limit` is what used + available add up to (a bucket's burst); a limit
+    lowered below what is held reads as used over the limit, available 0."""
+    return {
+        "key": key,
+        "used": used,
+        "available": max(available, 0),
+        "limit": limit.burst if limit.type == LimitType.TOKEN_BUCKET else limit.limit,
+        # null when a unit is free now, or when it depends on a holder releasing (concurrency)
+        "retry_after": retry_ms / 1000 if available <= 0 and retry_ms > 0 else None,
+        "last_used": None if last_ms is None else _iso(last_ms),
+    }
+
+
+def add_limits_routes(
+    app: web.Application,
+    policy: PolicyStore,
+    index: RedisIndex,
+    compiled: Callable[[], CompiledLimits],
+) -> None:
+    api = LimitsApi(LimitStore(policy), index, compiled)
+    r = app.router
+    r.add_get("/api/v1/limits", api.limits)
+    r.add_post("/api/v1/limits", api.create)
+    r.add_get("/api/v1/limits/{ref}", api.get)
+    r.add_put("/api/v1/limits/{ref}", api.replace)
+    r.add_delete("/api/v1/limits/{ref}", api.delete)
+    r.add_get("/api/v1/limits/{ref}/usage", api.usage)
