@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 import msgpack
 
 from worcr_node.clock import Clock
-from worcr_node.dispatch.dispatcher import Dispatcher
+from worcr_node.dispatch.dispatcher import MISFILED, Dispatcher
 from worcr_node.dispatch.rules import TagSet
 from worcr_node.limits.model import LimitType
 from worcr_node.manager import JobManager
@@ -33,6 +33,7 @@ __all__ = ["Duties"]
 log = logging.getLogger(__name__)
 
 EPOCH = "redis_epoch"  # worcr_cluster key: the Redis epoch last seen
+LEASE_GRACE_MS = 30_000  # an expired lease taken for requeueing comes back after this
 
 
 class Duties(Service):
@@ -49,6 +50,7 @@ class Duties(Service):
         promote_every: float = 0.2,
         leases_every: float = 0.2,
         expire_every: float = 1.0,
+        split_every: float = 0.5,
         reconcile_every: float = 5.0,
         epoch_every: float = 0.5,
     ) -> None:
@@ -64,6 +66,7 @@ class Duties(Service):
             "promote": promote_every,
             "leases": leases_every,
             "expire": expire_every,
+            "split": split_every,
             "reconcile": reconcile_every,
             "epoch": epoch_every,
         }
@@ -77,6 +80,7 @@ class Duties(Service):
             "promote": self.promote,
             "leases": self.expire_leases,
             "expire": self.manager.expire_due,
+            "split": self.split_lanes,
             "reconcile": self.reconcile,
             "epoch": self.check_epoch,
         }
@@ -104,11 +108,11 @@ class Duties(Service):
         total = 0
         while not self.stopping:
             now_ms = int(self.clock.now() * 1000)
-            ids = await self.index.lease_take_expired(now_ms, 500)
+            ids = await self.index.lease_take_expired(now_ms, 500, LEASE_GRACE_MS)
             if not ids:
                 return total
-            # If PostgreSQL is down here, the leases are gone from Redis but the jobs still run in
-            # PostgreSQL: the reconciler re-creates their leases, so they expire again later.
+            # If PostgreSQL is down here, the leases stay taken until the grace time, then
+            # expire again (for this node or another).
             total += await self.manager.requeue_lost(ids)
             if len(ids) < 500:
                 return total
@@ -141,6 +145,35 @@ class Duties(Service):
         self.epoch = await self.index.epoch_init(fresh)
         if self.epoch == fresh:
             await self.store.cluster_set(EPOCH, fresh)
+
+    async def split_lanes(self) -> int:
+        """Lanes the dispatcher found misfiled (their jobs were enqueued before a job limit that
+        keys on an args path): move their waiting jobs to lanes split by those values, so each
+        value gets its own lane and one saturated key never blocks another. Returns jobs moved.
+        Several nodes may split one lane at once: rows are taken with SKIP LOCKED."""
+        moved = 0
+        for lane in list(self.dispatcher.misfiled):
+            info = self.dispatcher.lane_info(lane)
+            if info is None:
+                self.dispatcher.misfiled.discard(lane)
+                continue
+            tags = tuple(sorted(info.tags.tags))
+            paths = self.dispatcher.limits.paths(info.kind, info.tenant, tags)
+            have = info.partition or {}
+            if paths and not all(p in have for p in paths):
+                ready = await self.store.lane_split(
+                    lane, info.kind, info.tenant, tags, info.weight, paths
+                )
+                await self.index.lane_reset(lane)
+                if ready:
+                    await self.index.mark_ready(list(ready))
+                    self.dispatcher.lanes_ready(dict.fromkeys(ready))
+                moved += sum(ready.values())
+                log.info("split lane %s by %s: %d ready job(s) moved", lane, list(paths),
+                         sum(ready.values()), extra={"action": "split"})  # fmt: skip
+            self.dispatcher.misfiled.discard(lane)
+            self.dispatcher.unpark(MISFILED + lane, None)
+        return moved
 
     def policy_changed(self) -> None:
         """Limits may have changed: count the running jobs against them again, soon."""

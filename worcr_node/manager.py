@@ -184,12 +184,16 @@ class JobManager:
         )
 
     async def requeue_lost(self, ids: Sequence[str]) -> int:
-        """Leases that expired (already removed from Redis): requeue or bury their attempts."""
+        """Leases that expired (taken in Redis by this node): requeue or bury their attempts, then
+        release the leases and the units the jobs held (after the commit, so PostgreSQL never
+        shows a lost attempt still running once its units went to another job)."""
         current = await self.store.job_running_tokens([uuid.UUID(i) for i in ids])
-        if not current:
-            return 0
-        ok = await self._finish(current, decide_lost_lease, release=False)
-        n = sum(ok)
+        requeued: set[str] = set()
+        if current:  # released (before the requeued jobs are pushed) by _finish
+            ok = await self._finish(current, decide_lost_lease, release=True)
+            requeued = {str(jid) for (jid, _), good in zip(current, ok, strict=True) if good}
+        await self._release([i for i in ids if i not in requeued])
+        n = len(requeued)
         if n:
             log.info("requeued %d job(s) whose lease expired", n, extra={"action": "lease_expired"})
         return n

@@ -61,13 +61,17 @@ async def test_concurrency_admits_n_then_waits_for_a_release(index: RedisIndex) 
     assert len(await claim(index, "a", 10, c, T0)) == 1
 
 
-async def test_an_expired_lease_frees_its_units(index: RedisIndex) -> None:
+async def test_an_expired_lease_frees_its_units_once_requeued(index: RedisIndex) -> None:
     c = check(index, {"type": "concurrency", "limit": 2})
     await fill(index, "a", 5)
     res = await index.claim_limited("a", 5, int(T0) + 1000, [c], now_ms=repr(T0))
     assert len(res.ids) == 2
     assert await claim(index, "a", 5, c, T0) == []
-    assert sorted(await index.lease_take_expired(int(T0) + 1001, 100)) == sorted(res.ids)
+    taken = await index.lease_take_expired(int(T0) + 1001, 100, 30_000)
+    assert sorted(taken) == sorted(res.ids)
+    assert await index.lease_take_expired(int(T0) + 1001, 100, 30_000) == []  # taken once
+    assert await claim(index, "a", 5, c, T0) == []  # held until the taker has requeued them
+    await index.lease_release(taken)
     assert len(await claim(index, "a", 5, c, T0)) == 2
 
 

@@ -247,7 +247,7 @@ BAD_LIMITS = [
         imports(match={"kind": ["a"]}), ["match", "unknown field", "kind"], id="match-unknown-field"
     ),
     pytest.param(imports(match={"kinds": "import"}), ["kinds", "list"], id="kinds-not-list"),
-    pytest.param(imports(match={"kinds": ["a\x00"]}), ["match.kinds", "NUL"], id="kinds-nul"),
+    pytest.param(imports(match={"kinds": ["a\x00"]}), ["match.kinds", "control"], id="kinds-nul"),
     pytest.param(imports(match={"job_tags": {"all": [1]}}), ["job_tags.all"], id="tag-number"),
     pytest.param([IMPORTS], ["JSON object"], id="list-body"),
     pytest.param("imports", ["JSON object"], id="string-body"),

@@ -47,7 +47,7 @@ from worcr_node.service import Service
 from worcr_node.store.pg import ClaimedJob, PgStore, StorageUnavailable
 from worcr_node.store.redis_index import ClaimResult, IndexUnavailable, LimitCheck, RedisIndex
 
-__all__ = ["ClassKey", "Consumer", "Dispatcher", "LaneInfo"]
+__all__ = ["MISFILED", "ClassKey", "Consumer", "Dispatcher", "LaneInfo"]
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,8 @@ MIN_WINDOW = 16
 REGISTRY_EVERY = 10  # seconds between refreshes of this node's workers in the registry
 RECHECK = 1.0  # seconds: a lane parked on a concurrency limit is retried at least this often
 UNPARK_PER_UNIT = 2  # lanes put back per unit a limit frees
-MISFILED = "\x00misfiled"  # park key: the lane is not split by an args path a limit keys on
+MISFILED = "\x00misfiled:"  # + lane, park key: the lane is not split by an args path a limit
+# keys on (its jobs were enqueued before the limit): the duties split it (Duties.split_lanes)
 REBUILDING = "\x00rebuilding"  # park key: Redis lost its data, limits wait for the rebuild
 ClassKey = tuple[frozenset[str], frozenset[str]]  # (kinds, tags); empty kinds: any kind
 Claimed = tuple[str, str, int | None]  # (job id, lane, admitted at in Redis ms)
@@ -398,7 +399,7 @@ class Dispatcher(Service):
         """Claim up to n ids from one lane for a class; None if the lane got parked instead."""
         info = self.lanes.get(lane)
         checks = self._checks(cls, info) if info is not None else ()
-        if checks is None or self._known_full(cls, lane, checks):
+        if self._known_full(cls, lane, checks) or checks is None:
             return None
         deadline = int(self.clock.now() * 1000) + CLAIM_LEASE_MS
         res = await self._claim_once(lane, n, deadline, checks)
@@ -443,7 +444,7 @@ class Dispatcher(Service):
         """Park the lane without a script call if it is misfiled or a limit is known full."""
         if checks is None:
             self.misfiled.add(lane)
-            self._park(cls, lane, MISFILED)
+            self._park(cls, lane, MISFILED + lane)
             return True
         if checks:
             now = asyncio.get_running_loop().time()
@@ -452,6 +453,9 @@ class Dispatcher(Service):
                     self._park(cls, lane, check.state_key)
                     return True
         return False
+
+    def lane_info(self, lane: str) -> LaneInfo | None:
+        return self._known.get(lane)
 
     def _checks(self, cls: _Class, info: LaneInfo) -> tuple[LimitCheck, ...] | None:
         if info.lane in cls.checks:
@@ -464,7 +468,7 @@ class Dispatcher(Service):
         cls.view.remove(lane)
         self._parked_at[(cls.key, lane)] = key
         self.parked.setdefault(key, deque()).append((cls.key, lane))
-        if key not in self._timers and key != MISFILED:
+        if key not in self._timers:
             self._schedule(key, RECHECK)
 
     def _block(self, key: str, retry_ms: int) -> None:

@@ -30,6 +30,7 @@ __all__ = [
     "parse_rule",
     "relevant_tags",
     "rule_matches",
+    "storable",
     "worker_tag_relevance",
 ]
 
@@ -265,6 +266,8 @@ def parse_rule(body: Any, rule_id: str | None = None) -> Rule:
     description = body.get("description", "")
     if not isinstance(description, str) or len(description) > MAX_DESCRIPTION:
         raise RuleError(f"description: expected a string of at most {MAX_DESCRIPTION} characters")
+    if not storable(description):
+        raise RuleError("description: must not contain NUL characters or unpaired surrogates")
     enabled = body.get("enabled", True)
     if not isinstance(enabled, bool):
         raise RuleError("enabled: expected true or false")
@@ -324,9 +327,22 @@ def _texts(m: Mapping[str, Any], name: str, patterns: bool = False) -> list[str]
     for v in value:
         if not isinstance(v, str) or not v or len(v) > MAX_TEXT:
             raise RuleError(f"{name}: {v!r} is not a non-empty string of at most {MAX_TEXT} chars")
+        if not v.isprintable() or not storable(v):
+            raise RuleError(f"{name}: {v!r} contains control characters or unpaired surrogates")
         if "*" in v and not (patterns and v.endswith(":*") and v.count("*") == 1 and len(v) > 2):
             raise RuleError(f"{name}: {v!r}: '*' is only allowed as a whole value, as in 'key:*'")
     return list(dict.fromkeys(value))
+
+
+def storable(text: str) -> bool:
+    """PostgreSQL text and jsonb take neither NUL characters nor unpaired surrogates."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _keys(m: Mapping[str, Any], name: str) -> list[str]:

@@ -8,7 +8,6 @@ routes (rules, fairness, tenant weights) live in `dispatch_api.py`, explain in `
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -20,7 +19,7 @@ from worcr.wire import ErrorCode
 from worcr_node.dispatch.dispatcher import Dispatcher
 from worcr_node.dispatch.policy import PolicyStore
 from worcr_node.http.dispatch_api import add_dispatch_routes
-from worcr_node.http.errors import ApiError, error_response
+from worcr_node.http.errors import ApiError, error_response, json_body
 from worcr_node.http.explain_api import add_explain_route
 from worcr_node.http.limits_api import add_limits_routes
 from worcr_node.http.render import render_attempt, render_job
@@ -75,10 +74,7 @@ class Api:
         self.m = manager
 
     async def enqueue(self, request: web.Request) -> web.Response:
-        try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise ApiError(400, ErrorCode.BAD_REQUEST, "body is not valid JSON") from None
+        body = await json_body(request)
         single = isinstance(body, dict)
         specs = [body] if single else body
         if not isinstance(specs, list):

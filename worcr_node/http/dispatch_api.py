@@ -8,7 +8,6 @@ stores each change and bumps the policy version, and every node's `PolicyWatcher
 
 from __future__ import annotations
 
-import json
 import uuid
 from typing import Any
 
@@ -19,7 +18,7 @@ from worcr.wire import ErrorCode
 from worcr_node.dispatch.fairness import FairnessError, parse_fairness, parse_tenant_weight
 from worcr_node.dispatch.policy import PolicyStore, RuleConflict
 from worcr_node.dispatch.rules import RuleError, parse_rule
-from worcr_node.http.errors import ApiError
+from worcr_node.http.errors import ApiError, json_body
 
 __all__ = ["DispatchApi", "add_dispatch_routes"]
 
@@ -29,10 +28,7 @@ def _bad(message: str) -> ApiError:
 
 
 async def _body(request: web.Request) -> Any:
-    try:
-        return await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise _bad("body is not valid JSON") from None
+    return await json_body(request)
 
 
 def _rule_id(request: web.Request) -> uuid.UUID:

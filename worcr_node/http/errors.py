@@ -1,11 +1,17 @@
 """HTTP API errors: `ApiError` carries a status and an error code; the middleware in `api.py`
-renders it (and every other failure it knows) as JSON `{"error": {"code", "message"}}`."""
+renders it (and every other failure it knows) as JSON `{"error": {"code", "message"}}`.
+`json_body` reads a request body, turning every way it can be bad into a 400."""
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from aiohttp import web
 
-__all__ = ["ApiError", "error_response"]
+from worcr.wire import ErrorCode
+
+__all__ = ["ApiError", "error_response", "json_body"]
 
 
 class ApiError(Exception):
@@ -20,3 +26,17 @@ def error_response(status: int, code: str, message: str, **headers: str) -> web.
     return web.json_response(
         {"error": {"code": code, "message": message}}, status=status, headers=headers
     )
+
+
+async def json_body(request: web.Request) -> Any:
+    """The request's JSON body; ApiError 400 if it is not JSON Python can hold."""
+    why = "body is not valid JSON"
+    try:
+        return await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        pass
+    except ValueError:  # an integer literal over Python's 4300 digits
+        why += ": a number has too many digits"
+    except RecursionError:
+        why += ": nested too deeply"
+    raise ApiError(400, ErrorCode.BAD_REQUEST, why)

@@ -28,7 +28,14 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from worcr_node.dispatch.rules import Match, RuleError, TagSet, parse_match, rule_matches
+from worcr_node.dispatch.rules import (
+    Match,
+    RuleError,
+    TagSet,
+    parse_match,
+    rule_matches,
+    storable,
+)
 
 __all__ = [
     "MAX_KEY_LEN",
@@ -285,6 +292,8 @@ def parse_limit(body: Any, limit_id: str | None = None) -> Limit:
     description = body.get("description", "")
     if not isinstance(description, str) or len(description) > MAX_DESCRIPTION:
         raise LimitError(f"description: expected a string of at most {MAX_DESCRIPTION} characters")
+    if not storable(description):
+        raise LimitError("description: must not contain NUL characters or unpaired surrogates")
     enabled = body.get("enabled", True)
     if not isinstance(enabled, bool):
         raise LimitError("enabled: expected true or false")
@@ -296,8 +305,8 @@ def parse_limit(body: Any, limit_id: str | None = None) -> Limit:
     template = body.get("key", "")
     if not isinstance(template, str) or len(template) > MAX_TEMPLATE:
         raise LimitError(f"key: expected a template string of at most {MAX_TEMPLATE} characters")
-    if not template.isprintable():
-        raise LimitError("key: must not contain control characters")
+    if not template.isprintable() or not storable(template):
+        raise LimitError("key: must not contain control characters or unpaired surrogates")
     key = KeyTemplate.parse(template)
     if scope == Scope.RATE:
         if body.get("match"):

@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import asyncpg
+import msgpack
 
-from worcr_node.jobspec import Backoff, NewJob
+from worcr_node.jobspec import Backoff, NewJob, Partition, lane_of
+from worcr_node.limits.model import partition_for
 from worcr_node.state import JobState
 from worcr_node.store import queries as q
 from worcr_node.store.migrate import migrate
@@ -311,6 +313,51 @@ class PgStore:
     async def lanes_with_ready(self) -> list[str]:
         rows = await self.run(lambda c: c.fetch(q.LANES_WITH_READY))
         return [r[0] for r in rows]
+
+    async def lane_split(
+        self,
+        lane: str,
+        kind: str,
+        tenant: str,
+        tags: tuple[str, ...],
+        weight: float,
+        paths: Sequence[str],
+        batch: int = 1000,
+    ) -> dict[str, int]:
+        """Move the waiting jobs of a lane to lanes split by the values of `paths` in their args;
+        returns {new lane: jobs moved there that are ready now}. One transaction per batch."""
+        ready: dict[str, int] = {}
+
+        async def tx(conn: asyncpg.Connection) -> int:
+            async with conn.transaction():
+                rows = await conn.fetch(q.LANE_JOBS_TO_SPLIT, lane, batch)
+                if not rows:
+                    return 0
+                targets: dict[str, Partition] = {}
+                moves: list[str] = []
+                for r in rows:
+                    args = msgpack.unpackb(r["args"], raw=False, strict_map_key=False)
+                    part = partition_for(paths, args)
+                    new = lane_of(kind, tenant, tags, weight, part)
+                    targets[new] = part
+                    moves.append(new)
+                await conn.execute(
+                    q.LANE_INSERT_MANY,
+                    list(targets),
+                    [kind] * len(targets),
+                    [tenant] * len(targets),
+                    ["\x1f".join(tags)] * len(targets),
+                    [weight] * len(targets),
+                    [json.dumps(dict(p)) if p else None for p in targets.values()],
+                )
+                for r in await conn.fetch(q.JOB_MOVE_LANES, [r["id"] for r in rows], moves):
+                    if r["state"] == JobState.QUEUED:
+                        ready[r["lane"]] = ready.get(r["lane"], 0) + 1
+                return len(rows)
+
+        while await self.run(tx) == batch:
+            pass
+        return ready
 
     async def running_by_tenant(self) -> dict[str, int]:
         rows = await self.run(lambda c: c.fetch(q.RUNNING_BY_TENANT))

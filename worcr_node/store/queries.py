@@ -343,3 +343,19 @@ CLUSTER_SET = """
 INSERT INTO worcr_cluster (key, value) VALUES ($1, $2)
 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = now()
 """
+
+# Splitting a lane by args values (a job limit keyed on an args path was created after its jobs
+# were enqueued): the waiting jobs of the lane, then their moves to the split lanes.
+LANE_JOBS_TO_SPLIT = """
+SELECT id, args FROM worcr_jobs
+WHERE lane = $1 AND state IN ('queued', 'scheduled', 'retrying')
+ORDER BY seq
+LIMIT $2
+FOR UPDATE SKIP LOCKED
+"""
+JOB_MOVE_LANES = """
+UPDATE worcr_jobs j SET lane = u.lane, updated_at = now()
+FROM unnest($1::uuid[], $2::text[]) AS u(id, lane)
+WHERE j.id = u.id AND j.state IN ('queued', 'scheduled', 'retrying')
+RETURNING j.lane, j.state
+"""

@@ -110,7 +110,7 @@ class RedisIndex:
         self._claim = self.redis.register_script(_script("claim"))
         self._claim_limited = self.redis.register_script(_script("claim_limited", limits=True))
         self._refill = self.redis.register_script(_script("refill"))
-        self._expire = self.redis.register_script(_script("expire", limits=True))
+        self._expire = self.redis.register_script(_script("expire"))
         self._adopt = self.redis.register_script(_script("adopt"))
         self._release = self.redis.register_script(_script("release", limits=True))
         self._acquire = self.redis.register_script(_script("acquire", limits=True))
@@ -215,6 +215,17 @@ class RedisIndex:
         except RedisError as exc:
             raise IndexUnavailable(str(exc)) from exc
 
+    async def lane_reset(self, lane: str) -> None:
+        """Forget a lane's window (its jobs moved to other lanes): a refill reads it afresh."""
+        try:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.delete(self._window(lane))
+                pipe.hset(self._meta(lane), "c", "0")
+                pipe.hincrby(self._meta(lane), "v", 1)
+                await pipe.execute()
+        except RedisError as exc:
+            raise IndexUnavailable(str(exc)) from exc
+
     # -- leases ------------------------------------------------------------------------------------
 
     async def lease_extend(self, deadlines: dict[str, int]) -> None:
@@ -238,10 +249,11 @@ class RedisIndex:
         await self._announce_freed(freed)
         return freed
 
-    async def lease_take_expired(self, now_ms: int, limit: int) -> list[str]:
-        res = await self._call(self._expire, [self.leases_key], [now_ms, limit, self.hold_prefix])
-        await self._announce_freed(list(res[1]))
-        return list(res[0])
+    async def lease_take_expired(self, now_ms: int, limit: int, grace_ms: int) -> list[str]:
+        """Expired leases, each taken by one caller until now + grace: requeue the jobs, then
+        `lease_release` them."""
+        args = [now_ms, limit, now_ms + grace_ms]
+        return list(await self._call(self._expire, [self.leases_key], args))
 
     async def _announce_freed(self, freed: list[str]) -> None:
         if freed:
