@@ -202,12 +202,26 @@ async def test_non_finite_factor_is_refused(http: aiohttp.ClientSession, literal
         ("PUT", f"{TENANTS}/acme"),
     ],
 )
-@pytest.mark.parametrize("data", ["{", "", "rule please"])
+@pytest.mark.parametrize(
+    "data", ["{", "", "rule please", "1" * 5000, "[" * 100_000 + "]" * 100_000]
+)
 async def test_body_that_is_not_json_is_refused(
     http: aiohttp.ClientSession, method: str, path: str, data: str
 ) -> None:
     status, answer = await call(http, method, path, data=data)
     assert_error(status, answer, 400, "BAD_REQUEST", "JSON")
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [({"description": "a\x00b"}, "description"), ({"description": "\ud800"}, "description"),
+     ({"match": {"kinds": ["a\x00"]}}, "kinds"), ({"match": {"tenants": ["\udfff"]}}, "tenants")],
+)  # fmt: skip
+async def test_text_postgresql_cannot_store_is_refused(
+    http: aiohttp.ClientSession, changes: dict[str, Any], field: str
+) -> None:
+    status, answer = await call(http, "POST", RULES, rule(**changes))
+    assert_error(status, answer, 400, "BAD_REQUEST", field)
 
 
 async def test_body_that_is_not_utf8_is_refused(http: aiohttp.ClientSession) -> None:

@@ -14,6 +14,8 @@ from tests.premium import PREMIUM_ONLY, PREMIUM_X10
 from tests.rawclient import RawClient
 from tests.waiting import wait_until
 from worcr_node.dispatch.rules import parse_rule
+from worcr_node.limits.model import parse_limit
+from worcr_node.limits.store import LimitStore
 from worcr_node.node import Node
 
 EXPLAIN = "/api/v1/dispatch/explain"
@@ -146,3 +148,36 @@ async def test_bad_questions_get_clear_errors(
     got, body = await explain(http, **params)
     assert got == status
     assert message in body["error"]["message"]
+
+
+async def test_a_full_limit_is_a_reason_and_shows_its_key_and_usage(node: Node, http: Any) -> None:
+    store = LimitStore(node.policy_store)
+    await store.create(parse_limit({"name": "per-customer", "type": "concurrency", "limit": 1,
+                                    "key": "c-{args.customer}"}))  # fmt: skip
+    await store.create(parse_limit({"name": "gpu-only", "type": "concurrency", "limit": 9,
+                                    "match": {"worker_tags": {"all": ["gpu"]}}}))  # fmt: skip
+
+    async def loaded() -> bool:
+        return len(node.dispatcher.limits.job) == 2
+
+    await wait_until(loaded)
+    w = await RawClient.connect(node.worker_address)
+    try:
+        await w.hello(worker_id="w1", capacity=5)
+        await node.manager.enqueue([{"kind": "sync", "args": {"customer": 7}}])
+        await w.jobs(1)  # holds the customer's one unit
+        (waiting,) = await node.manager.enqueue([{"kind": "sync", "args": {"customer": 7}}])
+        status, body = await explain(http, job=str(waiting.id), worker="w1")
+        assert status == 200
+        assert body["allowed"] is True
+        assert body["dispatchable_now"] is False
+        limits = {e["name"]: e for e in body["limits"]}
+        assert limits["per-customer"]["applies"] is True
+        assert limits["per-customer"]["key"] == "c-7"
+        assert limits["per-customer"]["used"] == 1
+        assert limits["per-customer"]["available"] == 0
+        assert limits["gpu-only"] == {"name": "gpu-only", "type": "concurrency", "limit": 9,
+                                      "applies": False, "why_not": "worker lacks gpu"}  # fmt: skip
+        assert any("'per-customer' is full for key 'c-7'" in r for r in body["reasons"])
+    finally:
+        await w.close()

@@ -2,8 +2,9 @@
 
 Answers `GET /api/v1/dispatch/explain` from the same code the dispatcher runs: the job's lane,
 the worker's kinds and tags, every rule with whether it matched and why not, the effective weight,
-the fairness strategy and where the job's lane stands in this node's pick order for that worker
-class. It reads and never changes dispatch state.
+the fairness strategy, where the job's lane stands in this node's pick order for that worker
+class, and every job limit with whether it applies and the job's key (the HTTP layer adds each
+key's live usage from Redis). It reads and never changes dispatch state.
 """
 
 from __future__ import annotations
@@ -34,9 +35,9 @@ class WorkerDesc:
 
 
 def explain(
-    d: Dispatcher, job: dict[str, Any], lane: LaneInfo, worker: WorkerDesc
+    d: Dispatcher, job: dict[str, Any], lane: LaneInfo, worker: WorkerDesc, args: Any = None
 ) -> dict[str, Any]:
-    """`job` is the rendered job (id, state, kind, tenant, tags, weight)."""
+    """`job` is the rendered job (id, state, kind, tenant, tags, weight); `args` its args."""
     policy = d.policy
     wtags = TagSet(worker.tags)
     reasons: list[str] = []
@@ -78,7 +79,7 @@ def explain(
         "rule_factor": factor,
         "effective_weight": lane.weight * factor if allowed else None,
         "fairness": _fairness(d, lane, worker) if allowed else None,
-        "limits": [],  # no limits exist yet (issue 4)
+        "limits": _limits(d, lane, wtags, args),
         "policy_version": policy.version,
         "node": d.manager.node_id,
     }
@@ -110,6 +111,21 @@ def _fairness(d: Dispatcher, lane: LaneInfo, worker: WorkerDesc) -> dict[str, An
                        "all claimed, or not learned yet)")  # fmt: skip
     else:
         out["position"] = position
+    return out
+
+
+def _limits(d: Dispatcher, lane: LaneInfo, wtags: TagSet, args: Any) -> list[dict[str, Any]]:
+    """Every enabled job limit: whether it applies to this (job, worker), and with which key."""
+    out: list[dict[str, Any]] = []
+    for lim in d.limits.job:
+        why = rule_matches(lim.match, lane.kind, lane.tenant, lane.tags, wtags)
+        entry: dict[str, Any] = {"name": lim.name, "type": lim.type.value, "limit": lim.limit,
+                                 "applies": why is None}  # fmt: skip
+        if why is None:
+            entry["key"] = lim.key.render(lane.kind, lane.tenant, lane.tags, args)
+        else:
+            entry["why_not"] = why
+        out.append(entry)
     return out
 
 

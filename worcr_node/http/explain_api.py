@@ -3,13 +3,14 @@
 `?job=ID&worker=ID` explains against a connected worker (found on this node, else in the cluster's
 worker registry in Redis); `?job=ID&tags=a,b[&kinds=x,y]` against ad-hoc worker tags. The answer
 comes from `worcr_node.dispatch.explain`, which uses the dispatcher's own rule evaluation and pick
-structures.
+structures, plus the live usage (Redis) of every job limit key the job would take from.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
+from typing import Any
 
 from aiohttp import web
 
@@ -19,6 +20,7 @@ from worcr_node.dispatch.explain import WorkerDesc, explain, parse_list
 from worcr_node.dispatch.rules import TagSet
 from worcr_node.http.errors import ApiError
 from worcr_node.http.render import render_job
+from worcr_node.store.redis_index import IndexUnavailable
 
 __all__ = ["add_explain_route"]
 
@@ -62,7 +64,32 @@ class ExplainApi:
                         float(row["weight"]))  # fmt: skip
         job = render_job(row)
         job["lane"] = row["lane"]
-        return web.json_response(explain(self.d, job, lane, worker))
+        answer = explain(self.d, job, lane, worker, job["args"])
+        await self._usage(answer)
+        return web.json_response(answer)
+
+    async def _usage(self, answer: dict[str, Any]) -> None:
+        """Live usage of each applying limit's key; a full one is a reason the job waits."""
+        applying = [e for e in answer["limits"] if e["applies"]]
+        if not applying:
+            return
+        by_name = self.d.limits.by_name
+        checks = [self.d.limits.check(by_name[e["name"]], e["key"]) for e in applying]
+        try:
+            usage, _ = await self.d.index.limit_usage(checks)
+        except IndexUnavailable:
+            return
+        for e, (used, available, retry_ms) in zip(applying, usage, strict=True):
+            e.update(
+                used=used,
+                available=available,
+                retry_after=None if available > 0 or retry_ms < 0 else retry_ms / 1000,
+            )
+            if available <= 0 and answer["allowed"]:
+                answer["reasons"].append(
+                    f"limit {e['name']!r} is full for key {e['key']!r}: the job waits, ready, "
+                    "until it admits again")  # fmt: skip
+                answer["dispatchable_now"] = False
 
     async def _worker(self, worker_id: str) -> WorkerDesc:
         for c in self.d.consumers:
