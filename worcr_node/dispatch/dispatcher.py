@@ -147,6 +147,7 @@ class Dispatcher(Service):
         self.parked: dict[str, deque[tuple[ClassKey, str]]] = {}  # park key -> (class, lane)
         self._parked_at: dict[tuple[ClassKey, str], str] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._units_then: dict[str, int] = {}  # rate key -> units it admits at its retry time
         self.misfiled: set[str] = set()  # lanes to split (repartition duty)
         self.on_freed: Callable[[Collection[str]], None] = lambda keys: None
         manager.on_ready = self.lanes_ready
@@ -204,6 +205,7 @@ class Dispatcher(Service):
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
+        self._units_then.clear()
         self.blocked.clear()
         self.parked.clear()
         self._parked_at.clear()
@@ -409,12 +411,13 @@ class Dispatcher(Service):
             await asyncio.shield(self._refill_soon(lane))
             res = await self._claim_once(lane, n, deadline, checks)
         if res.blocker is not None:
-            key = REBUILDING if res.blocker < 0 else checks[res.blocker].state_key
-            self._block(key, res.retry_ms)
+            check = None if res.blocker < 0 else checks[res.blocker]
+            key = REBUILDING if check is None else check.state_key
+            self._block(key, res.retry_ms, check)
             self._park(cls, lane, key)
             return None
         for i, retry in res.exhausted:
-            self._block(checks[i].state_key, retry)
+            self._block(checks[i].state_key, retry, checks[i])
         if not res.complete and res.left < self.index.window // 2:
             self._refill_soon(lane)
         if res.head >= 0 and lane in self.lanes:
@@ -471,8 +474,12 @@ class Dispatcher(Service):
         if key not in self._timers:
             self._schedule(key, RECHECK)
 
-    def _block(self, key: str, retry_ms: int) -> None:
-        """A limit key admits nothing for retry_ms (-1: until a holder releases units)."""
+    def _block(self, key: str, retry_ms: int, check: LimitCheck | None) -> None:
+        """A limit key admits nothing for retry_ms (-1: until a holder releases units). When the
+        time comes, as many lanes come back as the units it will then admit can serve (a fixed
+        window's whole allowance, one token or one expired entry otherwise)."""
+        if retry_ms >= 0 and check is not None:
+            self._units_then[key] = check.limit if check.algo == "f" else 1
         loop = asyncio.get_running_loop()
         delay = retry_ms / 1000 if retry_ms >= 0 else RECHECK
         self.blocked[key] = loop.time() + delay if retry_ms >= 0 else math.inf
@@ -488,8 +495,10 @@ class Dispatcher(Service):
         self._timers[key] = loop.call_later(delay, self._timer_fired, key)
 
     def _timer_fired(self, key: str) -> None:
+        """A rate key's retry time (a few lanes back), or the safety re-check (all of them)."""
         self._timers.pop(key, None)
-        self.unpark(key, None)
+        units = self._units_then.pop(key, None)
+        self.unpark(key, None if units is None else units * UNPARK_PER_UNIT)
 
     def unpark(self, key: str, budget: int | None) -> None:
         """A limit key may admit again: put up to `budget` (None: all) of its lanes back."""
