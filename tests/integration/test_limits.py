@@ -417,3 +417,45 @@ async def test_acquire_refuses_what_it_cannot_grant(node: Node) -> None:
     await c.call("ack", {"jobs": [ref]})
     assert await error({"limit": "api"}) == "STALE_TOKEN"  # the attempt is over
     await c.close()
+
+
+async def test_after_a_redis_loss_rate_limits_grant_no_second_allowance(
+    node_factory: NodeFactory, tmp_path: Any
+) -> None:
+    redis = RedisServer(tmp_path / "redis")
+    redis.start()
+    try:
+        node = await node_factory(redis_url=redis.url, duty_periods={"epoch": 0.1})
+        await add_limit([node], {"name": "partner", "scope": "rate", "type": "sliding_window",
+                                 "limit": 3, "period": 30})  # fmt: skip
+        await add_limit([node], {"name": "seat", "scope": "rate", "type": "concurrency",
+                                 "limit": 1})  # fmt: skip
+        await enqueue(node, [{"kind": "call"}, {"kind": "call"}])
+        c = await RawClient.connect(node.worker_address)
+        await c.hello(capacity=2)
+        jobs = (await c.next_notification("jobs"))["jobs"]
+        while len(jobs) < 2:
+            jobs += (await c.next_notification("jobs"))["jobs"]
+        a, b = ({"id": j["id"], "token": j["token"]} for j in jobs)
+        for _ in range(3):
+            assert (await c.call("acquire", {**a, "limit": "partner"}))["granted"] is True
+        assert (await c.call("acquire", {**a, "limit": "partner"}))["granted"] is False
+        assert (await c.call("acquire", {**a, "limit": "seat"}))["granted"] is True
+        await asyncio.to_thread(redis.kill)  # comes back empty: no counter, no holder
+        await asyncio.to_thread(redis.start)
+
+        async def rebuilt() -> bool:
+            return node.duties.rebuilds >= 1 and await node.index.epoch() is not None
+
+        await wait_until(rebuilt, timeout=20)
+        again = await c.call("acquire", {**b, "limit": "partner"})
+        assert again["granted"] is False  # the window restarts full, not empty
+        assert 25 < again["retry_after"] <= 30
+        seat = await c.call("acquire", {**b, "limit": "seat"})
+        assert seat["granted"] is False  # a's seat was counted again from PostgreSQL
+        await c.call("ack", {"jobs": [a]})
+        seat = await c.call("acquire", {**b, "limit": "seat", "wait": 5})
+        assert seat["granted"] is True  # ... and released with a's attempt
+        await c.close()
+    finally:
+        await asyncio.to_thread(redis.stop)
