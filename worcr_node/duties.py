@@ -201,8 +201,10 @@ class Duties(Service):
                 self.dispatcher.lanes_ready(dict.fromkeys(missing))
 
     async def _adopt(self, full: bool) -> None:
+        # Only a full pass (start, Redis loss, limit change) reads what a recount needs (args of
+        # every running job): in between, units are taken at claim and released with the lease.
         limits = self.dispatcher.limits
-        counts = full or any(x.type == LimitType.CONCURRENCY for x in limits.job)
+        counts = full
         now_ms = int(self.clock.now() * 1000)
         holds: dict[str, list[tuple[LimitCheck, int]]] = {}
         if counts:
@@ -241,8 +243,7 @@ class Duties(Service):
             if still:
                 log.warning("re-created %d lease(s) from PostgreSQL", len(still),
                             extra={"action": "reconcile"})  # fmt: skip
-        if full:
-            await self.store.hold_sweep()
+        await self.store.hold_sweep()
 
     async def _worker_tags(self) -> dict[str, TagSet]:
         """Tags of known workers (this node's, then the registry's); unknown ones are absent."""
