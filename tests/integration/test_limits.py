@@ -129,16 +129,16 @@ def all_done(ws: list[Worker], n: int) -> Any:
 # -- concurrency -------------------------------------------------------------------------------
 
 
-async def test_concurrency_holds_across_two_nodes_and_many_workers(
+async def test_concurrency_holds_across_three_nodes_and_many_workers(
     node_factory: NodeFactory,
 ) -> None:
-    nodes = [await node_factory(), await node_factory()]
+    nodes = [await node_factory(), await node_factory(), await node_factory()]
     await add_limit(nodes, {"name": "imports", "type": "concurrency", "limit": 3,
                             "key": "{tenant}", "match": {"kinds": ["import"]}})  # fmt: skip
     specs = [{"kind": "import", "tenant": t} for t in ("a", "b", "c") for _ in range(60)]
     rnd = random.Random(4)
-    await enqueue(nodes[0], specs[::2])
-    await enqueue(nodes[1], specs[1::2])
+    for i, node in enumerate(nodes):
+        await enqueue(node, specs[i :: len(nodes)])
     async with workers(nodes, 2, 5, delay=lambda: rnd.uniform(0, 0.02)) as ws:
         await wait_until(all_done(ws, len(specs)), timeout=60)
     rows = await attempts(nodes[0], "import")
