@@ -11,11 +11,8 @@ the class views when the dispatch policy changes.
 
 Job limits: a (lane, class) pair may take from limits (limits/compiled.py); its claims then go
 through `claim_limited`, which takes only what every limit admits. A lane whose limit is full is
-*parked*: taken out of that class's view (other lanes and tenants go on), and put back when the
-limit may admit again: at the time the script said (rate limits), or when a holder releases units
-(concurrency; every node hears it on the limits-freed channel), with a 1 s re-check as a safety.
-Parked lanes come back a few at a time, in the order they were parked, so a full global limit
-costs a handful of script calls per freed unit, not one per waiting lane.
+taken out of that class's view and parked (parking.py) until the limit may admit again, so other
+lanes and tenants go on.
 """
 
 from __future__ import annotations
@@ -24,14 +21,14 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from worcr_node.clock import Clock
 from worcr_node.dispatch.fairness import Strategy
+from worcr_node.dispatch.parking import Parking
 from worcr_node.dispatch.picker import ClassView
 from worcr_node.dispatch.policy import Policy
 from worcr_node.dispatch.rules import (
@@ -56,8 +53,6 @@ MAX_CLAIM = 100
 MAX_LANES_PER_CLAIM = 8  # lanes one worker's claim may draw from when lanes run short
 MIN_WINDOW = 16
 REGISTRY_EVERY = 10  # seconds between refreshes of this node's workers in the registry
-RECHECK = 1.0  # seconds: a lane parked on a concurrency limit is retried at least this often
-UNPARK_PER_UNIT = 2  # lanes put back per unit a limit frees
 MISFILED = "\x00misfiled:"  # + lane, park key: the lane is not split by an args path a limit
 # keys on (its jobs were enqueued before the limit): the duties split it (Duties.split_lanes)
 REBUILDING = "\x00rebuilding"  # park key: Redis lost its data, limits wait for the rebuild
@@ -143,11 +138,7 @@ class Dispatcher(Service):
         self._job_tenant: dict[Any, str] = {}
         # job limits
         self.limits = CompiledLimits((), index.limit_keys)
-        self.blocked: dict[str, float] = {}  # state key -> loop time it may admit again
-        self.parked: dict[str, deque[tuple[ClassKey, str]]] = {}  # park key -> (class, lane)
-        self._parked_at: dict[tuple[ClassKey, str], str] = {}
-        self._timers: dict[str, asyncio.TimerHandle] = {}
-        self._units_then: dict[str, int] = {}  # rate key -> units it admits at its retry time
+        self.parking: Parking[ClassKey] = Parking(self._put_back, self.wake)
         self.misfiled: set[str] = set()  # lanes to split (repartition duty)
         self.on_freed: Callable[[Collection[str]], None] = lambda keys: None
         manager.on_ready = self.lanes_ready
@@ -202,13 +193,7 @@ class Dispatcher(Service):
         self.limits = CompiledLimits(policy.limits, self.index.limit_keys)
         self.manager.partition_paths = self.limits.paths
         self._relevance = worker_tag_relevance((*policy.rules, *self.limits.matches))
-        for timer in self._timers.values():
-            timer.cancel()
-        self._timers.clear()
-        self._units_then.clear()
-        self.blocked.clear()
-        self.parked.clear()
-        self._parked_at.clear()
+        self.parking.clear()
         self.misfiled.clear()
         self.classes.clear()
         self._keys.clear()
@@ -265,7 +250,7 @@ class Dispatcher(Service):
             if v is None:
                 return
             cls.verdicts[info.lane] = v
-        if v.allowed and (cls.key, info.lane) not in self._parked_at:
+        if v.allowed and not self.parking.is_parked(cls.key, info.lane):
             head = self.heads.get(info.lane, 0)
             cls.view.add(info.lane, info.kind, info.tenant, info.weight * v.factor, head)
 
@@ -286,8 +271,7 @@ class Dispatcher(Service):
 
     def _drop_lane(self, lane: str) -> None:
         self.heads.pop(lane, None)
-        for key in self.classes:
-            self._parked_at.pop((key, lane), None)
+        self.parking.forget_lane(lane, self.classes)
         self.misfiled.discard(lane)
         if self.lanes.pop(lane, None) is not None:
             for cls in self.classes.values():
@@ -449,12 +433,10 @@ class Dispatcher(Service):
             self.misfiled.add(lane)
             self._park(cls, lane, MISFILED + lane)
             return True
-        if checks:
-            now = asyncio.get_running_loop().time()
-            for check in checks:
-                if self.blocked.get(check.state_key, 0.0) > now:
-                    self._park(cls, lane, check.state_key)
-                    return True
+        for check in checks:
+            if self.parking.is_full(check.state_key):
+                self._park(cls, lane, check.state_key)
+                return True
         return False
 
     def lane_info(self, lane: str) -> LaneInfo | None:
@@ -469,66 +451,33 @@ class Dispatcher(Service):
 
     def _park(self, cls: _Class, lane: str, key: str) -> None:
         cls.view.remove(lane)
-        self._parked_at[(cls.key, lane)] = key
-        self.parked.setdefault(key, deque()).append((cls.key, lane))
-        if key not in self._timers:
-            self._schedule(key, RECHECK)
+        self.parking.park(cls.key, lane, key)
+
+    @staticmethod
+    def _units_then(check: LimitCheck | None) -> int:
+        """Units a rate key admits at its retry time: a fixed window's whole allowance, else one
+        (a token, or an expired entry of a sliding window)."""
+        return check.limit if check is not None and check.algo == "f" else 1
 
     def _block(self, key: str, retry_ms: int, check: LimitCheck | None) -> None:
-        """A limit key admits nothing for retry_ms (-1: until a holder releases units). When the
-        time comes, as many lanes come back as the units it will then admit can serve (a fixed
-        window's whole allowance, one token or one expired entry otherwise)."""
-        if retry_ms >= 0 and check is not None:
-            self._units_then[key] = check.limit if check.algo == "f" else 1
-        loop = asyncio.get_running_loop()
-        delay = retry_ms / 1000 if retry_ms >= 0 else RECHECK
-        self.blocked[key] = loop.time() + delay if retry_ms >= 0 else math.inf
-        self._schedule(key, delay)
+        self.parking.block(key, retry_ms, self._units_then(check))
 
-    def _schedule(self, key: str, delay: float) -> None:
-        old = self._timers.get(key)
-        loop = asyncio.get_running_loop()
-        if old is not None:
-            if old.when() <= loop.time() + delay:
-                return
-            old.cancel()
-        self._timers[key] = loop.call_later(delay, self._timer_fired, key)
-
-    def _timer_fired(self, key: str) -> None:
-        """A rate key's retry time (a few lanes back), or the safety re-check (all of them)."""
-        self._timers.pop(key, None)
-        units = self._units_then.pop(key, None)
-        self.unpark(key, None if units is None else units * UNPARK_PER_UNIT)
+    def _put_back(self, class_key: ClassKey, lane: str) -> bool:
+        cls = self.classes.get(class_key)
+        info = self.lanes.get(lane)
+        if cls is None or info is None:
+            return False
+        self._offer(cls, info)
+        return True
 
     def unpark(self, key: str, budget: int | None) -> None:
-        """A limit key may admit again: put up to `budget` (None: all) of its lanes back."""
-        self.blocked.pop(key, None)
-        waiting = self.parked.get(key)
-        if not waiting:
-            return
-        n = 0
-        while waiting and (budget is None or n < budget):
-            class_key, lane = waiting.popleft()
-            if self._parked_at.get((class_key, lane)) != key:
-                continue  # stale entry: moved on already
-            del self._parked_at[(class_key, lane)]
-            cls = self.classes.get(class_key)
-            info = self.lanes.get(lane)
-            if cls is not None and info is not None:
-                self._offer(cls, info)
-                n += 1
-        if not waiting:
-            del self.parked[key]
-        else:
-            self._schedule(key, RECHECK)  # the rest get their turn at the latest then
-        self.wake()
+        self.parking.unpark(key, budget)
 
     def _freed(self, data: str) -> None:
         """Units of these limit keys were released somewhere in the cluster."""
-        counts = Counter(data.split("\n"))
-        for key, count in counts.items():
-            self.unpark(key, count * UNPARK_PER_UNIT)
-        self.on_freed(counts.keys())
+        keys = data.split("\n")
+        self.parking.freed(keys)
+        self.on_freed(set(keys))
 
     async def _finish_claim(self, c: Consumer, ids: list[Claimed], reserved: int) -> None:
         try:
