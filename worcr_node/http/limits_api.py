@@ -34,7 +34,7 @@ __all__ = ["LimitsApi", "add_limits_routes"]
 
 _USAGE_PARAMS = frozenset({"key", "max"})
 MAX_USAGE = 1000  # keys in one usage answer
-PRUNE_SCAN = 1000  # index entries read to find idle concurrency keys
+PRUNE_SCAN = 1000  # oldest index entries read to find idle concurrency keys
 CONCURRENCY_IDLE_MS = 3_600_000  # a concurrency key unused and untouched this long is forgotten
 
 
@@ -146,55 +146,31 @@ class LimitsApi:
             compiled = CompiledLimits([limit], self.index.limit_keys)
         index_key = compiled.check(limit, "").index_key
         if key is not None:
-            # last used: when among the most recent keys (the index has no lookup by key)
-            recent = dict(await self.index.limit_index(index_key, PRUNE_SCAN))
+            last = await self.index.limit_index_last_used(index_key, key)
             [one], now_ms = await self.index.limit_usage([compiled.check(limit, key)])
-            items = [_item(limit, key, recent.get(key), *one)]
+            items = [_item(limit, key, last, *one)]
         else:
+            await self._prune(limit, compiled, index_key)
             rows = await self.index.limit_index(index_key, count)
             checks = [compiled.check(limit, k) for k, _ in rows]
             usage, now_ms = await self.index.limit_usage(checks)
-            seen = [(k, t, u) for (k, t), u in zip(rows, usage, strict=True)]
-            before = await self._prune(limit, compiled, index_key,
-                                       [(k, t, u[0]) for k, t, u in seen], len(rows) < count,
-                                       now_ms)  # fmt: skip
-            items = [_item(limit, k, t, *u) for k, t, u in seen if before is None or t > before]
+            items = [_item(limit, k, t, *u) for (k, t), u in zip(rows, usage, strict=True)]
         return web.json_response({"limit": limit.to_json(), "at": _iso(now_ms), "keys": items})
 
-    async def _prune(
-        self,
-        limit: Limit,
-        compiled: CompiledLimits,
-        index_key: str,
-        rows: list[tuple[str, float, int]],
-        complete: bool,
-        now_ms: float,
-    ) -> float | None:
-        """Drop index entries of keys that read as unused again; `rows` (key, last used, used)
-        are the newest entries, all of them if `complete`. Returns the cutoff: entries last used
-        at or before it are gone (None: nothing pruned)."""
+    async def _prune(self, limit: Limit, compiled: CompiledLimits, index_key: str) -> None:
+        """Forget keys that read as unused again: a rate key idle for two periods (its state
+        has expired), a concurrency key idle for an hour and holding no unit."""
+        now_ms = (await self.index.limit_usage([]))[1]
         if limit.type != LimitType.CONCURRENCY:
-            before = now_ms - _idle_ms(limit)
-        else:
-            # A concurrency key stays used while its holders run, however long ago they took
-            # their units: keep every key in use, which needs the whole stale tail read.
-            before = now_ms - CONCURRENCY_IDLE_MS
-            if not complete:
-                entries = await self.index.limit_index(index_key, PRUNE_SCAN)
-                if len(entries) >= PRUNE_SCAN:
-                    return None  # older entries unseen: one of them may be in use
-                stale = [(k, t) for k, t in entries if t <= before]
-                checks = [compiled.check(limit, k) for k, _ in stale]
-                used = [u[0] for u in (await self.index.limit_usage(checks))[0]] if stale else []
-                rows = [(k, t, n) for (k, t), n in zip(stale, used, strict=True)]
-                complete = True
-            busy = [t for _, t, n in rows if n > 0 and t <= before]
-            if busy:
-                before = min(busy) - 1
-        if complete and not any(t <= before for _, t, _ in rows):
-            return None
-        await self.index.limit_index_prune(index_key, before)
-        return before
+            await self.index.limit_index_prune(index_key, now_ms - _idle_ms(limit))
+            return
+        entries = await self.index.limit_index(index_key, PRUNE_SCAN, oldest=True)
+        stale = [k for k, t in entries if t <= now_ms - CONCURRENCY_IDLE_MS]
+        if stale:
+            usage, _ = await self.index.limit_usage([compiled.check(limit, k) for k in stale])
+            await self.index.limit_index_forget(
+                index_key, [k for k, u in zip(stale, usage, strict=True) if u[0] == 0]
+            )
 
 
 def _ref(request: web.Request) -> str:

@@ -307,13 +307,25 @@ class RedisIndex:
         res = await self._call(self._usage, [self.recovered_key], argv)
         return [(int(a), int(b), int(c)) for a, b, c in res[0]], float(res[1])
 
-    async def limit_index(self, index_key: str, count: int) -> list[tuple[str, float]]:
-        """Keys of one limit used most recently, newest first, with when (ms)."""
-        rows = await self._redis_op(self.redis.zrevrange(index_key, 0, count - 1, withscores=True))
+    async def limit_index(
+        self, index_key: str, count: int, oldest: bool = False
+    ) -> list[tuple[str, float]]:
+        """Keys of one limit with when they were last used (ms): the most recent first, or
+        (oldest=True) the least recent first."""
+        fetch = self.redis.zrange if oldest else self.redis.zrevrange
+        rows = await self._redis_op(fetch(index_key, 0, count - 1, withscores=True))
         return [(str(k), float(t)) for k, t in rows]
 
     async def limit_index_prune(self, index_key: str, before_ms: float) -> None:
         await self._redis_op(self.redis.zremrangebyscore(index_key, "-inf", before_ms))
+
+    async def limit_index_forget(self, index_key: str, keys: Sequence[str]) -> None:
+        if keys:
+            await self._redis_op(self.redis.zrem(index_key, *keys))
+
+    async def limit_index_last_used(self, index_key: str, key: str) -> float | None:
+        score = await self._redis_op(self.redis.zscore(index_key, key))
+        return None if score is None else float(score)
 
     async def mark_recovered(self) -> None:
         """Redis lost its data: limits restart conservatively from now (see limits.lua)."""
