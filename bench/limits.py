@@ -1,7 +1,7 @@
 """Worcr job limits (issue 4): efficiency of each limit kind, the cost a limit adds to a dispatch,
 and the throughput of unlimited tenants while another tenant is throttled.
 
-    .venv/bin/python bench/limits.py             # --repeat 3, ~12 min
+    .venv/bin/python bench/limits.py             # --repeat 7 --eff-repeat 3, ~15 min
     .venv/bin/python bench/limits.py --quick     # smoke run, under 2 min
 
 PostgreSQL (fsync on) and Redis are started once on free loopback ports in a temp dir (bench/
@@ -25,7 +25,8 @@ cannot mix code versions.
      --period); no-op jobs `paced`. The admission time of each job is `admitted_at` in
      PostgreSQL (Redis clock, ms, written by the claim). The steady window [a, b) starts at the
      first period boundary of the Redis clock at least --skip s after the first admission (the
-     first burst / window is left out) and lasts --measure s rounded up to whole periods.
+     first burst / window is left out) and 1 s after the last enqueue call returned (a long
+     enqueue competes for the CPU), and lasts --measure s rounded up to whole periods.
      achieved = admissions in [a, b) / (b - a); for sliding_window, n / the mean time from each
      admission in [a, b) to the n-th next one (n = the limit per period): it admits bursts of n
      that recur a little more than one period apart, so a count moves by up to one burst with
@@ -34,35 +35,44 @@ cannot mix code versions.
      Checked: the most admissions in any interval of one period (in aligned windows for
      fixed_window) against what the limit allows (n, plus the burst for the bucket).
    - concurrency (--conc-limit, jobs `hold` that sleep --hold-s): allowed = limit / hold-s;
-     achieved = attempts finished (worcr_attempts.finished_at) in [a, b) / (b - a), with
-     a = first admission + --skip; efficiency = achieved / allowed. The concurrency held is
+     achieved = limit / a unit's cycle, the cycle being the mean time from each admission in
+     [a, b) ([a, b) as above, without the period rounding) to the limit-th next one; in steady
+     state that is the completion rate, but units move in batches (an ack batch frees several,
+     one claim takes them), so a count of completions over [a, b) moves by a batch with where
+     the edges cut them (it is reported too: `efficiency_count`, from worcr_attempts.finished_at;
+     with 1 s jobs it reads 0.9 or 1.0). efficiency = achieved / allowed. The concurrency held is
      rebuilt from the attempts: [started_at, finished_at] (claim and ack transactions),
      [admitted_at, finished_at] and the worker's own [start, end] of each job (hold.log); mean
-     over [a, b), max over the run: none may exceed the limit. The cycle of a unit
-     (limit / achieved) is split into its steps, means over the attempts admitted in [a, b)
-     (p50s too): admission -> claim statement starts (started_at) -> claim commit (commit
-     timestamp of the running row, polled every 20 ms) -> job starts on the worker -> ends ->
-     ack statement starts (finished_at) -> ack commit (commit timestamp of the attempt row) ->
-     next admission; the last step is split with the "limits-freed" announcements this driver
-     hears (WAL flush + Redis release + PUBLISH, then the node's unpark and claim). PostgreSQL
-     commit timestamps are taken before the WAL flush, so the flush falls in the step after
-     each commit; its mean time per flush over the window is reported (pg_stat_wal).
+     over [a, b), max over the run: none may exceed the limit. The cycle is split into its
+     steps, means (and p50s) over the attempts admitted in [a, b): admission -> claim statement
+     starts (started_at) -> claim commit (commit timestamp of the running row, polled every
+     20 ms) -> job starts on the worker -> ends -> ack statement starts (finished_at) -> ack
+     commit (commit timestamp of the attempt row) -> next admission (the rest of the cycle).
+     Per ack batch, that last step is split with the "limits-freed" announcements this driver
+     hears: ack commit -> announced (WAL flush, Redis release, PUBLISH) and -> the next
+     admission. Commit timestamps are taken before the WAL flush, so each flush falls in the
+     step after its commit; the mean time per WAL flush in [a, b) is reported (pg_stat_wal).
    Node CPU over [a, b) and other processes' CPU (machine-wide, outside this run) are recorded.
+   --eff-repeat runs per kind, the median reported.
 2. dispatch_cost_ratio: --dispatch-jobs no-op jobs over --dispatch-tenants tenants, run with no
    limit and with a concurrency limit of 1,000,000 keyed on "{tenant}" that applies to every job
-   and never binds; --repeat pairs, the order inside a pair alternating (U L, L U, ...). Each run
-   is bench/dispatch_scale.py's measurement (`ScaleBench.enqueue/settle/process`): enqueue
-   everything, VACUUM ANALYZE + CHECKPOINT, wait for a quiet machine, start the workers; node CPU
-   (psutil: /proc/<pid>/stat, children included) per job and jobs started/s over all the jobs,
-   Redis command time per job (INFO commandstats). dispatch_cost_ratio = median over the pairs of
-   node CPU/job limited / unlimited; the throughput and Redis ratios the same way.
+   and never binds. Each run is bench/dispatch_scale.py's measurement (`ScaleBench.enqueue/
+   settle/process`): enqueue everything, VACUUM ANALYZE + CHECKPOINT, wait for a quiet machine,
+   start the workers; node CPU (psutil: /proc/<pid>/stat, children included) per job and jobs
+   started/s over all the jobs, Redis command time per job (INFO commandstats).
+   dispatch_cost_ratio = median over the rounds of node CPU/job limited / unlimited; the
+   throughput and Redis ratios the same way.
 3. unthrottled_ratio: tenants t0..t9 ("B..K", --bk-tenants) with --bk-jobs no-op jobs in all,
    alone (no limit, no tenant A) vs with tenant A's --a-jobs backlog (kind `throttled`, enqueued
    first) under a token bucket of --a-rate/s (burst --a-burst) keyed on "{tenant}" matching
    tenant A only. Same measurement as 2, over B..K's jobs only (A's jobs do not write jobs.log);
    A's admissions during B..K's run are counted from PostgreSQL (throttled, not starved).
-   unthrottled_ratio = median over --repeat interleaved pairs of B..K's jobs/s with A
-   throttled / alone.
+   unthrottled_ratio = median over the rounds of B..K's jobs/s with A throttled / alone; also
+   with A's admissions added (A's own jobs take a share of the capacity). A control variant
+   (--no-control skips it) has the same A backlog of a kind no worker runs and no limit: it
+   separates the cost of A's backlog being there from the cost of serving it throttled.
+   Parts 2 and 3 run --repeat rounds of all their variants on fresh databases, the order
+   rotating from round to round (A B C, B C A, ...), so that drift hits each variant alike.
 Targets (issue 4): efficiency >= 0.9 for every kind with a deep backlog; unthrottled_ratio >= 0.9.
 Progress goes to stderr; the last line of stdout is one JSON object (`efficiency` keyed by kind,
 `dispatch_cost_ratio`, `unthrottled_ratio`, `targets`, then every run), also written to --out.
@@ -77,6 +87,7 @@ import argparse
 import asyncio
 import bisect
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -85,6 +96,7 @@ import signal
 import statistics
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -124,6 +136,17 @@ NEVER_BINDS = {"name": "never-binds", "type": "concurrency", "limit": 1_000_000,
 def throttle_a(a: argparse.Namespace) -> dict[str, Any]:
     return {"name": "a-rate", "type": "token_bucket", "limit": a.a_rate, "period": 1.0,
             "burst": a.a_burst, "key": "{tenant}", "match": {"tenants": [A]}}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One side of a comparison: its limits and tenant A's backlog (enqueued first, not in
+    jobs.log): `throttled` jobs run by the workers, or `unserved` ones no worker runs."""
+
+    name: str
+    limits: list[dict[str, Any]] = field(default_factory=list)
+    a_jobs: int = 0
+    a_kind: str = "throttled"
 
 
 # -- figures ---------------------------------------------------------------------------------------
@@ -241,21 +264,22 @@ def cycle_split(
 
 
 def release_steps(rows: list[Attempt], freed: list[float], a: float, b: float) -> dict[str, Any]:
-    """After each ack commit in [a, b) (one per ack batch): the first "freed" announcement the
-    driver heard after it (WAL flush, Redis release script, PUBLISH), then the first admission
-    after that (the node hears it, unparks the lane, claim_limited); admitted_at is truncated to
-    the ms, so an admission may read up to 1 ms before the announcement."""
-    announced, reacted = [], []
+    """After each ack commit c in [a, b) (one per ack batch): the first "freed" announcement m
+    the driver heard after it (WAL flush, Redis release script, PUBLISH) and the first admission
+    A after c: A - c is how long the units stayed unused, A - m the node's reaction (unpark,
+    claim_limited), negative when it claimed before this driver heard the announcement."""
+    announced, idle, reacted = [], [], []
     admissions = sorted(r.admitted for r in rows)
     for c in sorted({r.ack_commit for r in rows if r.ack_commit is not None}):
         k = bisect.bisect_left(freed, c)
-        if not a <= c < b or k == len(freed):
+        j = bisect.bisect_left(admissions, c)
+        if not a <= c < b or k == len(freed) or j == len(admissions):
             continue
         announced.append(freed[k] - c)
-        j = bisect.bisect_left(admissions, freed[k] - 0.001)
-        if j < len(admissions):
-            reacted.append(admissions[j] - freed[k])
-    return {"ack_commit_to_announced": announced, "announced_to_admission": reacted}
+        idle.append(admissions[j] - c)
+        reacted.append(admissions[j] - freed[k])
+    return {"ack_commit_to_announced": announced, "ack_commit_to_admission": idle,
+            "announced_to_admission": reacted}  # fmt: skip
 
 
 def concurrency_figures(
@@ -264,7 +288,7 @@ def concurrency_figures(
 ) -> dict[str, Any]:  # fmt: skip
     n = int(lim["limit"])
     finished = sum(1 for r in rows if r.finished is not None and a <= r.finished < b)
-    achieved = finished / (b - a)
+    counted = finished / (b - a)
     allowed = n / hold_s
     pg = overlap_stats([(r.started, r.finished or now) for r in rows], a, b)
     held = overlap_stats([(r.admitted, r.finished or now) for r in rows], a, b)
@@ -273,19 +297,21 @@ def concurrency_figures(
     latest = [(r.admitted + 0.000999, r.finished or now) for r in rows]
     held["max"] = overlap_stats(latest, a, b)["max"]
     ran = overlap_stats(list(worker.values()), a, b)
-    # a unit's cycle: the mean time from each admission in [a, b) to the n-th next one (less
-    # noisy than n / achieved, which moves with where the window edges cut the batches)
+    # a unit's cycle: the mean time from each admission in [a, b) to the n-th next one; units
+    # move in batches (one ack batch frees several, one claim takes them), so a count of
+    # completions over [a, b) moves by a batch with where the window's edges cut them
     adm = sorted(r.admitted for r in rows)
     lags = [adm[j + n] - adm[j] for j in range(len(adm) - n) if a <= adm[j] < b]
     cycle = statistics.fmean(lags) if lags else None
+    achieved = n / cycle if cycle else 0.0
     steps = cycle_split(rows, worker, a, b)
     split: dict[str, Any] = {k: mean_ms(v) for k, v in steps.items()}
     if cycle is not None:
         known = sum(v for v in split.values() if v is not None)
         split["ack_commit_to_next_admission"] = round(1000 * cycle - known, 2)
     steps.update(release_steps(rows, freed, a, b))
-    for k in ("ack_commit_to_announced", "announced_to_admission"):
-        split[f"of_which_{k}"] = mean_ms(steps[k])
+    for k in ("ack_commit_to_announced", "ack_commit_to_admission", "announced_to_admission"):
+        split[f"batch_{k}"] = mean_ms(steps[k])
     p50 = {k: round(1000 * statistics.median(v), 2) if v else None for k, v in steps.items()}
     return {
         "attempts": len(rows),
@@ -294,6 +320,8 @@ def concurrency_figures(
         "achieved_per_s": round(achieved, 2),
         "allowed_per_s": round(allowed, 2),
         "efficiency": round(achieved / allowed, 4),
+        "finished_per_s": round(counted, 2),
+        "efficiency_count": round(counted / allowed, 4),
         "concurrency_pg_mean": pg["mean"],
         "concurrency_pg_max": pg["max"],
         "concurrency_held_mean": held["mean"],
@@ -327,7 +355,7 @@ class LimitsBench(ScaleBench):
     def __init__(self, args: argparse.Namespace) -> None:
         super().__init__(args, Scenario("setup", 0, 0, 0), 0)
         self.root = self.tmp
-        self.a_jobs = 0  # tenant A's backlog, enqueued before the scenario's jobs
+        self.a_jobs, self.a_kind = 0, "throttled"  # tenant A's backlog, enqueued first
         self.out: dict[str, Any] = {}  # part -> runs
 
     def stop_all(self) -> None:
@@ -392,7 +420,7 @@ class LimitsBench(ScaleBench):
         lim = efficiency_limit(kind, a)
         allowed = a.conc_limit / a.hold_s if kind == "concurrency" else a.rate / a.period
         backlog = math.ceil(allowed * (a.skip + a.measure) * a.backlog_factor)
-        say(f"== efficiency {kind} (run {rep + 1}/{a.repeat}): {lim}, backlog {backlog:,}")
+        say(f"== efficiency {kind} (run {rep + 1}/{a.eff_repeat}): {lim}, backlog {backlog:,}")
         try:
             await self.fresh_state([lim])
             self.start_node()
@@ -405,9 +433,11 @@ class LimitsBench(ScaleBench):
                 else:
                     specs = [{"kind": "paced", "args": [i]} for i in range(backlog)]
                 await self.wait_quiet()
+                t0 = time.time()
                 for lo in range(0, backlog, CHUNK):
                     await client.enqueue_many(specs[lo : lo + CHUNK])
-                await self.measure_efficiency(db, kind, lim)
+                self.res["enqueue_s"] = round(time.time() - t0, 3)
+                await self.measure_efficiency(db, kind, lim, time.time())
             finally:
                 await client.close()
                 await db.close()
@@ -418,14 +448,19 @@ class LimitsBench(ScaleBench):
             await self.teardown()
         return dict(self.res)
 
-    async def measure_efficiency(self, db: Any, kind: str, lim: dict[str, Any]) -> None:
+    async def measure_efficiency(
+        self, db: Any, kind: str, lim: dict[str, Any], enqueued: float
+    ) -> None:
+        """The steady window starts --skip s after the first admission, and 1 s after the whole
+        backlog is enqueued (a long enqueue takes CPU from the node and the workers)."""
         a = self.args
         first = await self.first_admission(db)
+        start = max(first + a.skip, enqueued + 1.0)
         if kind == "concurrency":
-            lo, hi = first + a.skip, first + a.skip + a.measure
-        else:  # whole periods of the Redis clock (ms), from the first boundary after the skip
+            lo, hi = start, start + a.measure
+        else:  # whole periods of the Redis clock (ms), from the first boundary after the start
             p = round(1000 * a.period)
-            lo = math.ceil(round(1000 * (first + a.skip)) / p) * p / 1000
+            lo = math.ceil(round(1000 * start) / p) * p / 1000
             hi = lo + math.ceil(round(1000 * a.measure) / p) * p / 1000
         watch: list[asyncio.Task[Any]] = []
         if kind == "concurrency":
@@ -562,23 +597,20 @@ class LimitsBench(ScaleBench):
 
     # dispatch cost and unthrottled tenants: bench/dispatch_scale.py's measurement --------------
 
-    async def scale_run(
-        self, name: str, rep: int, sc: Scenario, limits: list[dict[str, Any]], a_jobs: int = 0
-    ) -> dict[str, Any]:
+    async def scale_run(self, v: Variant, rep: int, sc: Scenario) -> dict[str, Any]:
         import asyncpg
         import redis
 
         from worcr import Client
 
-        self.begin(name, rep, sc)
-        self.a_jobs = a_jobs
-        say(
-            f"== {name} (run {rep + 1}/{self.args.repeat}): {sc.jobs:,} jobs over {sc.tenants} "
-            f"tenants{f', tenant {A} {a_jobs:,} throttled' if a_jobs else ''}; limits {limits}"
-        )
-        self.res.update(jobs=sc.jobs, tenants=sc.tenants, a_jobs=a_jobs)
+        self.begin(v.name, rep, dataclasses.replace(sc, name=v.name))
+        self.a_jobs, self.a_kind = v.a_jobs, v.a_kind
+        a_text = f", tenant {A} {v.a_jobs:,} jobs of kind {v.a_kind}" if v.a_jobs else ""
+        say(f"== {v.name} (run {rep + 1}/{self.args.repeat}): {sc.jobs:,} jobs over "
+            f"{sc.tenants} tenants{a_text}; limits {v.limits}")  # fmt: skip
+        self.res.update(jobs=sc.jobs, tenants=sc.tenants, a_jobs=v.a_jobs, a_kind=v.a_kind)
         try:
-            await self.fresh_state(limits)
+            await self.fresh_state(v.limits)
             self.start_node()
             r = redis.Redis.from_url(self.redis.url)
             db = await asyncpg.connect(self.db_url)
@@ -587,24 +619,24 @@ class LimitsBench(ScaleBench):
                 await self.enqueue(client, 0, sc.jobs)
                 await self.settle(db)
                 await self.process(client, r)
-                if a_jobs:
+                if v.a_jobs:
                     await self.a_figures(db)
             finally:
                 await client.close()
                 await db.close()
                 r.close()
         except Exception as exc:  # one failed run must not lose the others
-            say(f"  {name} failed: {exc!r}")
+            say(f"  {v.name} failed: {exc!r}")
             self.res["status"] = f"error: {exc!r}"
         finally:
             await self.teardown()
-        return {k: round(v, 4) if isinstance(v, float) else v for k, v in self.res.items()}
+        return {k: round(x, 4) if isinstance(x, float) else x for k, x in self.res.items()}
 
     async def enqueue(self, client: Any, lo: int, hi: int) -> None:
-        """Tenant A's backlog first (kind `throttled`, not in jobs.log), then the scenario's."""
+        """Tenant A's backlog first (not in jobs.log), then the scenario's."""
         for i in range(0, self.a_jobs, CHUNK):
             ids = range(i, min(self.a_jobs, i + CHUNK))
-            await client.enqueue_many([{"kind": "throttled", "args": [j], "tenant": A}
+            await client.enqueue_many([{"kind": self.a_kind, "args": [j], "tenant": A}
                                        for j in ids])  # fmt: skip
         if self.a_jobs:
             say(f"  enqueued tenant {A}'s {self.a_jobs:,} jobs")
@@ -636,20 +668,21 @@ class LimitsBench(ScaleBench):
         if "efficiency" in a.parts:
             eff: dict[str, list[dict[str, Any]]] = self.out.setdefault("efficiency", {})
             for kind in a.kinds:
-                for rep in range(a.repeat):
+                for rep in range(a.eff_repeat):
                     eff.setdefault(kind, []).append(await self.efficiency_run(kind, rep))
         if "dispatch" in a.parts:
             sc = Scenario("dispatch", a.dispatch_jobs, a.dispatch_tenants, a.dispatch_jobs)
-            await self.pairs(
-                "dispatch", ("no_limit", sc, [], 0), ("never_binding_limit", sc, [NEVER_BINDS], 0)
-            )
+            await self.rounds("dispatch", sc, Variant("no_limit"),
+                              Variant("never_binding_limit", [NEVER_BINDS]))  # fmt: skip
         if "unthrottled" in a.parts:
             sc = Scenario("bk", a.bk_jobs, a.bk_tenants, a.bk_jobs)
-            await self.pairs(
-                "unthrottled",
-                ("bk_alone", sc, [], 0),
-                ("bk_with_a_throttled", sc, [throttle_a(a)], a.a_jobs),
-            )
+            variants = [
+                Variant("bk_alone"),
+                Variant("bk_with_a_throttled", [throttle_a(a)], a.a_jobs, "throttled"),
+            ]
+            if a.control:
+                variants.append(Variant("bk_beside_a_unserved", [], a.a_jobs, "unserved"))
+            await self.rounds("unthrottled", sc, *variants)  # fmt: skip
         return self.out
 
     async def configure_pg(self) -> None:
@@ -703,13 +736,15 @@ class LimitsBench(ScaleBench):
             ]  # fmt: skip
         return out
 
-    async def pairs(self, part: str, *variants: tuple[str, Scenario, list[Any], int]) -> None:
-        """--repeat pairs (baseline, treatment), the order alternating from pair to pair."""
-        runs: dict[str, list[dict[str, Any]]] = {v[0]: [] for v in variants}
+    async def rounds(self, part: str, sc: Scenario, *variants: Variant) -> None:
+        """--repeat rounds of every variant (the first is the baseline), the order rotating from
+        round to round (A B C, B C A, C A B, ...) so that drift hits each the same way."""
+        runs: dict[str, list[dict[str, Any]]] = {v.name: [] for v in variants}
         self.out[part] = runs
         for rep in range(self.args.repeat):
-            for name, sc, limits, a_jobs in variants if rep % 2 == 0 else variants[::-1]:
-                runs[name].append(await self.scale_run(name, rep, sc, limits, a_jobs))
+            k = rep % len(variants)
+            for v in variants[k:] + variants[:k]:
+                runs[v.name].append(await self.scale_run(v, rep, sc))
 
 
 # -- report ----------------------------------------------------------------------------------------
@@ -724,22 +759,33 @@ def ok(r: dict[str, Any]) -> bool:
     return r.get("status") == "ok"
 
 
-def pair_summary(runs: dict[str, list[dict[str, Any]]], keys: dict[str, str]) -> dict[str, Any]:
-    """Per-pair ratios treatment / baseline of the figures in `keys` (label -> figure), their
-    medians, and the medians of each side."""
-    (base, b_runs), (treat, t_runs) = runs.items()
-    out: dict[str, Any] = {"baseline": base, "treatment": treat}
-    for label, key in keys.items():
-        per_pair = [ratio(t.get(key), b.get(key)) if ok(t) and ok(b) else None
-                    for b, t in zip(b_runs, t_runs, strict=True)]  # fmt: skip
-        out[label] = {"median": med(per_pair), "per_pair": per_pair}
-    for name, rs in runs.items():
-        out[f"{name}_median"] = {
-            key: med([r.get(key) for r in rs if ok(r)])
-            for key in ("rate", "node_cpu_ms_per_job", "redis_cmd_us_per_job",
-                        "other_cores_busy", "a_rate_during_bk_per_s")
-        }  # fmt: skip
+def round_ratios(runs: dict[str, list[dict[str, Any]]], keys: dict[str, str]) -> dict[str, Any]:
+    """For each variant after the first (the baseline): the ratios variant / baseline of the
+    figures in `keys` (label -> figure) within each round, and their median; plus the medians
+    of every variant's own figures."""
+    (base, b_runs), *others = runs.items()
+    out: dict[str, Any] = {"baseline": base}
+    for name, t_runs in others:
+        out[name] = {}
+        for label, key in keys.items():
+            per_round = [ratio(fig(t, key), fig(b, key)) if ok(t) and ok(b) else None
+                         for b, t in zip(b_runs, t_runs, strict=False)]  # fmt: skip
+            out[name][label] = {"median": med(per_round), "per_round": per_round}
+    out["medians"] = {
+        name: {key: med([fig(r, key) for r in rs if ok(r)])
+               for key in ("rate", "rate_incl_a", "node_cpu_ms_per_job", "redis_cmd_us_per_job",
+                           "other_cores_busy", "a_rate_during_bk_per_s")}
+        for name, rs in runs.items()
+    }  # fmt: skip
     return out
+
+
+def fig(r: dict[str, Any], key: str) -> float | None:
+    """A run's figure; `rate_incl_a`: B..K's jobs/s plus tenant A's admissions/s meanwhile."""
+    if key == "rate_incl_a" and r.get("rate") is not None:
+        return float(r["rate"]) + float(r.get("a_rate_during_bk_per_s") or 0.0)
+    value = r.get(key)
+    return None if value is None else float(value)
 
 
 def report(raw: dict[str, Any], args: argparse.Namespace, code: dict[str, Any]) -> dict[str, Any]:
@@ -747,7 +793,7 @@ def report(raw: dict[str, Any], args: argparse.Namespace, code: dict[str, Any]) 
     for kind, runs in raw.get("efficiency", {}).items():
         out["efficiency"][kind] = med([r.get("efficiency") for r in runs if ok(r)])
     if "dispatch" in raw:
-        d = pair_summary(
+        d = round_ratios(
             raw["dispatch"],
             {
                 "node_cpu_per_job_ratio": "node_cpu_ms_per_job",
@@ -755,15 +801,21 @@ def report(raw: dict[str, Any], args: argparse.Namespace, code: dict[str, Any]) 
                 "redis_us_per_job_ratio": "redis_cmd_us_per_job",
             },
         )
-        out["dispatch_cost_ratio"] = d["node_cpu_per_job_ratio"]["median"]
-        out["dispatch_throughput_ratio"] = d["throughput_ratio"]["median"]
+        limited = d.get("never_binding_limit", {})
+        out["dispatch_cost_ratio"] = limited.get("node_cpu_per_job_ratio", {}).get("median")
+        out["dispatch_throughput_ratio"] = limited.get("throughput_ratio", {}).get("median")
         out["dispatch"] = d
     if "unthrottled" in raw:
-        u = pair_summary(
+        u = round_ratios(
             raw["unthrottled"],
-            {"throughput_ratio": "rate", "node_cpu_per_job_ratio": "node_cpu_ms_per_job"},
+            {
+                "throughput_ratio": "rate",
+                "throughput_incl_a_ratio": "rate_incl_a",
+                "node_cpu_per_job_ratio": "node_cpu_ms_per_job",
+            },
         )
-        out["unthrottled_ratio"] = u["throughput_ratio"]["median"]
+        throttled = u.get("bk_with_a_throttled", {})
+        out["unthrottled_ratio"] = throttled.get("throughput_ratio", {}).get("median")
         out["unthrottled"] = u
     eff = out["efficiency"]
     runs = [r for rs in raw.get("efficiency", {}).values() for r in rs]
@@ -792,11 +844,10 @@ def print_summary(out: dict[str, Any]) -> None:
                      f"{r.get('cycle_split_ms')}")  # fmt: skip
         say(f"efficiency {kind}: median {out['efficiency'][kind]} (runs {effs}){extra}")
     for part in ("dispatch", "unthrottled"):
-        if part in out:
-            d = out[part]
-            say(f"{part}: " + ", ".join(f"{k} {v['median']} {v['per_pair']}"
-                                         for k, v in d.items() if isinstance(v, dict)
-                                         and "per_pair" in v))  # fmt: skip
+        for name, figs in out.get(part, {}).items():
+            if name not in ("baseline", "medians"):
+                say(f"{part} {name} / {out[part]['baseline']}: " + ", ".join(
+                    f"{k} {v['median']} {v['per_round']}" for k, v in figs.items()))  # fmt: skip
     say(f"dispatch_cost_ratio {fmt(out['dispatch_cost_ratio'], 3)}, unthrottled_ratio "
         f"{fmt(out['unthrottled_ratio'], 3)}; targets {out['targets']}")  # fmt: skip
 
@@ -804,8 +855,8 @@ def print_summary(out: dict[str, Any]) -> None:
 # -- main ------------------------------------------------------------------------------------------
 
 
-QUICK = {"measure": 3.0, "skip": 1.0, "repeat": 1, "dispatch_jobs": 3000, "bk_jobs": 3000,
-         "a_jobs": 5000, "quiet_wait": 3.0}  # fmt: skip
+QUICK = {"measure": 3.0, "skip": 1.0, "repeat": 1, "eff_repeat": 1, "dispatch_jobs": 3000,
+         "bk_jobs": 3000, "a_jobs": 5000, "quiet_wait": 3.0}  # fmt: skip
 
 
 def parse_args() -> argparse.Namespace:
@@ -817,7 +868,8 @@ def parse_args() -> argparse.Namespace:
     add("--quick", action="store_true", help="smoke run: " + json.dumps(QUICK))
     add("--parts", default=",".join(PARTS), help="comma-separated subset of " + ",".join(PARTS))
     add("--kinds", default=",".join(KINDS), help="limit kinds of the efficiency part")
-    add("--repeat", type=int, default=3, help="runs per kind and pairs per comparison (3)")
+    add("--repeat", type=int, default=7, help="rounds of the dispatch and unthrottled parts (7)")
+    add("--eff-repeat", type=int, default=3, help="efficiency runs per kind (3)")
     add("--rate", type=int, default=400, help="rate limits: jobs per --period (400)")
     add("--period", type=float, default=1.0, help="rate limits: period, s (1)")
     add("--burst", type=int, default=40, help="token bucket burst (40)")
@@ -833,6 +885,12 @@ def parse_args() -> argparse.Namespace:
     add("--a-jobs", type=int, default=50_000, help="tenant A's throttled backlog (50000)")
     add("--a-rate", type=int, default=50, help="tenant A's token bucket, jobs/s (50)")
     add("--a-burst", type=int, default=10, help="... and its burst (10)")
+    add(
+        "--no-control",
+        dest="control",
+        action="store_false",
+        help="unthrottled part: skip the control (A's backlog of a kind no worker runs)",
+    )
     add("--workers", type=int, default=2, help="worker processes (2)")
     add("--concurrency", type=int, default=10, help="per worker (10)")
     add("--max-other-cores", type=float, default=0.25, help="see bench/dispatch_scale.py")
@@ -863,8 +921,8 @@ def parse_args() -> argparse.Namespace:
     args.kinds = [k for k in args.kinds.split(",") if k]
     if bad := sorted(set(args.parts) - set(PARTS)) + sorted(set(args.kinds) - set(KINDS)):
         ap.error(f"unknown parts or kinds {bad}")
-    if args.repeat < 1 or args.measure <= 0 or args.skip < 0:
-        ap.error("--repeat >= 1, --measure > 0 and --skip >= 0")
+    if min(args.repeat, args.eff_repeat) < 1 or args.measure <= 0 or args.skip < 0:
+        ap.error("--repeat and --eff-repeat >= 1, --measure > 0 and --skip >= 0")
     args.prefetch = None  # the SDK default: = concurrency
     args.small_backlog = 1000  # dispatch_scale's rate_first_small (reported, not used)
     return args

@@ -9,6 +9,7 @@
   B..K's starts are measured.
 - `hold(i, seconds)`: sleeps, then appends "i start end" to $BENCH_LOG_DIR/hold.log; the jobs of
   the concurrency-limit efficiency run (worker-side running intervals).
+No handler for `unserved`: the control of the unthrottled part enqueues jobs no worker runs.
 Each log line is one small O_APPEND write, so lines of several processes never interleave.
 """
 
