@@ -55,6 +55,8 @@ class JobManager:
         self.on_done: Callable[[Collection[uuid.UUID]], None] = lambda ids: None
         # The args paths job limits split a (kind, tenant, tags) lane by (set with each policy).
         self.partition_paths: PartitionPaths = lambda kind, tenant, tags: ()
+        # Some concurrency limit is in force: acks release units before their commit is flushed.
+        self.early_release = False
         # Called with (job id, token) of running jobs that were cancelled.
         self.on_cancel: Callable[[Sequence[tuple[str, int]]], None] = lambda jobs: None
         self._enqueue = Batcher[NewJob, InsertResult]("enqueue", self._flush_enqueue, concurrency=2)
@@ -143,11 +145,13 @@ class JobManager:
         by_id = {(r.id, r.worker_id): r for r in rows}
         return [by_id.get((jid, wid)) for jid, wid, _, _ in items]
 
-    async def _release(self, ids: Sequence[str]) -> None:
+    async def _release(self, ids: Sequence[str]) -> bool:
         try:
             await self.index.lease_release(ids)
         except IndexUnavailable as exc:
             log.warning("could not release leases: %s", exc, extra={"action": "release"})
+            return False
+        return True
 
     # -- results -----------------------------------------------------------------------------------
 
@@ -156,10 +160,20 @@ class JobManager:
         return await self._ack.submit(items)
 
     async def _flush_ack(self, items: list[tuple[uuid.UUID, int, bytes | None]]) -> list[bool]:
+        released = False
+
+        async def release_early(done: set[uuid.UUID]) -> None:
+            # The workers are done with these jobs: give their concurrency units back while the
+            # commit is flushed rather than after it (a limited job's slot is free ~2 ms sooner).
+            nonlocal released
+            released = await self._release([str(i) for i in done])
+
         done = await self.store.job_complete_many(
-            [i[0] for i in items], [i[1] for i in items], [i[2] for i in items]
-        )
-        await self._release([str(i) for i in done])
+            [i[0] for i in items], [i[1] for i in items], [i[2] for i in items],
+            release_early if self.early_release else None,
+        )  # fmt: skip
+        if not released:
+            await self._release([str(i) for i in done])
         self.on_done(done)
         return [i[0] in done for i in items]
 

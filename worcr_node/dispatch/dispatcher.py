@@ -192,6 +192,7 @@ class Dispatcher(Service):
         self.policy = policy
         self.limits = CompiledLimits(policy.limits, self.index.limit_keys)
         self.manager.partition_paths = self.limits.paths
+        self.manager.early_release = self.limits.holds_units
         self._relevance = worker_tag_relevance((*policy.rules, *self.limits.matches))
         self.parking.clear()
         self.misfiled.clear()

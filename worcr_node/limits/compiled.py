@@ -29,6 +29,11 @@ class CompiledLimits:
         self._paths = lru_cache(maxsize=65536)(self._paths_uncached)
 
     @property
+    def holds_units(self) -> bool:
+        """Some enabled concurrency limit (job or rate): jobs may hold units until they end."""
+        return any(x.enabled and x.type == LimitType.CONCURRENCY for x in self.limits)
+
+    @property
     def matches(self) -> tuple[Match, ...]:
         """What job limits look at on workers (they split worker classes like rules do)."""
         return tuple(x.match for x in self.job)

@@ -203,11 +203,27 @@ class PgStore:
         return [ClaimedJob(*r) for r in rows]
 
     async def job_complete_many(
-        self, ids: Sequence[uuid.UUID], tokens: Sequence[int], results: Sequence[bytes | None]
+        self,
+        ids: Sequence[uuid.UUID],
+        tokens: Sequence[int],
+        results: Sequence[bytes | None],
+        before_commit: Callable[[set[uuid.UUID]], Awaitable[None]] | None = None,
     ) -> set[uuid.UUID]:
-        """running -> completed; returns the ids whose token was current (the others are stale)."""
-        rows = await self.run(lambda c: c.fetch(q.JOB_COMPLETE_MANY, ids, tokens, results))
-        return {r[0] for r in rows}
+        """running -> completed; returns the ids whose token was current (the others are stale).
+
+        `before_commit(done)` runs inside the transaction, after the update and before the commit
+        (and its disk flush): the attempts' `finished_at` (the transaction's start) precedes it."""
+        if before_commit is None:
+            rows = await self.run(lambda c: c.fetch(q.JOB_COMPLETE_MANY, ids, tokens, results))
+            return {r[0] for r in rows}
+
+        async def tx(conn: asyncpg.Connection) -> set[uuid.UUID]:
+            async with conn.transaction():
+                done = {r[0] for r in await conn.fetch(q.JOB_COMPLETE_MANY, ids, tokens, results)}
+                await before_commit(done)
+            return done
+
+        return await self.run(tx)
 
     async def job_finish_many(
         self,
