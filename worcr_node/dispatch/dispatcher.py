@@ -56,6 +56,7 @@ REGISTRY_EVERY = 10  # seconds between refreshes of this node's workers in the r
 MISFILED = "\x00misfiled:"  # + lane, park key: the lane is not split by an args path a limit
 # keys on (its jobs were enqueued before the limit): the duties split it (Duties.split_lanes)
 REBUILDING = "\x00rebuilding"  # park key: Redis lost its data, limits wait for the rebuild
+BUCKET_BATCH_MS = 100  # a dry token bucket's lanes come back when this much rate has refilled it
 ClassKey = tuple[frozenset[str], frozenset[str]]  # (kinds, tags); empty kinds: any kind
 Claimed = tuple[str, str, int | None]  # (job id, lane, admitted at in Redis ms)
 
@@ -141,6 +142,7 @@ class Dispatcher(Service):
         self.parking: Parking[ClassKey] = Parking(self._put_back, self.wake)
         self.misfiled: set[str] = set()  # lanes to split (repartition duty)
         self.on_freed: Callable[[Collection[str]], None] = lambda keys: None
+        index.on_freed = self.freed
         manager.on_ready = self.lanes_ready
         manager.on_done = self.jobs_done
 
@@ -454,14 +456,20 @@ class Dispatcher(Service):
         cls.view.remove(lane)
         self.parking.park(cls.key, lane, key)
 
-    @staticmethod
-    def _units_then(check: LimitCheck | None) -> int:
-        """Units a rate key admits at its retry time: a fixed window's whole allowance, else one
-        (a token, or an expired entry of a sliding window)."""
-        return check.limit if check is not None and check.algo == "f" else 1
-
     def _block(self, key: str, retry_ms: int, check: LimitCheck | None) -> None:
-        self.parking.block(key, retry_ms, self._units_then(check))
+        """Park behind `key` until it admits again, and say how many units it admits then: a
+        fixed window's whole allowance; a token bucket's tokens of the next BUCKET_BATCH_MS (up
+        to its burst, so none is lost: one claim, one transaction, one push for several jobs
+        instead of one per token); else one (an expired entry of a sliding window)."""
+        units = 1
+        if check is not None and retry_ms >= 0:
+            if check.algo == "f":
+                units = check.limit
+            elif check.algo == "b":
+                per_token = check.period_ms / check.limit
+                units = max(1, min(check.burst, int(BUCKET_BATCH_MS / per_token)))
+                retry_ms += round((units - 1) * per_token)
+        self.parking.block(key, retry_ms, units)
 
     def _put_back(self, class_key: ClassKey, lane: str) -> bool:
         cls = self.classes.get(class_key)
@@ -474,11 +482,16 @@ class Dispatcher(Service):
     def unpark(self, key: str, budget: int | None) -> None:
         self.parking.unpark(key, budget)
 
-    def _freed(self, data: str) -> None:
-        """Units of these limit keys were released somewhere in the cluster."""
-        keys = data.split("\n")
+    def freed(self, keys: list[str]) -> None:
+        """Units of these limit keys (one entry per unit) were released: by this node (called
+        straight from the release), or by another (heard on the limits-freed channel)."""
         self.parking.freed(keys)
         self.on_freed(set(keys))
+
+    def _freed(self, data: str) -> None:
+        sender, _, rest = data.partition("\n")
+        if sender != self.index.sender and rest:
+            self.freed(rest.split("\n"))
 
     async def _finish_claim(self, c: Consumer, ids: list[Claimed], reserved: int) -> None:
         try:

@@ -106,6 +106,8 @@ class RedisIndex:
         self.recovered_key = f"{self.p}:recovered"  # when Redis last lost its data (ms)
         self.freed_channel = f"{self.p}:limits-freed"
         self.hold_prefix = f"{self.p}:h:"  # + job id: concurrency units the job holds
+        self.sender = uuid.uuid4().hex  # names this index's freed announcements
+        self.on_freed: Callable[[list[str]], None] = lambda keys: None
         self._push = self.redis.register_script(_script("push"))
         self._claim = self.redis.register_script(_script("claim"))
         self._claim_limited = self.redis.register_script(_script("claim_limited", limits=True))
@@ -256,8 +258,13 @@ class RedisIndex:
         return list(await self._call(self._expire, [self.leases_key], args))
 
     async def _announce_freed(self, freed: list[str]) -> None:
+        """Tell every node (this one at once, the others over pub/sub) which limit keys got units
+        back: one entry per unit. The message's first line names the sender, which skips its own
+        echo."""
         if freed:
-            await self._redis_op(self.redis.publish(self.freed_channel, "\n".join(freed)))
+            self.on_freed(freed)
+            message = "\n".join([self.sender, *freed])
+            await self._redis_op(self.redis.publish(self.freed_channel, message))
 
     async def lease_adopt(
         self,
