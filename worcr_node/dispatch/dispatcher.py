@@ -458,16 +458,17 @@ class Dispatcher(Service):
 
     def _block(self, key: str, retry_ms: int, check: LimitCheck | None) -> None:
         """Park behind `key` until it admits again, and say how many units it admits then: a
-        fixed window's whole allowance; a token bucket's tokens of the next BUCKET_BATCH_MS (up
-        to its burst, so none is lost: one claim, one transaction, one push for several jobs
-        instead of one per token); else one (an expired entry of a sliding window)."""
+        fixed window's whole allowance; a token bucket's tokens of the next BUCKET_BATCH_MS, up to
+        half its burst (the other half absorbs the dispatcher's lateness, so no token is lost):
+        one claim, transaction and push for several jobs instead of one per token; else one
+        (an expired entry of a sliding window)."""
         units = 1
         if check is not None and retry_ms >= 0:
             if check.algo == "f":
                 units = check.limit
             elif check.algo == "b":
                 per_token = check.period_ms / check.limit
-                units = max(1, min(check.burst, int(BUCKET_BATCH_MS / per_token)))
+                units = max(1, min(check.burst // 2, int(BUCKET_BATCH_MS / per_token)))
                 retry_ms += round((units - 1) * per_token)
         self.parking.block(key, retry_ms, units)
 
