@@ -1,17 +1,27 @@
-"""Worker processes for integration tests: `python -m worcr.worker tests.integration.jobs.sample`.
+"""Workers for integration tests.
 
-Workers announce on stdout that a job started (see tests/integration/jobs/sample.py), so tests
-await that line instead of sleeping. The `spawn_worker` fixture (tests/conftest.py) starts them
-and kills whatever is left at the end of the test.
+- `WorkerProcess`: `python -m worcr.worker tests.integration.jobs.sample`. Workers announce on
+  stdout that a job started (see tests/integration/jobs/sample.py), so tests await that line
+  instead of sleeping. The `spawn_worker` fixture (tests/conftest.py) starts them and kills
+  whatever is left at the end of the test.
+- `worker(node, served, ...)`: a raw wire worker that records the jobs pushed to it, in order,
+  and acks them at once (or holds them).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import sys
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from tests.rawclient import RawClient
+from worcr import wire
 from worcr_node.node import Node
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,3 +80,43 @@ class WorkerProcess:
 
 
 SpawnWorker = Callable[..., Awaitable[WorkerProcess]]
+
+
+@dataclass
+class Served:
+    """Jobs in the order they reached one worker."""
+
+    jobs: list[dict[str, Any]] = field(default_factory=list)
+    hold: bool = False  # keep jobs running (never ack) while True
+
+    def count(self, key: str) -> Counter[str]:
+        return Counter(j[key] for j in self.jobs)
+
+
+@contextlib.asynccontextmanager
+async def worker(node: Node, served: Served, **hello: Any) -> AsyncIterator[RawClient]:
+    c = await RawClient.connect(node.worker_address)
+    await c.hello(**hello)
+
+    async def serve() -> None:
+        # Plain queue reads and fire-and-forget ack requests (answers land in the queue and are
+        # skipped): no asyncio.wait_for, which on Python 3.11 can swallow the cancel below.
+        msgids = itertools.count(1 << 30)
+        while True:
+            msg = await c.notifications.get()
+            if msg[0] != wire.MsgType.NOTIFICATION or msg[1] != "jobs":
+                continue
+            batch = msg[2]["jobs"]
+            served.jobs.extend(batch)
+            if not served.hold:
+                acks = {"jobs": [{"id": j["id"], "token": j["token"]} for j in batch]}
+                c.send_raw(wire.request(next(msgids), "ack", acks))
+
+    task = asyncio.create_task(serve())
+    try:
+        yield c
+    finally:
+        task.cancel()
+        await asyncio.wait({task}, timeout=5)
+        assert task.done()
+        await c.close()

@@ -6,61 +6,15 @@ the order in which jobs reached them, so each assertion is about what the node d
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import itertools
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
-from tests.rawclient import RawClient
 from tests.waiting import wait_until
-from worcr import wire
+from tests.workers import Served, worker
 from worcr_node.dispatch.fairness import Strategy
 from worcr_node.dispatch.rules import parse_rule
 from worcr_node.node import Node
-
-
-@dataclass
-class Served:
-    """Jobs in the order they reached one worker."""
-
-    jobs: list[dict[str, Any]] = field(default_factory=list)
-    hold: bool = False  # keep jobs running (never ack) while True
-
-    def count(self, key: str) -> Counter[str]:
-        return Counter(j[key] for j in self.jobs)
-
-
-@contextlib.asynccontextmanager
-async def worker(node: Node, served: Served, **hello: Any) -> AsyncIterator[RawClient]:
-    c = await RawClient.connect(node.worker_address)
-    await c.hello(**hello)
-
-    async def serve() -> None:
-        # Plain queue reads and fire-and-forget ack requests (answers land in the queue and are
-        # skipped): no asyncio.wait_for, which on Python 3.11 can swallow the cancel below.
-        msgids = itertools.count(1 << 30)
-        while True:
-            msg = await c.notifications.get()
-            if msg[0] != wire.MsgType.NOTIFICATION or msg[1] != "jobs":
-                continue
-            batch = msg[2]["jobs"]
-            served.jobs.extend(batch)
-            if not served.hold:
-                acks = {"jobs": [{"id": j["id"], "token": j["token"]} for j in batch]}
-                c.send_raw(wire.request(next(msgids), "ack", acks))
-
-    task = asyncio.create_task(serve())
-    try:
-        yield c
-    finally:
-        task.cancel()
-        await asyncio.wait({task}, timeout=5)
-        assert task.done()
-        await c.close()
 
 
 async def enqueue(node: Node, specs: list[dict[str, Any]]) -> None:

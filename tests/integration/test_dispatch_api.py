@@ -15,6 +15,7 @@ from urllib.parse import quote
 import aiohttp
 import pytest
 
+from tests.apicalls import assert_error, call
 from tests.conftest import NodeFactory
 from tests.premium import PREMIUM_ONLY, PREMIUM_X10
 from tests.rawclient import RawClient
@@ -35,27 +36,6 @@ KEEP_OFF = PREMIUM_ONLY
 async def http(node: Node) -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(node.http_address) as session:
         yield session
-
-
-async def call(
-    http: aiohttp.ClientSession, method: str, path: str, body: Any = None, data: str | None = None
-) -> tuple[int, Any]:
-    """(status, JSON body or None when there is no body)."""
-    kwargs: dict[str, Any] = {"data": data} if data is not None else {"json": body}
-    async with http.request(method, path, **kwargs) as resp:
-        return resp.status, (await resp.json() if await resp.read() else None)
-
-
-def assert_error(status: int, body: Any, want: int, code: str, *words: str) -> None:
-    assert status == want, body
-    assert set(body) == {"error"}
-    assert set(body["error"]) == {"code", "message"}
-    assert body["error"]["code"] == code
-    message = body["error"]["message"]
-    assert isinstance(message, str)
-    assert message
-    for word in words:
-        assert word in message, (word, message)
 
 
 def rule(**changes: Any) -> dict[str, Any]:

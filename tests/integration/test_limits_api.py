@@ -8,21 +8,17 @@ including the pruning of keys idle long enough to read as unused again.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import itertools
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import aiohttp
 import pytest
 
+from tests.apicalls import assert_error, call
 from tests.conftest import NodeFactory
-from tests.rawclient import RawClient
 from tests.waiting import wait_until
-from worcr import wire
+from tests.workers import Served, worker
 from worcr_node.limits.model import Limit
 from worcr_node.node import Node
 
@@ -40,27 +36,6 @@ BUCKET = {"name": "partner", "scope": "rate", "type": "token_bucket", "limit": 1
 async def http(node: Node) -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(node.http_address) as session:
         yield session
-
-
-async def call(
-    http: aiohttp.ClientSession, method: str, path: str, body: Any = None, data: str | None = None
-) -> tuple[int, Any]:
-    """(status, JSON body or None when there is no body)."""
-    kwargs: dict[str, Any] = {"data": data} if data is not None else {"json": body}
-    async with http.request(method, path, **kwargs) as resp:
-        return resp.status, (await resp.json() if await resp.read() else None)
-
-
-def assert_error(status: int, body: Any, want: int, code: str, *words: str) -> None:
-    assert status == want, body
-    assert set(body) == {"error"}
-    assert set(body["error"]) == {"code", "message"}
-    assert body["error"]["code"] == code
-    message = body["error"]["message"]
-    assert isinstance(message, str)
-    assert message
-    for word in words:
-        assert word in message, (word, message)
 
 
 async def create(http: aiohttp.ClientSession, body: dict[str, Any]) -> dict[str, Any]:
@@ -412,43 +387,6 @@ async def test_change_on_one_node_reaches_another(node_factory: NodeFactory) -> 
 
 
 # -- usage -----------------------------------------------------------------------------------------
-
-
-@dataclass
-class Served:
-    """Jobs in the order they reached one worker."""
-
-    jobs: list[dict[str, Any]] = field(default_factory=list)
-    hold: bool = False  # keep jobs running (never ack) while True
-
-
-@contextlib.asynccontextmanager
-async def worker(node: Node, served: Served, **hello: Any) -> AsyncIterator[RawClient]:
-    c = await RawClient.connect(node.worker_address)
-    await c.hello(**hello)
-
-    async def serve() -> None:
-        # Plain queue reads and fire-and-forget ack requests (answers land in the queue and are
-        # skipped): no asyncio.wait_for, which on Python 3.11 can swallow the cancel below.
-        msgids = itertools.count(1 << 30)
-        while True:
-            msg = await c.notifications.get()
-            if msg[0] != wire.MsgType.NOTIFICATION or msg[1] != "jobs":
-                continue
-            batch = msg[2]["jobs"]
-            served.jobs.extend(batch)
-            if not served.hold:
-                acks = {"jobs": [{"id": j["id"], "token": j["token"]} for j in batch]}
-                c.send_raw(wire.request(next(msgids), "ack", acks))
-
-    task = asyncio.create_task(serve())
-    try:
-        yield c
-    finally:
-        task.cancel()
-        await asyncio.wait({task}, timeout=5)
-        assert task.done()
-        await c.close()
 
 
 async def held(served: Served, n: int) -> None:
