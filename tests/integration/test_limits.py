@@ -17,9 +17,11 @@ from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import asyncpg
+import pytest
 
 import worcr
 from cluster.services import RedisServer
@@ -124,6 +126,26 @@ def all_done(ws: list[Worker], n: int) -> Any:
         return sum(len(w.done) for w in ws) >= n
 
     return check
+
+
+@pytest.fixture
+async def own_redis(tmp_path: Path) -> AsyncIterator[RedisServer]:
+    """A Redis of this test's own, to kill and restart."""
+    redis = RedisServer(tmp_path / "redis")
+    redis.start()
+    yield redis
+    await asyncio.to_thread(redis.stop)
+
+
+async def lose_redis_data(node: Node, redis: RedisServer) -> None:
+    """Kill Redis (it comes back empty) and wait until the node has rebuilt it."""
+    await asyncio.to_thread(redis.kill)
+    await asyncio.to_thread(redis.start)
+
+    async def rebuilt() -> bool:
+        return node.duties.rebuilds >= 1 and await node.index.epoch() is not None
+
+    await wait_until(rebuilt, timeout=20)
 
 
 # -- concurrency -------------------------------------------------------------------------------
@@ -277,39 +299,28 @@ async def test_a_concurrency_limit_created_while_jobs_run_counts_them(node: Node
 
 
 async def test_redis_loss_recounts_running_jobs_from_postgresql(
-    node_factory: NodeFactory, tmp_path: Any
+    node_factory: NodeFactory, own_redis: RedisServer
 ) -> None:
-    redis = RedisServer(tmp_path / "redis")
-    redis.start()
-    try:
-        node = await node_factory(redis_url=redis.url, duty_periods={"epoch": 0.1})
-        lim = await add_limit([node], {"name": "two", "type": "concurrency", "limit": 2,
-                                       "match": {"kinds": ["held"]}})  # fmt: skip
-        await enqueue(node, [{"kind": "held"} for _ in range(6)])
-        async with workers([node], 1, 10, hold=lambda job: job["kind"] == "held") as ws:
+    node = await node_factory(redis_url=own_redis.url, duty_periods={"epoch": 0.1})
+    lim = await add_limit([node], {"name": "two", "type": "concurrency", "limit": 2,
+                                   "match": {"kinds": ["held"]}})  # fmt: skip
+    await enqueue(node, [{"kind": "held"} for _ in range(6)])
+    async with workers([node], 1, 10, hold=lambda job: job["kind"] == "held") as ws:
 
-            async def two() -> bool:
-                return len(ws[0].got) == 2
+        async def two() -> bool:
+            return len(ws[0].got) == 2
 
-            await wait_until(two, timeout=10)
-            await asyncio.to_thread(redis.kill)  # comes back empty
-            await asyncio.to_thread(redis.start)
+        await wait_until(two, timeout=10)
+        await lose_redis_data(node, own_redis)
+        check = node.dispatcher.limits.check(lim, "")
+        assert (await node.index.limit_usage([check]))[0][0][0] == 2
+        await enqueue(node, [{"kind": "free"}])
 
-            async def rebuilt() -> bool:
-                return node.duties.rebuilds >= 1 and await node.index.epoch() is not None
+        async def free() -> bool:
+            return any(j["kind"] == "free" for j in ws[0].got)
 
-            await wait_until(rebuilt, timeout=20)
-            check = node.dispatcher.limits.check(lim, "")
-            assert (await node.index.limit_usage([check]))[0][0][0] == 2
-            await enqueue(node, [{"kind": "free"}])
-
-            async def free() -> bool:
-                return any(j["kind"] == "free" for j in ws[0].got)
-
-            await wait_until(free, timeout=20)
-            assert sum(1 for j in ws[0].got if j["kind"] == "held") == 2
-    finally:
-        await asyncio.to_thread(redis.stop)
+        await wait_until(free, timeout=20)
+        assert sum(1 for j in ws[0].got if j["kind"] == "held") == 2
 
 
 # -- windows and buckets -----------------------------------------------------------------------
@@ -420,42 +431,31 @@ async def test_acquire_refuses_what_it_cannot_grant(node: Node) -> None:
 
 
 async def test_after_a_redis_loss_rate_limits_grant_no_second_allowance(
-    node_factory: NodeFactory, tmp_path: Any
+    node_factory: NodeFactory, own_redis: RedisServer
 ) -> None:
-    redis = RedisServer(tmp_path / "redis")
-    redis.start()
-    try:
-        node = await node_factory(redis_url=redis.url, duty_periods={"epoch": 0.1})
-        await add_limit([node], {"name": "partner", "scope": "rate", "type": "sliding_window",
-                                 "limit": 3, "period": 30})  # fmt: skip
-        await add_limit([node], {"name": "seat", "scope": "rate", "type": "concurrency",
-                                 "limit": 1})  # fmt: skip
-        await enqueue(node, [{"kind": "call"}, {"kind": "call"}])
-        c = await RawClient.connect(node.worker_address)
-        await c.hello(capacity=2)
-        jobs = (await c.next_notification("jobs"))["jobs"]
-        while len(jobs) < 2:
-            jobs += (await c.next_notification("jobs"))["jobs"]
-        a, b = ({"id": j["id"], "token": j["token"]} for j in jobs)
-        for _ in range(3):
-            assert (await c.call("acquire", {**a, "limit": "partner"}))["granted"] is True
-        assert (await c.call("acquire", {**a, "limit": "partner"}))["granted"] is False
-        assert (await c.call("acquire", {**a, "limit": "seat"}))["granted"] is True
-        await asyncio.to_thread(redis.kill)  # comes back empty: no counter, no holder
-        await asyncio.to_thread(redis.start)
-
-        async def rebuilt() -> bool:
-            return node.duties.rebuilds >= 1 and await node.index.epoch() is not None
-
-        await wait_until(rebuilt, timeout=20)
-        again = await c.call("acquire", {**b, "limit": "partner"})
-        assert again["granted"] is False  # the window restarts full, not empty
-        assert 25 < again["retry_after"] <= 30
-        seat = await c.call("acquire", {**b, "limit": "seat"})
-        assert seat["granted"] is False  # a's seat was counted again from PostgreSQL
-        await c.call("ack", {"jobs": [a]})
-        seat = await c.call("acquire", {**b, "limit": "seat", "wait": 5})
-        assert seat["granted"] is True  # ... and released with a's attempt
-        await c.close()
-    finally:
-        await asyncio.to_thread(redis.stop)
+    node = await node_factory(redis_url=own_redis.url, duty_periods={"epoch": 0.1})
+    await add_limit([node], {"name": "partner", "scope": "rate", "type": "sliding_window",
+                             "limit": 3, "period": 30})  # fmt: skip
+    await add_limit([node], {"name": "seat", "scope": "rate", "type": "concurrency",
+                             "limit": 1})  # fmt: skip
+    await enqueue(node, [{"kind": "call"}, {"kind": "call"}])
+    c = await RawClient.connect(node.worker_address)
+    await c.hello(capacity=2)
+    jobs = (await c.next_notification("jobs"))["jobs"]
+    while len(jobs) < 2:
+        jobs += (await c.next_notification("jobs"))["jobs"]
+    a, b = ({"id": j["id"], "token": j["token"]} for j in jobs)
+    for _ in range(3):
+        assert (await c.call("acquire", {**a, "limit": "partner"}))["granted"] is True
+    assert (await c.call("acquire", {**a, "limit": "partner"}))["granted"] is False
+    assert (await c.call("acquire", {**a, "limit": "seat"}))["granted"] is True
+    await lose_redis_data(node, own_redis)  # no counter, no holder left in Redis
+    again = await c.call("acquire", {**b, "limit": "partner"})
+    assert again["granted"] is False  # the window restarts full, not empty
+    assert 25 < again["retry_after"] <= 30
+    seat = await c.call("acquire", {**b, "limit": "seat"})
+    assert seat["granted"] is False  # a's seat was counted again from PostgreSQL
+    await c.call("ack", {"jobs": [a]})
+    seat = await c.call("acquire", {**b, "limit": "seat", "wait": 5})
+    assert seat["granted"] is True  # ... and released with a's attempt
+    await c.close()
