@@ -26,6 +26,7 @@ __all__ = [
     "TagSet",
     "Verdict",
     "evaluate",
+    "parse_description_enabled",
     "parse_match",
     "parse_rule",
     "relevant_tags",
@@ -263,14 +264,7 @@ def parse_rule(body: Any, rule_id: str | None = None) -> Rule:
     name = body.get("name")
     if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME:
         raise RuleError(f"name: expected a non-empty string of at most {MAX_NAME} characters")
-    description = body.get("description", "")
-    if not isinstance(description, str) or len(description) > MAX_DESCRIPTION:
-        raise RuleError(f"description: expected a string of at most {MAX_DESCRIPTION} characters")
-    if not storable(description):
-        raise RuleError("description: must not contain NUL characters or unpaired surrogates")
-    enabled = body.get("enabled", True)
-    if not isinstance(enabled, bool):
-        raise RuleError("enabled: expected true or false")
+    description, enabled = parse_description_enabled(body)
     action = body.get("action")
     if action not in ACTIONS:
         raise RuleError(f"action: expected one of {list(ACTIONS)}")
@@ -300,6 +294,19 @@ def parse_rule(body: Any, rule_id: str | None = None) -> Rule:
         same=m.same,
         differ=m.differ,
     )
+
+
+def parse_description_enabled(body: Mapping[str, Any]) -> tuple[str, bool]:
+    """The `description` and `enabled` fields of a rule or a limit; RuleError names them."""
+    description = body.get("description", "")
+    if not isinstance(description, str) or len(description) > MAX_DESCRIPTION:
+        raise RuleError(f"description: expected a string of at most {MAX_DESCRIPTION} characters")
+    if not storable(description):
+        raise RuleError("description: must not contain NUL characters or unpaired surrogates")
+    enabled = body.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise RuleError("enabled: expected true or false")
+    return description, enabled
 
 
 def parse_match(match: Any) -> Match:

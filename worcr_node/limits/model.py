@@ -32,6 +32,7 @@ from worcr_node.dispatch.rules import (
     Match,
     RuleError,
     TagSet,
+    parse_description_enabled,
     parse_match,
     rule_matches,
     storable,
@@ -53,7 +54,6 @@ __all__ = [
 
 MAX_LIMITS = 1000
 MAX_NAME = 128
-MAX_DESCRIPTION = 1024
 MAX_TEMPLATE = 256
 MAX_KEY_LEN = 256  # a computed or given key; longer ones are replaced by a digest
 MAX_VALUE_LEN = 128  # one value put into a key (arg, tag); longer ones become a digest
@@ -289,14 +289,10 @@ def parse_limit(body: Any, limit_id: str | None = None) -> Limit:
     if not isinstance(name, str) or not _NAME.match(name) or len(name) > MAX_NAME:
         raise LimitError(f"name: expected 1 to {MAX_NAME} letters, digits or _.:- "
                          "(starting with a letter or digit)")  # fmt: skip
-    description = body.get("description", "")
-    if not isinstance(description, str) or len(description) > MAX_DESCRIPTION:
-        raise LimitError(f"description: expected a string of at most {MAX_DESCRIPTION} characters")
-    if not storable(description):
-        raise LimitError("description: must not contain NUL characters or unpaired surrogates")
-    enabled = body.get("enabled", True)
-    if not isinstance(enabled, bool):
-        raise LimitError("enabled: expected true or false")
+    try:
+        description, enabled = parse_description_enabled(body)
+    except RuleError as exc:
+        raise LimitError(str(exc)) from None
     scope = _choice(body, "scope", Scope, Scope.JOB)
     ltype = _choice(body, "type", LimitType, None)
     max_limit = MAX_SLIDING_LIMIT if ltype == LimitType.SLIDING_WINDOW else MAX_LIMIT
