@@ -176,11 +176,13 @@ class JobContext:
         return Grant.from_wire(await self._require_link().request("acquire", params))
 
     async def release(self, limit: str, key: str | None = None, units: int = 1) -> int:
-        """Give concurrency units back before the job ends; returns how many were held."""
+        """Give concurrency units back before the job ends; returns how many were held. Not
+        repeated after a lost connection (raises ConnectionClosed): the units come back with
+        the job's end anyway."""
         params = dict(self._ref(), limit=limit, units=units)
         if key is not None:
             params["key"] = key
-        answer = await self._require_link().request("release", params)
+        answer = await self._require_link().request("release", params, resend=False)
         return int(answer.get("released", 0)) if isinstance(answer, dict) else 0
 
     def acquire_sync(

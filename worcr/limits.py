@@ -58,9 +58,11 @@ class NodeLink:
         else:
             self._ready.set()
 
-    async def request(self, method: str, params: dict[str, Any]) -> Any:
-        """Send a request on the current session; if the session is lost before the answer,
-        send it again on the next one (acquire and release are safe to repeat)."""
+    async def request(self, method: str, params: dict[str, Any], resend: bool = True) -> Any:
+        """Send a request on the current session. If the session is lost before the answer,
+        send it again on the next one (`resend`: an acquire repeated takes units twice, which
+        errs on the safe side), or raise ConnectionClosed (a release repeated could give back
+        units the job still uses)."""
         while True:
             await self._ready.wait()
             conn = self.conn
@@ -69,6 +71,8 @@ class NodeLink:
             except ConnectionClosed:
                 if self.conn is conn:
                     self.attach(None)
+                if not resend:
+                    raise
 
 
 async def acquire(

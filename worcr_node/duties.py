@@ -181,12 +181,18 @@ class Duties(Service):
             self._recount = self.spawn(self._recount_now(), "recount")
 
     async def _recount_now(self) -> None:
-        try:
-            await self.reconcile(full=True)
-        except (StorageUnavailable, IndexUnavailable) as exc:
-            log.warning("recount skipped: %s", exc, extra={"action": "recount"})
-        except Exception:  # logged; the periodic reconcile tries again
-            log.exception("recount failed", extra={"action": "recount"})
+        """Until it succeeds: new concurrency limits admit nothing before it has."""
+        while not self.stopping:
+            try:
+                await self.reconcile(full=True)
+                if not self.dispatcher.uncounted:
+                    return
+                continue  # the limits changed again meanwhile: count into the new ones
+            except (StorageUnavailable, IndexUnavailable) as exc:
+                log.warning("recount failed, retrying: %s", exc, extra={"action": "recount"})
+            except Exception:
+                log.exception("recount failed, retrying", extra={"action": "recount"})
+            await asyncio.sleep(1.0)
 
     async def reconcile(self, full: bool = False) -> None:
         """Make Redis agree with PostgreSQL: leases for running jobs (and the concurrency units
@@ -204,6 +210,7 @@ class Duties(Service):
         # Only a full pass (start, Redis loss, limit change) reads what a recount needs (args of
         # every running job): in between, units are taken at claim and released with the lease.
         limits = self.dispatcher.limits
+        spaces = limits.concurrency_spaces()
         counts = full
         now_ms = int(self.clock.now() * 1000)
         holds: dict[str, list[tuple[LimitCheck, int]]] = {}
@@ -219,8 +226,9 @@ class Duties(Service):
                 args = msgpack.unpackb(r["args"], raw=False, strict_map_key=False)
                 mine = [(c, 1) for c in limits.for_job(r["kind"], r["tenant"], tags, args,
                                                        workers.get(r["worker_id"]))]  # fmt: skip
-                for item in r["holds"]:
-                    limit_id, key, units = item.split("\x1f")
+                for item in r["holds"]:  # limit id, key (any text), units
+                    limit_id, rest = item.split("\x1f", 1)
+                    key, units = rest.rsplit("\x1f", 1)
                     lim = by_id.get(limit_id)
                     if lim is not None and lim.type == LimitType.CONCURRENCY:
                         mine.append((limits.check(lim, key), int(units)))
@@ -244,6 +252,8 @@ class Duties(Service):
                 log.warning("re-created %d lease(s) from PostgreSQL", len(still),
                             extra={"action": "reconcile"})  # fmt: skip
         await self.store.hold_sweep()
+        if counts:
+            self.dispatcher.counted(spaces)
 
     async def _worker_tags(self) -> dict[str, TagSet]:
         """Tags of known workers (this node's, then the registry's); unknown ones are absent."""

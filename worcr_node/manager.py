@@ -132,7 +132,17 @@ class JobManager:
         got = [c for c in claimed if c is not None]
         if len(got) < len(items):
             taken = {str(c.id) for c in got}
-            await self._release([i for i, _, _ in items if i not in taken])
+            refused = [i for i, _, _ in items if i not in taken]
+            await self._release(refused)
+            # A refused job that is still queued was moved to another lane (split for a limit)
+            # while claimed: its new lane's refill skipped it (it was leased), so page it in.
+            lanes = await self.store.job_queued_lanes([uuid.UUID(i) for i in refused])
+            if lanes:
+                try:
+                    await self.index.mark_ready(lanes)
+                except IndexUnavailable as exc:
+                    log.warning("lanes not marked ready (the reconciler will): %s", exc)
+                self.on_ready(dict.fromkeys(lanes))
         return got
 
     async def _flush_claim(

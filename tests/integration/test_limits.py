@@ -298,6 +298,32 @@ async def test_a_concurrency_limit_created_while_jobs_run_counts_them(node: Node
         assert sum(1 for j in ws[0].got if j["kind"] == "long") == 5
 
 
+async def test_a_new_concurrency_limit_admits_nothing_until_running_jobs_are_counted(
+    node: Node,
+) -> None:
+    await enqueue(node, [{"kind": "long"} for _ in range(8)])
+    c = await RawClient.connect(node.worker_address)
+    await c.hello(capacity=5)
+    got = (await c.next_notification("jobs"))["jobs"]
+    while len(got) < 5:
+        got += (await c.next_notification("jobs"))["jobs"]
+    recounts: list[None] = []
+    node.duties.policy_changed = lambda: recounts.append(None)  # the recount is slow today
+    await add_limit([node], {"name": "two", "type": "concurrency", "limit": 2,
+                             "match": {"kinds": ["long"]}})  # fmt: skip
+    assert recounts  # it was asked for
+    await c.call("capacity", {"capacity": 20})
+    await enqueue(node, [{"kind": "free"}])
+    while not any(j["kind"] == "free" for j in got):  # dispatch went on for other lanes...
+        got += (await c.next_notification("jobs"))["jobs"]
+    assert sum(1 for j in got if j["kind"] == "long") == 5  # ... but not past an uncounted limit
+    await node.duties.reconcile(full=True)  # the recount: 5 running, over the limit of 2
+    await c.call("ack", {"jobs": [{"id": j["id"], "token": j["token"]} for j in got[:4]]})
+    while sum(1 for j in got if j["kind"] == "long") < 6:  # 1 left running: one more may go
+        got += (await c.next_notification("jobs"))["jobs"]
+    await c.close()
+
+
 async def test_redis_loss_recounts_running_jobs_from_postgresql(
     node_factory: NodeFactory, own_redis: RedisServer
 ) -> None:

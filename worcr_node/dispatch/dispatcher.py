@@ -140,6 +140,10 @@ class Dispatcher(Service):
         # job limits
         self.limits = CompiledLimits((), index.limit_keys)
         self.parking: Parking[ClassKey] = Parking(self._put_back, self.wake)
+        # Concurrency limits whose running jobs have not been counted yet (new, or re-keyed):
+        # their lanes wait (parked as REBUILDING) until the duties' recount says so.
+        self._counted: set[str] = set()
+        self._uncounted: set[str] = set()
         self.misfiled: set[str] = set()  # lanes to split (repartition duty)
         self.on_freed: Callable[[Collection[str]], None] = lambda keys: None
         index.on_freed = self.freed
@@ -195,6 +199,9 @@ class Dispatcher(Service):
         self.limits = CompiledLimits(policy.limits, self.index.limit_keys)
         self.manager.partition_paths = self.limits.paths
         self.manager.early_release = self.limits.holds_units
+        spaces = self.limits.concurrency_spaces()
+        self._counted &= spaces
+        self._uncounted = spaces - self._counted
         self._relevance = worker_tag_relevance((*policy.rules, *self.limits.matches))
         self.parking.clear()
         self.misfiled.clear()
@@ -437,10 +444,23 @@ class Dispatcher(Service):
             self._park(cls, lane, MISFILED + lane)
             return True
         for check in checks:
+            if check.space in self._uncounted:
+                self._park(cls, lane, REBUILDING)
+                return True
             if self.parking.is_full(check.state_key):
                 self._park(cls, lane, check.state_key)
                 return True
         return False
+
+    @property
+    def uncounted(self) -> bool:
+        return bool(self._uncounted)
+
+    def counted(self, spaces: Collection[str]) -> None:
+        """The running jobs were counted into these concurrency limits (a full reconcile)."""
+        self._counted |= set(spaces)
+        self._uncounted -= set(spaces)
+        self.parking.unpark(REBUILDING, None)
 
     def lane_info(self, lane: str) -> LaneInfo | None:
         return self._known.get(lane)

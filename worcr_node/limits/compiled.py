@@ -48,7 +48,13 @@ class CompiledLimits:
             limit.limit,
             limit.period_ms,
             limit.burst if limit.type == LimitType.TOKEN_BUCKET else 0,
+            prefix,
         )
+
+    def concurrency_spaces(self) -> set[str]:
+        """Keyspaces of the concurrency job limits: running jobs must be counted into them."""
+        return {self._keyspace(x.id, x.shape)[0] for x in self.job
+                if x.type == LimitType.CONCURRENCY}  # fmt: skip
 
     def paths(self, kind: str, tenant: str, tags: tuple[str, ...]) -> tuple[str, ...]:
         """The args paths that split this (kind, tenant, tags) into lanes."""

@@ -273,6 +273,11 @@ class PgStore:
         (`holds`: "limit id \\x1f key \\x1f units" strings)."""
         return await self.run(lambda c: c.fetch(q.JOB_RUNNING_FOR_RECOUNT))
 
+    async def job_queued_lanes(self, ids: Sequence[uuid.UUID]) -> list[str]:
+        """The lanes of those jobs that are queued."""
+        rows = await self.run(lambda c: c.fetch(q.JOB_QUEUED_LANES, ids))
+        return [r[0] for r in rows]
+
     async def job_running_still(self, ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
         rows = await self.run(lambda c: c.fetch(q.JOB_RUNNING_STILL, ids))
         return {r[0] for r in rows}

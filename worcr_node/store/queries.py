@@ -336,6 +336,9 @@ SELECT j.id, j.reserve_for, j.kind, j.tenant, j.tags, j.args, j.worker_id,
 FROM worcr_jobs j WHERE j.state = 'running'
 """
 
+JOB_QUEUED_LANES = (
+    "SELECT DISTINCT lane FROM worcr_jobs WHERE id = ANY($1::uuid[]) AND state = 'queued'"
+)
 JOB_RUNNING_STILL = "SELECT id FROM worcr_jobs WHERE id = ANY($1::uuid[]) AND state = 'running'"
 
 CLUSTER_GET = "SELECT value FROM worcr_cluster WHERE key = $1"

@@ -75,6 +75,7 @@ class LimitCheck:
     limit: int
     period_ms: int
     burst: int
+    space: str = ""  # the limit's keyspace (state key prefix)
 
     def argv(self) -> list[Any]:
         return [self.algo, self.state_key, self.index_key, self.label, self.limit,

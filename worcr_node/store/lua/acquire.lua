@@ -24,7 +24,7 @@ end
 local rec = tonumber(redis.call('GET', KEYS[3])) or 0
 local avail, retry = lim_avail(algo, skey, n, p, b, now, rec, units)
 if avail >= units then
-  lim_charge(algo, skey, n, p, b, now, units, id, hprefix)
+  lim_charge(algo, skey, n, p, b, now, units, id, hprefix, rec)
   redis.call('ZADD', ARGV[7], now, ARGV[8])
   return {1, 0, now}
 end

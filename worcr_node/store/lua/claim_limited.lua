@@ -55,9 +55,9 @@ if #ids > 0 then
   for i = 1, nlim do
     local algo, skey, ikey, label, n, p, b = lim(i)
     if algo == 'c' then
-      for _, id in ipairs(ids) do lim_charge(algo, skey, n, p, b, now, 1, id, hprefix) end
+      for _, id in ipairs(ids) do lim_charge(algo, skey, n, p, b, now, 1, id, hprefix, rec) end
     else
-      lim_charge(algo, skey, n, p, b, now, #ids, '', hprefix)
+      lim_charge(algo, skey, n, p, b, now, #ids, '', hprefix, rec)
     end
     redis.call('ZADD', ikey, now, label)
     local avail, retry = lim_avail(algo, skey, n, p, b, now, rec, 1)

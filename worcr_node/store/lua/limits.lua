@@ -11,6 +11,18 @@ local function lim_now(arg)
   return tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 end
 
+-- A token bucket's theoretical arrival time: a missing bucket is full, unless Redis lost its data
+-- less than a burst ago: then it counts as empty at the loss.
+local function lim_bucket_tat(skey, t, b, now, rec)
+  local tat = tonumber(redis.call('GET', skey))
+  if not tat then
+    tat = now
+    if rec > 0 and now < rec + b * t then tat = rec + b * t end
+  end
+  if tat < now then tat = now end
+  return tat
+end
+
 -- Units admissible now, and (when fewer than `need`) ms until `need` units are: -1 = when a
 -- holder releases (concurrency), -2 = never (need > N).
 local function lim_avail(algo, skey, n, p, b, now, rec, need)
@@ -21,12 +33,7 @@ local function lim_avail(algo, skey, n, p, b, now, rec, need)
     return avail, -1
   elseif algo == 'b' then
     local t = p / n
-    local tat = tonumber(redis.call('GET', skey))
-    if not tat then
-      tat = now
-      if rec > 0 and now < rec + b * t then tat = rec + b * t end
-    end
-    if tat < now then tat = now end
+    local tat = lim_bucket_tat(skey, t, b, now, rec)
     local free = math.floor((now + b * t - tat) / t + 1e-9)
     if free > b then free = b end
     if free >= need then return free, 0 end
@@ -59,7 +66,7 @@ end
 
 -- Take `units` (already known to be available). `holder`: the job id for concurrency holds,
 -- registered in hprefix..holder so that releasing the job's lease releases them.
-local function lim_charge(algo, skey, n, p, b, now, units, holder, hprefix)
+local function lim_charge(algo, skey, n, p, b, now, units, holder, hprefix, rec)
   if algo == 'c' then
     local h = hprefix .. holder
     local cur = tonumber(redis.call('HGET', h, skey)) or 0
@@ -69,9 +76,7 @@ local function lim_charge(algo, skey, n, p, b, now, units, holder, hprefix)
     redis.call('HSET', h, skey, cur + units)
   elseif algo == 'b' then
     local t = p / n
-    local tat = tonumber(redis.call('GET', skey)) or now
-    if tat < now then tat = now end
-    tat = tat + units * t
+    local tat = lim_bucket_tat(skey, t, b, now, rec) + units * t
     redis.call('SET', skey, tat, 'PX', math.ceil(tat - now) + 1000)
   elseif algo == 'f' then
     local wkey = skey .. ':' .. math.floor(now / p)
