@@ -23,6 +23,7 @@ from worcr_node.clock import Clock
 from worcr_node.dispatch.dispatcher import MISFILED, Dispatcher
 from worcr_node.dispatch.rules import TagSet
 from worcr_node.limits.model import LimitType
+from worcr_node.limits.usage import prune_usage_index
 from worcr_node.manager import JobManager
 from worcr_node.service import Service
 from worcr_node.store.pg import PgStore, StorageUnavailable
@@ -51,6 +52,7 @@ class Duties(Service):
         leases_every: float = 0.2,
         expire_every: float = 1.0,
         split_every: float = 0.5,
+        usage_every: float = 60.0,
         reconcile_every: float = 5.0,
         epoch_every: float = 0.5,
     ) -> None:
@@ -67,6 +69,7 @@ class Duties(Service):
             "leases": leases_every,
             "expire": expire_every,
             "split": split_every,
+            "usage": usage_every,
             "reconcile": reconcile_every,
             "epoch": epoch_every,
         }
@@ -81,6 +84,7 @@ class Duties(Service):
             "leases": self.expire_leases,
             "expire": self.manager.expire_due,
             "split": self.split_lanes,
+            "usage": self.prune_usage,
             "reconcile": self.reconcile,
             "epoch": self.check_epoch,
         }
@@ -174,6 +178,12 @@ class Duties(Service):
             self.dispatcher.misfiled.discard(lane)
             self.dispatcher.unpark(MISFILED + lane, None)
         return moved
+
+    async def prune_usage(self) -> None:
+        """Keep each limit's usage index bounded by the keys used lately."""
+        compiled = self.dispatcher.limits
+        for limit in compiled.limits:
+            await prune_usage_index(self.index, compiled, limit)
 
     def policy_changed(self) -> None:
         """Limits may have changed: count the running jobs against them again, soon."""

@@ -485,3 +485,20 @@ async def test_after_a_redis_loss_rate_limits_grant_no_second_allowance(
     seat = await c.call("acquire", {**b, "limit": "seat", "wait": 5})
     assert seat["granted"] is True  # ... and released with a's attempt
     await c.close()
+
+
+async def test_the_usage_index_is_pruned_without_anyone_reading_it(node: Node) -> None:
+    """A key per customer must not pile up in Redis forever: a duty forgets idle keys."""
+    window = await add_limit([node], {"name": "w", "scope": "rate", "type": "fixed_window",
+                                      "limit": 5, "period": 1})  # fmt: skip
+    conc = await add_limit([node], {"name": "c", "scope": "rate", "type": "concurrency",
+                                    "limit": 5})  # fmt: skip
+    now_ms = (await node.index.limit_usage([]))[1]
+    indexes = {}
+    for lim in (window, conc):
+        _, index_key = node.index.limit_keys(lim.id, lim.shape)
+        indexes[lim.name] = index_key
+        await node.index.redis.zadd(index_key, {"old": now_ms - 7_200_000, "new": now_ms})
+    await node.duties.prune_usage()
+    for index_key in indexes.values():
+        assert [k for k, _ in await node.index.limit_index(index_key, 10)] == ["new"]

@@ -25,6 +25,7 @@ from worcr_node.http.errors import ApiError, json_body
 from worcr_node.limits.compiled import CompiledLimits
 from worcr_node.limits.model import MAX_KEY_LEN, MAX_NAME, Limit, LimitError, LimitType, parse_limit
 from worcr_node.limits.store import LimitConflict, LimitStore
+from worcr_node.limits.usage import prune_usage_index
 
 if TYPE_CHECKING:
     from worcr_node.dispatch.policy import PolicyStore
@@ -34,8 +35,6 @@ __all__ = ["LimitsApi", "add_limits_routes"]
 
 _USAGE_PARAMS = frozenset({"key", "max"})
 MAX_USAGE = 1000  # keys in one usage answer
-PRUNE_SCAN = 1000  # oldest index entries read to find idle concurrency keys
-CONCURRENCY_IDLE_MS = 3_600_000  # a concurrency key unused and untouched this long is forgotten
 
 
 def _bad(message: str) -> ApiError:
@@ -60,14 +59,6 @@ def _same_id(given: Any, limit_id: str) -> bool:
 
 def _iso(ms: float) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
-
-
-def _idle_ms(limit: Limit) -> float:
-    """How long after its last use a rate-type key is certainly back to unused, doubled: one
-    period for windows, a full refill (burst emission intervals) for a token bucket."""
-    if limit.type == LimitType.TOKEN_BUCKET:
-        return 2 * max(limit.period_ms, limit.burst * limit.period_ms / limit.limit)
-    return 2 * limit.period_ms
 
 
 class LimitsApi:
@@ -150,27 +141,12 @@ class LimitsApi:
             [one], now_ms = await self.index.limit_usage([compiled.check(limit, key)])
             items = [_item(limit, key, last, *one)]
         else:
-            await self._prune(limit, compiled, index_key)
+            await prune_usage_index(self.index, compiled, limit)
             rows = await self.index.limit_index(index_key, count)
             checks = [compiled.check(limit, k) for k, _ in rows]
             usage, now_ms = await self.index.limit_usage(checks)
             items = [_item(limit, k, t, *u) for (k, t), u in zip(rows, usage, strict=True)]
         return web.json_response({"limit": limit.to_json(), "at": _iso(now_ms), "keys": items})
-
-    async def _prune(self, limit: Limit, compiled: CompiledLimits, index_key: str) -> None:
-        """Forget keys that read as unused again: a rate key idle for two periods (its state
-        has expired), a concurrency key idle for an hour and holding no unit."""
-        now_ms = (await self.index.limit_usage([]))[1]
-        if limit.type != LimitType.CONCURRENCY:
-            await self.index.limit_index_prune(index_key, now_ms - _idle_ms(limit))
-            return
-        entries = await self.index.limit_index(index_key, PRUNE_SCAN, oldest=True)
-        stale = [k for k, t in entries if t <= now_ms - CONCURRENCY_IDLE_MS]
-        if stale:
-            usage, _ = await self.index.limit_usage([compiled.check(limit, k) for k in stale])
-            await self.index.limit_index_forget(
-                index_key, [k for k, u in zip(stale, usage, strict=True) if u[0] == 0]
-            )
 
 
 def _ref(request: web.Request) -> str:
