@@ -61,6 +61,7 @@ MAX_LIMIT = 1_000_000_000
 MAX_SLIDING_LIMIT = 100_000  # the sliding window keeps one entry per admission
 MAX_PERIOD = 30 * 86400.0
 MIN_PERIOD = 0.001
+MIN_EMISSION_MS = 0.001  # a token bucket's interval between tokens
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
 _FIELD = re.compile(r"\{([^{}]*)\}")
 _PATH_SEGMENT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -342,6 +343,9 @@ def _period_burst(body: Mapping[str, Any], ltype: LimitType, limit: int) -> tupl
         raise LimitError(f"period: expected seconds from {MIN_PERIOD} to {MAX_PERIOD:.0f}")
     burst = 0
     if ltype == LimitType.TOKEN_BUCKET:
+        if raw * 1000 / limit < MIN_EMISSION_MS:  # below it, ms floats cannot tell tokens apart
+            raise LimitError(f"limit: a token bucket allows at most {1 / MIN_EMISSION_MS:g} "
+                             "tokens per ms (limit / period)")  # fmt: skip
         burst = _int(body, "burst", 1, MAX_LIMIT, required=False) or limit
     elif "burst" in body:
         raise LimitError("burst: only a token_bucket limit has a burst")

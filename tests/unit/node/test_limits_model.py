@@ -65,6 +65,7 @@ def test_defaults_and_bucket_burst() -> None:
         ({"name": "n", "type": "fixed_window", "limit": 1, "period": 1, "burst": 2}, "burst"),
         ({"name": "n", "type": "sliding_window", "limit": 100_001, "period": 1}, "limit"),
         ({"name": "n", "type": "token_bucket", "limit": 1, "period": 1, "burst": 0}, "burst"),
+        ({"name": "n", "type": "token_bucket", "limit": 10**7, "period": 1}, "limit"),
         ({"name": "n", "type": "concurrency", "limit": 1, "scope": "node"}, "scope"),
         ({"name": "n", "type": "concurrency", "limit": 1, "key": "{nope}"}, "key"),
         ({"name": "n", "type": "concurrency", "limit": 1, "key": "{args.}"}, "key"),
