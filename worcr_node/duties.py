@@ -129,6 +129,8 @@ class Duties(Service):
         current = await self.index.epoch()
         if current is not None and current == self.epoch:
             return
+        if self.epoch is not None:  # Redis restarted or failed over: its old connections are dead
+            await self.index.reset_connections()
         if current is not None:  # first look, or another node rebuilt already
             if self.epoch is not None:
                 self.rebuilds += 1

@@ -348,6 +348,10 @@ class RedisIndex:
         v = await self._redis_op(self.redis.get(self.epoch_key))
         return None if v is None else str(v)
 
+    async def reset_connections(self) -> None:
+        """Redis restarted: drop every pooled connection (each would fail once) now."""
+        await self.redis.connection_pool.disconnect()
+
     async def epoch_init(self, value: str) -> str:
         """Set the epoch if absent; return the epoch in force."""
         await self._redis_op(self.redis.set(self.epoch_key, value, nx=True))
