@@ -18,17 +18,9 @@ from worcr.wire import ErrorCode
 from worcr_node.dispatch.fairness import FairnessError, parse_fairness, parse_tenant_weight
 from worcr_node.dispatch.policy import PolicyStore, RuleConflict
 from worcr_node.dispatch.rules import RuleError, parse_rule
-from worcr_node.http.errors import ApiError, json_body
+from worcr_node.http.errors import ApiError, bad_request, json_body
 
 __all__ = ["DispatchApi", "add_dispatch_routes"]
-
-
-def _bad(message: str) -> ApiError:
-    return ApiError(400, ErrorCode.BAD_REQUEST, message)
-
-
-async def _body(request: web.Request) -> Any:
-    return await json_body(request)
 
 
 def _rule_id(request: web.Request) -> uuid.UUID:
@@ -36,7 +28,7 @@ def _rule_id(request: web.Request) -> uuid.UUID:
     try:
         return uuid.UUID(raw)
     except ValueError:
-        raise _bad(f"{raw[:64]!r} is not a rule id") from None
+        raise bad_request(f"{raw[:64]!r} is not a rule id") from None
 
 
 def _render_tenant(row: asyncpg.Record) -> dict[str, Any]:
@@ -58,11 +50,11 @@ class DispatchApi:
         return web.json_response({"rules": [r.to_json() for r in await self.store.rules()]})
 
     async def rule_create(self, request: web.Request) -> web.Response:
-        body = await _body(request)
+        body = await json_body(request)
         try:
             rule = await self.store.rule_create(parse_rule(body))
         except RuleError as exc:
-            raise _bad(str(exc)) from None
+            raise bad_request(str(exc)) from None
         except RuleConflict as exc:
             raise ApiError(409, ErrorCode.CONFLICT, str(exc)) from None
         return web.json_response(rule.to_json(), status=201)
@@ -76,11 +68,11 @@ class DispatchApi:
 
     async def rule_replace(self, request: web.Request) -> web.Response:
         rule_id = _rule_id(request)
-        body = await _body(request)
+        body = await json_body(request)
         try:
             rule = await self.store.rule_replace(parse_rule(body, str(rule_id)))
         except RuleError as exc:
-            raise _bad(str(exc)) from None
+            raise bad_request(str(exc)) from None
         except RuleConflict as exc:
             raise ApiError(409, ErrorCode.CONFLICT, str(exc)) from None
         if rule is None:
@@ -99,11 +91,11 @@ class DispatchApi:
         return web.json_response((await self.store.load()).fairness.to_json())
 
     async def fairness_set(self, request: web.Request) -> web.Response:
-        body = await _body(request)
+        body = await json_body(request)
         try:
             default, kinds = parse_fairness(body)
         except FairnessError as exc:
-            raise _bad(str(exc)) from None
+            raise bad_request(str(exc)) from None
         await self.store.fairness_set(default, kinds)
         return web.json_response((await self.store.load()).fairness.to_json())
 
@@ -113,11 +105,11 @@ class DispatchApi:
         """The tenant in the path, checked as a job's `tenant` field is."""
         tenant = request.match_info["tenant"]
         if not tenant:
-            raise _bad("tenant: expected a non-empty string")
+            raise bad_request("tenant: expected a non-empty string")
         if len(tenant) > self.max_tenant_len:
-            raise _bad(f"tenant: longer than {self.max_tenant_len} characters")
+            raise bad_request(f"tenant: longer than {self.max_tenant_len} characters")
         if not tenant.isprintable():
-            raise _bad("tenant: must not contain control characters")
+            raise bad_request("tenant: must not contain control characters")
         return tenant
 
     async def tenants(self, request: web.Request) -> web.Response:
@@ -133,11 +125,11 @@ class DispatchApi:
 
     async def tenant_set(self, request: web.Request) -> web.Response:
         tenant = self._tenant(request)
-        body = await _body(request)
+        body = await json_body(request)
         try:
             weight = parse_tenant_weight(body)
         except FairnessError as exc:
-            raise _bad(str(exc)) from None
+            raise bad_request(str(exc)) from None
         return web.json_response(_render_tenant(await self.store.tenant_weight_set(tenant, weight)))
 
     async def tenant_delete(self, request: web.Request) -> web.Response:

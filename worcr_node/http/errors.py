@@ -11,7 +11,7 @@ from aiohttp import web
 
 from worcr.wire import ErrorCode
 
-__all__ = ["ApiError", "error_response", "json_body"]
+__all__ = ["ApiError", "bad_request", "error_response", "json_body"]
 
 
 class ApiError(Exception):
@@ -20,6 +20,11 @@ class ApiError(Exception):
         self.status = status
         self.code = code
         self.message = message
+
+
+def bad_request(message: str) -> ApiError:
+    """400 BAD_REQUEST; the message names the field."""
+    return ApiError(400, ErrorCode.BAD_REQUEST, message)
 
 
 def error_response(status: int, code: str, message: str, **headers: str) -> web.Response:
@@ -39,4 +44,4 @@ async def json_body(request: web.Request) -> Any:
         why += ": a number has too many digits"
     except RecursionError:
         why += ": nested too deeply"
-    raise ApiError(400, ErrorCode.BAD_REQUEST, why)
+    raise bad_request(why)

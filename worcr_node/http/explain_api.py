@@ -18,7 +18,7 @@ from worcr.wire import ErrorCode
 from worcr_node.dispatch.dispatcher import Dispatcher, LaneInfo
 from worcr_node.dispatch.explain import WorkerDesc, explain, parse_list
 from worcr_node.dispatch.rules import TagSet
-from worcr_node.http.errors import ApiError
+from worcr_node.http.errors import ApiError, bad_request
 from worcr_node.http.render import render_job
 from worcr_node.store.redis_index import IndexUnavailable
 
@@ -26,10 +26,6 @@ __all__ = ["add_explain_route"]
 
 _PARAMS = frozenset({"job", "worker", "tags", "kinds"})
 MAX_TAGS = 64
-
-
-def _bad(message: str) -> ApiError:
-    return ApiError(400, ErrorCode.BAD_REQUEST, message)
 
 
 class ExplainApi:
@@ -40,23 +36,23 @@ class ExplainApi:
         q = request.query
         unknown = set(q) - _PARAMS
         if unknown:
-            raise _bad(f"unknown parameter(s) {sorted(unknown)}; allowed: {sorted(_PARAMS)}")
+            raise bad_request(f"unknown parameter(s) {sorted(unknown)}; allowed: {sorted(_PARAMS)}")
         raw = q.get("job", "")
         try:
             job_id = uuid.UUID(raw)
         except ValueError:
-            raise _bad("job: give the id of a job, as in ?job=<id>&worker=<id>") from None
+            raise bad_request("job: give the id of a job, as in ?job=<id>&worker=<id>") from None
         if "worker" in q and ("tags" in q or "kinds" in q):
-            raise _bad("give either worker=<id> or tags=/kinds= (ad-hoc worker), not both")
+            raise bad_request("give either worker=<id> or tags=/kinds= (ad-hoc worker), not both")
         if "worker" in q:
             worker = await self._worker(q["worker"])
         elif "tags" in q or "kinds" in q:
             tags, kinds = parse_list(q.get("tags")), parse_list(q.get("kinds"))
             if len(tags) > MAX_TAGS or len(kinds) > MAX_TAGS:
-                raise _bad(f"tags, kinds: at most {MAX_TAGS} each")
+                raise bad_request(f"tags, kinds: at most {MAX_TAGS} each")
             worker = WorkerDesc(tuple(tags), tuple(kinds))
         else:
-            raise _bad("give worker=<id>, or tags=a,b (and optionally kinds=x,y)")
+            raise bad_request("give worker=<id>, or tags=a,b (and optionally kinds=x,y)")
         row = await self.d.store.job_get(job_id)
         if row is None:
             raise ApiError(404, ErrorCode.NOT_FOUND, f"no job {job_id}")

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from worcr.wire import ErrorCode
-from worcr_node.http.errors import ApiError, json_body
+from worcr_node.http.errors import ApiError, bad_request, json_body
 from worcr_node.limits.compiled import CompiledLimits
 from worcr_node.limits.model import MAX_KEY_LEN, MAX_NAME, Limit, LimitError, LimitType, parse_limit
 from worcr_node.limits.store import LimitConflict, LimitStore
@@ -37,15 +37,11 @@ _USAGE_PARAMS = frozenset({"key", "max"})
 MAX_USAGE = 1000  # keys in one usage answer
 
 
-def _bad(message: str) -> ApiError:
-    return ApiError(400, ErrorCode.BAD_REQUEST, message)
-
-
 def _parse(body: Any) -> Limit:
     try:
         return parse_limit(body)
     except LimitError as exc:
-        raise _bad(str(exc)) from None
+        raise bad_request(str(exc)) from None
 
 
 def _same_id(given: Any, limit_id: str) -> bool:
@@ -93,7 +89,7 @@ class LimitsApi:
         body = await json_body(request)
         limit = _parse(body)
         if "id" in body:
-            raise _bad("id: the server picks a new limit's id; leave it out")
+            raise bad_request("id: the server picks a new limit's id; leave it out")
         try:
             created = await self.store.create(limit)
         except LimitConflict as exc:
@@ -109,7 +105,7 @@ class LimitsApi:
         limit = _parse(body)
         current = await self._find(ref)
         if "id" in body and not _same_id(body["id"], current.id):
-            raise _bad(f"id: {str(body['id'])[:64]!r} is not the id of limit {ref!r} "
+            raise bad_request(f"id: {str(body['id'])[:64]!r} is not the id of limit {ref!r} "
                        f"({current.id}); leave it out or give the same")  # fmt: skip
         try:
             replaced = await self.store.replace(dataclasses.replace(limit, id=current.id))
@@ -153,7 +149,7 @@ def _ref(request: web.Request) -> str:
     """The limit id or name in the path (anything else cannot name a limit)."""
     ref = request.match_info["ref"]
     if len(ref) > MAX_NAME or not ref.isprintable():
-        raise _bad(f"{ref[:64]!r} is not a limit id or name")
+        raise bad_request(f"{ref[:64]!r} is not a limit id or name")
     return ref
 
 
@@ -161,17 +157,19 @@ def _usage_params(request: web.Request) -> tuple[str | None, int]:
     q = request.query
     unknown = set(q) - _USAGE_PARAMS
     if unknown:
-        raise _bad(f"unknown parameter(s) {sorted(unknown)}; allowed: {sorted(_USAGE_PARAMS)}")
+        raise bad_request(
+            f"unknown parameter(s) {sorted(unknown)}; allowed: {sorted(_USAGE_PARAMS)}"
+        )
     keys = q.getall("key", [])
     if len(keys) > 1:
-        raise _bad("key: give one key (or none, for the keys used most recently)")
+        raise bad_request("key: give one key (or none, for the keys used most recently)")
     key = keys[0] if keys else None
     if key is not None and (len(key) > MAX_KEY_LEN or not key.isprintable()):
-        raise _bad(f"key: at most {MAX_KEY_LEN} printable characters")
+        raise bad_request(f"key: at most {MAX_KEY_LEN} printable characters")
     raw = q.get("max", "100")
     count = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 4 else 0
     if not 1 <= count <= MAX_USAGE:
-        raise _bad(f"max: expected an integer from 1 to {MAX_USAGE}")
+        raise bad_request(f"max: expected an integer from 1 to {MAX_USAGE}")
     return key, count
 
 
