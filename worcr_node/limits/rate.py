@@ -80,8 +80,9 @@ class RateLimiter:
                                  "it before dispatch; only rate limits are acquired")  # fmt: skip
         return lim
 
-    async def key_for(self, lim: Limit, key: str | None, job_id: uuid.UUID) -> str:
-        """The given key, else the limit's template over the job (read from PostgreSQL)."""
+    async def key_for(self, lim: Limit, key: str | None, job_id: uuid.UUID, row: Any = None) -> str:
+        """The given key, else the limit's template over the job (`row`, or read from
+        PostgreSQL)."""
         if key is not None:
             if len(key) > MAX_KEY_LEN or not key.isprintable():
                 raise RateLimitError("BAD_REQUEST", f"key: at most {MAX_KEY_LEN} printable "
@@ -89,7 +90,8 @@ class RateLimiter:
             return key
         if not lim.key.parts:
             return ""
-        row = await self.store.job_get(job_id)
+        if row is None:
+            row = await self.store.job_get(job_id)
         if row is None:
             raise RateLimitError("STALE_TOKEN", f"job {job_id}: not found")
         args = msgpack.unpackb(row["args"], raw=False, strict_map_key=False)
@@ -103,13 +105,14 @@ class RateLimiter:
         key: str | None,
         units: int,
         wait: float,
+        row: Any = None,
     ) -> Grant:
         lim = self.limit(name)
         cap = lim.burst if lim.type == LimitType.TOKEN_BUCKET else lim.limit
         if units > cap:
             raise RateLimitError("BAD_REQUEST", f"units: {units} is more than limit {name!r} can "
                                  f"ever grant at once ({cap})")  # fmt: skip
-        k = await self.key_for(lim, key, job_id)
+        k = await self.key_for(lim, key, job_id, row)
         check = self.limits().check(lim, k)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + min(max(wait, 0.0), MAX_WAIT)
@@ -165,11 +168,17 @@ class RateLimiter:
             raise
 
     async def release(
-        self, job_id: uuid.UUID, token: int, name: str, key: str | None, units: int
+        self,
+        job_id: uuid.UUID,
+        token: int,
+        name: str,
+        key: str | None,
+        units: int,
+        row: Any = None,
     ) -> int:
         """Give concurrency units back before the job ends; returns how many were held."""
         lim = self.limit(name)
-        k = await self.key_for(lim, key, job_id)
+        k = await self.key_for(lim, key, job_id, row)
         if lim.type != LimitType.CONCURRENCY:
             return 0  # rate units are spent, not held
         check = self.limits().check(lim, k)

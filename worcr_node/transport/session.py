@@ -497,14 +497,16 @@ def _limit_ref(s: Session, p: dict[str, Any]) -> tuple[uuid.UUID, int, str, str 
     return refs[0]["_uuid"], refs[0]["token"], name, key, units
 
 
-async def _running_attempt(s: Session, job_id: uuid.UUID, token: int) -> None:
-    """The (id, token) must be the job's current running attempt."""
+async def _running_attempt(s: Session, job_id: uuid.UUID, token: int) -> Any:
+    """The (id, token) must be the job's current running attempt; returns the job's row if it
+    had to be read (the attempt is not one this connection holds), else None."""
     held = s.held_jobs.get(str(job_id))
     if held is not None and held[0] == token:
-        return
+        return None
     row = await s.hub.manager.store.job_get(job_id)
     if row is None or row["state"] != "running" or row["lease_token"] != token:
         raise RemoteError(ErrorCode.STALE_TOKEN, f"job {job_id}: this attempt is not running")
+    return row
 
 
 async def on_acquire(s: Session, p: dict[str, Any]) -> dict[str, Any]:
@@ -513,16 +515,16 @@ async def on_acquire(s: Session, p: dict[str, Any]) -> dict[str, Any]:
     if isinstance(wait, bool) or not isinstance(wait, int | float) or not 0 <= wait <= 60:
         raise _bad("wait: expected seconds from 0 to 60")
     assert s.hub.rate is not None
-    await _running_attempt(s, job_id, token)
-    grant = await s.hub.rate.acquire(job_id, token, name, key, units, float(wait))
+    row = await _running_attempt(s, job_id, token)
+    grant = await s.hub.rate.acquire(job_id, token, name, key, units, float(wait), row)
     return grant.to_wire()
 
 
 async def on_release(s: Session, p: dict[str, Any]) -> dict[str, Any]:
     job_id, token, name, key, units = _limit_ref(s, p)
     assert s.hub.rate is not None
-    await _running_attempt(s, job_id, token)
-    return {"released": await s.hub.rate.release(job_id, token, name, key, units)}
+    row = await _running_attempt(s, job_id, token)
+    return {"released": await s.hub.rate.release(job_id, token, name, key, units, row)}
 
 
 HANDLERS: dict[str, Handler] = {
