@@ -82,6 +82,12 @@ class Limits:
     max_backtrace_len: int = 32 << 10
     max_capacity: int = 10_000
     max_in_flight_requests: int = 1024  # per connection
+    max_checkpoints: int = 64 << 10  # bytes of a job's checkpoints, all names, as JSON
+    max_progress: int = 16 << 10  # bytes of a job's progress counters, all names, as JSON
+    max_life_name: int = 128  # characters of a checkpoint or progress counter name
+    max_log_line: int = 8 << 10  # characters of one log line (longer lines are cut)
+    max_log_batch: int = 1000  # lines in one `log` request
+    max_log_lines: int = 100_000  # lines stored per attempt (further lines are dropped)
 
 
 class ProtocolError(Exception):

@@ -41,6 +41,8 @@ class Config:
     redis_prefix: str = "worcr"
     token: str | None = None
     heartbeat_ms: int = 1000
+    yield_grace: int = 30  # seconds a worker asked to yield has before its lease is revoked
+    log_retention: int = 7 * 86400  # seconds job log lines are kept
     lane_window: int = 500
     window_budget: int = 100_000  # job ids in all lane windows together (Redis memory bound)
     db_pool_size: int = 8
@@ -64,6 +66,15 @@ class Config:
             redis_prefix=_name(env, "WORCR_REDIS_PREFIX", base.redis_prefix),
             token=env.get("WORCR_TOKEN") or None,
             heartbeat_ms=_int(env, "WORCR_HEARTBEAT_MS", base.heartbeat_ms, 50, 60_000),
+            yield_grace=_int(env, "WORCR_YIELD_GRACE", base.yield_grace, 0, 86400),
+            log_retention=_int(
+                env, "WORCR_LOG_RETENTION", base.log_retention, 60, 10 * 365 * 86400
+            ),
+            limits=Limits(
+                max_log_lines=_int(
+                    env, "WORCR_MAX_LOG_LINES", base.limits.max_log_lines, 0, 100_000_000
+                )
+            ),
             lane_window=_int(env, "WORCR_LANE_WINDOW", base.lane_window, 10, 100_000),
             window_budget=_int(env, "WORCR_WINDOW_BUDGET", base.window_budget, 1000, 10_000_000),
             db_pool_size=_int(env, "WORCR_DB_POOL", base.db_pool_size, 2, 200),

@@ -29,10 +29,12 @@ DEFAULT_MAX_ATTEMPTS = 25
 DEFAULT_RESERVE_FOR = 60.0
 MAX_RESERVE_FOR = 7 * 86400.0
 MIN_RESERVE_FOR = 0.5
+MIN_RUN_TIME = 1.0
+MAX_RUN_TIME = 30 * 86400.0
 _KNOWN = frozenset(
     {
         "kind", "args", "id", "tags", "tenant", "weight", "run_at", "run_in", "expires_at",
-        "expires_in", "max_attempts", "backoff", "unique_key", "reserve_for",
+        "expires_in", "max_attempts", "backoff", "unique_key", "reserve_for", "max_run_time",
     }
 )  # fmt: skip
 
@@ -78,6 +80,7 @@ class NewJob:
     lane: str
     client_id: bool  # the producer chose the id (idempotent enqueue)
     partition: Partition = ()
+    max_run_time: float | None = None  # seconds; None: the kind's setting, if any
 
 
 Partition = tuple[tuple[str, str], ...]  # (args path, value) pairs that split lanes
@@ -228,6 +231,7 @@ def parse_job_spec(
     if not 1 <= max_attempts <= 1000:
         raise SpecError("max_attempts: must be from 1 to 1000")
     reserve_for = _number(spec, "reserve_for", MIN_RESERVE_FOR, MAX_RESERVE_FOR)
+    max_run_time = _number(spec, "max_run_time", MIN_RUN_TIME, MAX_RUN_TIME)
     unique_key = spec.get("unique_key")
     if unique_key is not None:
         unique_key = _text(spec, "unique_key", 256)
@@ -254,4 +258,5 @@ def parse_job_spec(
         lane=lane_of(kind, tenant, tags, weight, partition),
         client_id=client_id,
         partition=partition,
+        max_run_time=max_run_time,
     )

@@ -12,7 +12,7 @@ import logging
 import random
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -21,7 +21,13 @@ from worcr.wire import Limits
 from worcr_node.batcher import Batcher
 from worcr_node.clock import Clock
 from worcr_node.jobspec import NewJob, PartitionPaths, SpecError, parse_job_spec
-from worcr_node.outcome import Failure, decide_failure, decide_lost_lease, decide_yield
+from worcr_node.outcome import (
+    Failure,
+    decide_failure,
+    decide_lost_lease,
+    decide_revoked,
+    decide_yield,
+)
 from worcr_node.state import JobState
 from worcr_node.store.pg import ClaimedJob, FinishOutcome, InsertResult, PgStore
 from worcr_node.store.redis_index import IndexUnavailable, RedisIndex
@@ -57,8 +63,10 @@ class JobManager:
         self.partition_paths: PartitionPaths = lambda kind, tenant, tags: ()
         # Some concurrency limit is in force: acks release units before their commit is flushed.
         self.early_release = False
-        # Called with (job id, token) of running jobs that were cancelled.
-        self.on_cancel: Callable[[Sequence[tuple[str, int]]], None] = lambda jobs: None
+        # Called with (job id, token) of running jobs that were cancelled, and why.
+        self.on_cancel: Callable[[Sequence[tuple[str, int]], str], None] = lambda jobs, why: None
+        # Called with (job id, new state) of jobs whose attempt ended (the event stream).
+        self.on_states: Callable[[Iterable[tuple[str, str]]], None] = lambda changes: None
         self._enqueue = Batcher[NewJob, InsertResult]("enqueue", self._flush_enqueue, concurrency=2)
         self._ack = Batcher[tuple[uuid.UUID, int, bytes | None], bool](
             "ack", self._flush_ack, concurrency=2
@@ -185,6 +193,7 @@ class JobManager:
         if not released:
             await self._release([str(i) for i in done])
         self.on_done(done)
+        self.on_states((str(i), JobState.COMPLETED) for i in done)
         return [i[0] in done for i in items]
 
     async def fail(self, items: Sequence[Failure]) -> list[bool]:
@@ -232,6 +241,7 @@ class JobManager:
         moved = await self.store.job_finish_many(items, decide)
         changed = {r[0] for r in moved}
         self.on_done(changed)
+        self.on_states((str(r[0]), r[3]) for r in moved)
         if release and changed:
             await self._release([str(i) for i in changed])
         ready: Ready = defaultdict(list)
@@ -240,6 +250,34 @@ class JobManager:
                 ready[lane].append((seq, jid))
         await self._push_ready(ready)
         return [i[0] in changed for i in items]
+
+    async def revoke(self, items: Sequence[tuple[uuid.UUID, int, float, float]]) -> int:
+        """Attempts (id, token, max run time, grace) that ran too long and did not yield when
+        asked: end them (re-dispatched with their checkpoints), tell their workers to stop."""
+        why = {(i[0], i[1]): i[2:] for i in items}
+        ok = await self._finish(
+            [(i[0], i[1]) for i in items],
+            lambda row: decide_revoked(row, *why[(row["id"], row["lease_token"])]),
+            release=True,
+        )
+        revoked = [f"{i[0]}:{i[1]}" for i, good in zip(items, ok, strict=True) if good]
+        if revoked:
+            log.warning("revoked %d attempt(s) past their maximum run time", len(revoked),
+                        extra={"action": "revoke"})  # fmt: skip
+            await self._broadcast_cancel(revoked, "max_run_time")
+        return len(revoked)
+
+    async def _broadcast_cancel(self, refs: Sequence[str], reason: str) -> None:
+        """Tell the workers holding these "id:token" attempts (on any node) to stop them."""
+        try:
+            await self.index.publish_cancel(refs, reason)
+        except IndexUnavailable:
+            log.warning("cancel of %d attempt(s) not broadcast (Redis unavailable)", len(refs))
+        pairs = []
+        for ref in refs:
+            job_id, _, token = ref.partition(":")
+            pairs.append((job_id, int(token)))
+        self.on_cancel(pairs, reason)
 
     # -- time-driven -------------------------------------------------------------------------------
 
@@ -265,14 +303,11 @@ class JobManager:
         if previous not in (s.value for s in (JobState.SCHEDULED, JobState.QUEUED,
                                                JobState.RUNNING, JobState.RETRYING)):  # fmt: skip
             return False, previous
+        self.on_states([(str(job_id), JobState.CANCELLED)])
         if previous == JobState.RUNNING:
             self.on_done({job_id})
             await self._release([str(job_id)])
-            try:
-                await self.index.publish_cancel([f"{job_id}:{token}"])
-            except IndexUnavailable:
-                log.warning("cancel of %s not broadcast (Redis unavailable)", job_id)
-            self.on_cancel([(str(job_id), token)])
+            await self._broadcast_cancel([f"{job_id}:{token}"], "cancelled")
         return True, previous
 
     async def retry_now(self, job_id: uuid.UUID) -> bool:

@@ -20,9 +20,13 @@ from worcr_node.dispatch.dispatcher import Dispatcher
 from worcr_node.dispatch.policy import Policy, PolicyStore, PolicyWatcher
 from worcr_node.duties import Duties
 from worcr_node.http.api import build_app
+from worcr_node.life.duties import LifeDuties
+from worcr_node.life.events import EventBus
+from worcr_node.life.writer import JobLife
 from worcr_node.limits.rate import RateLimiter
 from worcr_node.manager import JobManager
 from worcr_node.service import Service
+from worcr_node.store.life import LifeStore
 from worcr_node.store.pg import PgStore
 from worcr_node.store.redis_index import RedisIndex
 from worcr_node.transport.session import Hub
@@ -74,6 +78,15 @@ class Node:
             self.dispatcher.wake,
         )
         self.manager.on_cancel = self.hub.cancel_jobs
+        self.events = EventBus(self.index)
+        self.manager.on_states = self.events.publish_states
+        self.life_store = LifeStore(self.store)
+        self.life = JobLife(self.life_store, self.events, config.limits)
+        self.hub.life = self.life
+        self.life_duties = LifeDuties(
+            self.manager, self.life_store, self.index, self.clock,
+            yield_grace=config.yield_grace, log_retention=config.log_retention,
+        )  # fmt: skip
         self.rate = RateLimiter(self.index, self.store, lambda: self.dispatcher.limits)
         self.hub.rate = self.rate
         self.dispatcher.on_freed = self.rate.freed
@@ -83,7 +96,8 @@ class Node:
         self._cancel_listener = _CancelListener(self.index, self.hub)
         self.crashed = asyncio.Event()
         self._services: list[Service] = [
-            self.policy, self.dispatcher, self.duties, self._cancel_listener, self.tcp,
+            self.policy, self.events, self.dispatcher, self.duties, self.life_duties,
+            self._cancel_listener, self.tcp,
         ]  # fmt: skip
         for s in self._services:
             s.on_crash = self._on_crash
@@ -122,6 +136,7 @@ class Node:
         for s in reversed(self._services):
             await _bounded(s.name, s.stop(), 10)
         await _bounded("batches", self.manager.close(), 35)
+        await _bounded("job-life batches", self.life.close(), 10)
         await _bounded("redis", self.index.close(), 5)
         await _bounded("postgresql", self.store.close(), 10)
 
@@ -145,7 +160,8 @@ async def _bounded(what: str, coro: Coroutine[Any, Any, Any], seconds: float) ->
 
 
 class _CancelListener(Service):
-    """Cancels broadcast by any node reach the node whose worker holds the job."""
+    """Cancels and yield requests broadcast by any node reach the node whose worker holds the
+    attempt."""
 
     name = "cancel-listener"
 
@@ -156,14 +172,32 @@ class _CancelListener(Service):
 
     async def start(self) -> None:
         self.spawn(self._listen(), "listen")
+        self.spawn(self._listen_yield(), "listen-yield")
 
     async def _listen(self) -> None:
         await self.index.listen(self.index.cancel_channel, self._cancel, lambda: self.stopping)
 
+    async def _listen_yield(self) -> None:
+        await self.index.listen(self.index.yield_channel, self._yield, lambda: self.stopping)
+
     def _cancel(self, data: str) -> None:
-        jobs = []
-        for item in data.split():  # "job-id:token" items
-            job_id, _, token = item.partition(":")
-            if token.isdigit():
-                jobs.append((job_id, int(token)))
-        self.hub.cancel_jobs(jobs)
+        reason, jobs = _attempts(data)
+        self.hub.cancel_jobs(jobs, reason or "cancelled")
+
+    def _yield(self, data: str) -> None:
+        reason, jobs = _attempts(data)
+        self.hub.ask_yield(jobs, reason or "max_run_time")
+
+
+def _attempts(data: str) -> tuple[str | None, list[tuple[str, int]]]:
+    """A broadcast "[!reason] job-id:token ..." -> (reason, [(job id, token)])."""
+    reason = None
+    jobs = []
+    for item in data.split():
+        if item.startswith("!"):
+            reason = item[1:]
+            continue
+        job_id, _, token = item.partition(":")
+        if token.isdigit():
+            jobs.append((job_id, int(token)))
+    return reason, jobs

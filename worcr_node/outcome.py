@@ -14,7 +14,7 @@ from worcr_node.jobspec import Backoff
 from worcr_node.state import JobState
 from worcr_node.store.pg import FinishOutcome, backoff_of
 
-__all__ = ["Failure", "decide_failure", "decide_lost_lease", "decide_yield"]
+__all__ = ["Failure", "decide_failure", "decide_lost_lease", "decide_revoked", "decide_yield"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,5 +55,24 @@ def decide_lost_lease(row: Mapping[str, Any]) -> FinishOutcome:
         0,
         "lease_expired",
         "lease expired: the worker stopped sending heartbeats",
+        None,
+    )
+
+
+def decide_revoked(row: Mapping[str, Any], max_run_time: float, grace: float) -> FinishOutcome:
+    """An attempt ran past its maximum run time and did not yield when asked: the lease is
+    revoked. Counts as an attempt (a job that never yields cannot run forever); ready again,
+    with its checkpoints, unless none are left."""
+    attempt = int(row["attempt"])
+    final = attempt >= int(row["max_attempts"])
+    return FinishOutcome(
+        row["id"],
+        int(row["lease_token"]),
+        JobState.DEAD if final else JobState.QUEUED,
+        None,
+        0,
+        "timed_out",
+        f"maximum run time of {max_run_time:g} s reached and the worker did not yield within"
+        f" {grace:g} s: lease revoked",
         None,
     )

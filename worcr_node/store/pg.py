@@ -69,6 +69,7 @@ class ClaimedJob:
     reserve_for: float
     enqueued_at: float
     worker_id: str
+    checkpoints: str | None = None  # JSON map, as stored
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +137,7 @@ class PgStore:
     async def job_insert_many(self, jobs: Sequence[NewJob]) -> list[InsertResult]:
         """Insert new jobs in one transaction; duplicates (same id or unique key) are reported."""
         new_lanes = {j.lane: j for j in jobs if j.lane not in self._known_lanes}
-        cols: list[list[Any]] = [[] for _ in range(14)]
+        cols: list[list[Any]] = [[] for _ in range(15)]
         for j in jobs:
             for col, value in zip(
                 cols,
@@ -144,7 +145,7 @@ class PgStore:
                     j.id, j.lane, j.kind, j.args, "\x1f".join(j.tags), j.tenant, j.weight,
                     j.state.value, j.run_at, j.expires_at, j.max_attempts,
                     json.dumps(j.backoff.to_json()) if j.backoff else None, j.unique_key,
-                    j.reserve_for,
+                    j.reserve_for, j.max_run_time,
                 ),
                 strict=True,
             ):  # fmt: skip

@@ -10,7 +10,8 @@ from __future__ import annotations
 _JOB_COLS = (
     "id, state, kind, args, tags, tenant, weight, lane, run_at, expires_at, max_attempts, backoff,"
     " unique_key, reserve_for, attempt, lease_token, worker_id, node_id, result, last_error,"
-    " enqueued_at, admitted_at, started_at, finished_at, updated_at"
+    " enqueued_at, admitted_at, started_at, finished_at, updated_at, checkpoints, progress,"
+    " max_run_time, yield_asked_at"
 )
 
 LANE_INSERT_MANY = """
@@ -31,16 +32,16 @@ LANE_GET_MANY = (
 
 JOB_INSERT_MANY = """
 INSERT INTO worcr_jobs (id, seq, lane, kind, args, tags, tenant, weight, state, run_at, expires_at,
-                        max_attempts, backoff, unique_key, reserve_for)
+                        max_attempts, backoff, unique_key, reserve_for, max_run_time)
 SELECT u.id, nextval('worcr_job_seq'), u.lane, u.kind, u.args,
        CASE WHEN u.tags = '' THEN '{}'::text[] ELSE string_to_array(u.tags, E'\\x1f') END,
        u.tenant, u.weight, u.state, to_timestamp(u.run_at), to_timestamp(u.expires_at),
-       u.max_attempts, u.backoff::jsonb, u.unique_key, u.reserve_for
+       u.max_attempts, u.backoff::jsonb, u.unique_key, u.reserve_for, u.max_run_time
 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::text[], $6::text[], $7::float8[],
             $8::text[], $9::float8[], $10::float8[], $11::int4[], $12::text[], $13::text[],
-            $14::float8[])
+            $14::float8[], $15::float8[])
      AS u(id, lane, kind, args, tags, tenant, weight, state, run_at, expires_at, max_attempts,
-          backoff, unique_key, reserve_for)
+          backoff, unique_key, reserve_for, max_run_time)
 ON CONFLICT DO NOTHING
 RETURNING id, seq
 """
@@ -59,12 +60,12 @@ JOB_CLAIM_MANY = """
 UPDATE worcr_jobs j
 SET state = 'running', attempt = j.attempt + 1, lease_token = j.lease_token + 1,
     worker_id = u.worker_id, node_id = $3, started_at = now(), updated_at = now(),
-    admitted_at = to_timestamp(u.admitted / 1000.0)
+    admitted_at = to_timestamp(u.admitted / 1000.0), yield_asked_at = NULL, log_lines = 0
 FROM unnest($1::uuid[], $2::text[], $4::text[], $5::int8[]) AS u(id, worker_id, lane, admitted)
 WHERE j.id = u.id AND j.state = 'queued' AND j.lane = u.lane
   AND (j.expires_at IS NULL OR j.expires_at > now())
 RETURNING j.id, j.lease_token, j.kind, j.args, j.tags, j.tenant, j.attempt, j.max_attempts,
-          j.reserve_for, extract(epoch FROM j.enqueued_at)::float8, u.worker_id
+          j.reserve_for, extract(epoch FROM j.enqueued_at)::float8, u.worker_id, j.checkpoints
 """
 
 # running -> completed, with its attempt row, in one statement.
@@ -362,3 +363,128 @@ FROM unnest($1::uuid[], $2::text[]) AS u(id, lane)
 WHERE j.id = u.id AND j.state IN ('queued', 'scheduled', 'retrying')
 RETURNING j.lane, j.state
 """
+
+
+# -- the life of running jobs: checkpoints, progress, logs, run time ------------------------------
+# Each write is fenced like a result: it changes the job only while the attempt that sent it is
+# the running one. A batch holds at most one row per (job, token) (merged by the writer).
+
+# Merge checkpoint values into the job's map ($3: values to set, $4: names to remove); refused
+# (absent from the result) if the merged map would exceed $5 bytes of JSON text.
+CHECKPOINT_SET_MANY = """
+WITH u AS (
+    SELECT * FROM unnest($1::uuid[], $2::int8[], $3::jsonb[], $4::jsonb[])
+         AS u(id, token, put, drop_names)
+), merged AS (
+    SELECT j.id, (COALESCE(j.checkpoints, '{}'::jsonb) || u.put)
+                 - ARRAY(SELECT jsonb_array_elements_text(u.drop_names)) AS value
+    FROM worcr_jobs j JOIN u ON j.id = u.id AND j.lease_token = u.token
+    WHERE j.state = 'running'
+)
+UPDATE worcr_jobs j SET checkpoints = m.value
+FROM merged m
+WHERE j.id = m.id AND octet_length(m.value::text) <= $5
+RETURNING j.id
+"""
+
+# Merge progress counters into the job's map; returns the merged map for the event stream.
+PROGRESS_SET_MANY = """
+WITH u AS (
+    SELECT * FROM unnest($1::uuid[], $2::int8[], $3::jsonb[]) AS u(id, token, put)
+)
+UPDATE worcr_jobs j SET progress = COALESCE(j.progress, '{}'::jsonb) || u.put
+FROM u
+WHERE j.id = u.id AND j.lease_token = u.token AND j.state = 'running'
+  AND octet_length((COALESCE(j.progress, '{}'::jsonb) || u.put)::text) <= $4
+RETURNING j.id, j.progress::text, j.kind, j.tenant
+"""
+
+# Count the lines against the attempt's cap ($4) and store those under it, in one statement.
+# `cur` locks each job row, so concurrent batches of one attempt count in turn.
+LOG_INSERT_MANY = """
+WITH u AS (
+    SELECT * FROM unnest($1::uuid[], $2::int8[], $3::int4[]) AS u(id, token, n)
+), cur AS (
+    SELECT j.id, j.lease_token, j.attempt, j.kind, j.tenant, j.log_lines AS before, u.n
+    FROM worcr_jobs j JOIN u ON j.id = u.id AND j.lease_token = u.token
+    WHERE j.state = 'running' AND j.log_lines < $4
+    FOR UPDATE OF j
+), counted AS (
+    UPDATE worcr_jobs j SET log_lines = LEAST(cur.before + cur.n, $4)
+    FROM cur WHERE j.id = cur.id
+), ins AS (
+    INSERT INTO worcr_logs (job_id, lease_token, attempt, at, level, message)
+    SELECT cur.id, cur.lease_token, cur.attempt, to_timestamp(l.at), l.level, l.message
+    FROM unnest($5::uuid[], $6::int4[], $7::float8[], $8::text[], $9::text[])
+         AS l(id, idx, at, level, message)
+    JOIN cur ON cur.id = l.id
+    WHERE cur.before + l.idx < $4
+    ORDER BY l.id, l.idx
+    RETURNING job_id, id, attempt, extract(epoch FROM at)::float8 AS at, level, message
+)
+SELECT ins.job_id, ins.id, ins.attempt, ins.at, ins.level, ins.message, cur.kind, cur.tenant
+FROM ins JOIN cur ON cur.id = ins.job_id
+ORDER BY ins.id
+"""
+
+# The jobs among $1 whose attempt $2 is running (to tell a refused write's reason).
+JOB_ATTEMPT_RUNNING = """
+SELECT id FROM worcr_jobs j JOIN unnest($1::uuid[], $2::int8[]) AS u(jid, token)
+  ON j.id = u.jid AND j.lease_token = u.token
+WHERE j.state = 'running'
+"""
+
+LOGS_OF_JOB = """
+SELECT id, lease_token, attempt, extract(epoch FROM at)::float8 AS at, level, message
+FROM worcr_logs
+WHERE job_id = $1 AND id > $2 AND ($3::int4 IS NULL OR attempt = $3)
+ORDER BY id
+LIMIT $4
+"""
+
+# Retention: lines older than the cutoff, a batch at a time.
+LOGS_DELETE_BEFORE = """
+DELETE FROM worcr_logs WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM worcr_logs WHERE at < to_timestamp($1) LIMIT $2
+))
+"""
+
+# Running attempts past their maximum run time (the job's, else the kind's), not yet asked to
+# yield: mark them asked. Returns (id, token).
+RUN_TIME_ASK_YIELD = """
+WITH due AS (
+    SELECT j.id FROM worcr_jobs j LEFT JOIN worcr_kinds k ON k.kind = j.kind
+    WHERE j.state = 'running' AND j.yield_asked_at IS NULL
+      AND COALESCE(j.max_run_time, k.max_run_time) IS NOT NULL
+      AND j.started_at + make_interval(secs => COALESCE(j.max_run_time, k.max_run_time)) <= now()
+    ORDER BY j.started_at
+    LIMIT $1
+    FOR UPDATE OF j SKIP LOCKED
+)
+UPDATE worcr_jobs j SET yield_asked_at = now()
+FROM due WHERE j.id = due.id AND j.state = 'running'
+RETURNING j.id, j.lease_token
+"""
+
+# Attempts asked to yield whose grace ($2 seconds, unless the kind says) is over: (id, token,
+# the run time that was exceeded, the grace).
+RUN_TIME_OVERDUE = """
+SELECT j.id, j.lease_token, COALESCE(j.max_run_time, k.max_run_time) AS max_run_time,
+       COALESCE(k.yield_grace, $2) AS grace
+FROM worcr_jobs j LEFT JOIN worcr_kinds k ON k.kind = j.kind
+WHERE j.state = 'running' AND j.yield_asked_at IS NOT NULL
+  AND j.yield_asked_at + make_interval(secs => COALESCE(k.yield_grace, $2)) <= now()
+ORDER BY j.yield_asked_at
+LIMIT $1
+"""
+
+_KIND_COLS = "kind, max_run_time, yield_grace, updated_at"
+KIND_LIST = f"SELECT {_KIND_COLS} FROM worcr_kinds ORDER BY kind"
+KIND_GET = f"SELECT {_KIND_COLS} FROM worcr_kinds WHERE kind = $1"
+KIND_PUT = f"""
+INSERT INTO worcr_kinds (kind, max_run_time, yield_grace) VALUES ($1, $2, $3)
+ON CONFLICT (kind) DO UPDATE
+SET max_run_time = EXCLUDED.max_run_time, yield_grace = EXCLUDED.yield_grace, updated_at = now()
+RETURNING {_KIND_COLS}
+"""
+KIND_DELETE = "DELETE FROM worcr_kinds WHERE kind = $1 RETURNING kind"

@@ -106,6 +106,9 @@ class RedisIndex:
         self.workers_key = f"{self.p}:workers"
         self.recovered_key = f"{self.p}:recovered"  # when Redis last lost its data (ms)
         self.freed_channel = f"{self.p}:limits-freed"
+        self.events_channel = f"{self.p}:events"  # job progress, log lines, state changes
+        self.yield_channel = f"{self.p}:yield"  # attempts asked to yield (their run time is up)
+        self.watched_key = f"{self.p}:watched"  # set while some node streams events to a client
         self.hold_prefix = f"{self.p}:h:"  # + job id: concurrency units the job holds
         self.sender = uuid.uuid4().hex  # names this index's freed announcements
         self.on_freed: Callable[[list[str]], None] = lambda keys: None
@@ -401,9 +404,20 @@ class RedisIndex:
     async def publish_policy(self) -> None:
         await self._redis_op(self.redis.publish(self.policy_channel, "changed"))
 
-    async def publish_cancel(self, job_ids: Sequence[str]) -> None:
-        if job_ids:
-            await self._redis_op(self.redis.publish(self.cancel_channel, " ".join(job_ids)))
+    async def publish(self, channel: str, message: str) -> None:
+        await self._redis_op(self.redis.publish(channel, message))
+
+    async def watched_set(self, ttl_ms: int) -> None:
+        await self._redis_op(self.redis.set(self.watched_key, "1", px=ttl_ms))
+
+    async def watched(self) -> bool:
+        return bool(await self._redis_op(self.redis.exists(self.watched_key)))
+
+    async def publish_cancel(self, refs: Sequence[str], reason: str = "cancelled") -> None:
+        """ "job-id:token" attempts to stop, and why (a word), to every node."""
+        if refs:
+            message = " ".join([f"!{reason}", *refs])
+            await self._redis_op(self.redis.publish(self.cancel_channel, message))
 
     async def _redis_op(self, coro: Any) -> Any:
         try:

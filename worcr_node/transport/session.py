@@ -8,6 +8,7 @@ knows the worker's capacity and the jobs it holds, and extends their leases on h
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -19,6 +20,8 @@ from worcr import wire
 from worcr.wire import ErrorCode, Limits, MsgType, ProtocolError, RemoteError
 from worcr_node.clock import Clock
 from worcr_node.jobspec import MAX_RESERVE_FOR, MIN_RESERVE_FOR, SpecError
+from worcr_node.life.model import LifeError, parse_checkpoints, parse_log_lines, parse_progress
+from worcr_node.life.writer import JobLife, Written
 from worcr_node.limits.rate import RateLimiter, RateLimitError
 from worcr_node.manager import JobManager
 from worcr_node.outcome import Failure
@@ -110,16 +113,27 @@ class Hub:
         self.holder: dict[str, Session] = {}  # job id -> session holding it
         self.shutting_down = False
         self.rate: RateLimiter | None = None  # set by the node
+        self.life: JobLife | None = None  # set by the node
 
-    def cancel_jobs(self, jobs: Sequence[tuple[str, int]]) -> None:
+    def _holders(self, jobs: Sequence[tuple[str, int]]) -> dict[Session, list[dict[str, Any]]]:
         by_session: dict[Session, list[dict[str, Any]]] = {}
         for job_id, token in jobs:
             s = self.holder.get(job_id)
             if s is not None and s.held_jobs.get(job_id, (0, 0.0))[0] == token:
-                s.forget(job_id)
                 by_session.setdefault(s, []).append({"id": job_id, "token": token})
-        for s, refs in by_session.items():
-            s.send(wire.notification("cancel", {"jobs": refs, "reason": "cancelled"}))
+        return by_session
+
+    def cancel_jobs(self, jobs: Sequence[tuple[str, int]], reason: str = "cancelled") -> None:
+        """Tell the workers holding these attempts to stop them (and not report them)."""
+        for s, refs in self._holders(jobs).items():
+            for ref in refs:
+                s.forget(ref["id"])
+            s.send(wire.notification("cancel", {"jobs": refs, "reason": reason}))
+
+    def ask_yield(self, jobs: Sequence[tuple[str, int]], reason: str = "max_run_time") -> None:
+        """Ask the workers holding these attempts to yield them (checkpoint and give back)."""
+        for s, refs in self._holders(jobs).items():
+            s.send(wire.notification("yield", {"jobs": refs, "reason": reason}))
 
 
 class Session:
@@ -254,27 +268,29 @@ class Session:
         size = 0
         budget = self.hub.limits.max_frame - (64 << 10)  # room for the frame's other fields
         for j in jobs:
-            if out and size + len(j.args) + 512 > budget:  # stay under the frame limit
+            weight = len(j.args) + 512 + (len(j.checkpoints) if j.checkpoints else 0)
+            if out and size + weight > budget:  # stay under the frame limit
                 self.send(_encode_jobs(out))
                 out, size = [], 0
-            size += len(j.args) + 512
+            size += weight
             jid = str(j.id)
             self.held_jobs[jid] = (j.token, j.reserve_for)
             self.hub.holder[jid] = self
-            out.append(
-                {
-                    "id": jid,
-                    "token": j.token,
-                    "kind": j.kind,
-                    "args": _Raw(j.args),
-                    "tags": j.tags,
-                    "tenant": j.tenant,
-                    "attempt": j.attempt,
-                    "max_attempts": j.max_attempts,
-                    "reserve_for": j.reserve_for,
-                    "enqueued_at": j.enqueued_at,
-                }
-            )
+            job: dict[str, Any] = {
+                "id": jid,
+                "token": j.token,
+                "kind": j.kind,
+                "args": _Raw(j.args),
+                "tags": j.tags,
+                "tenant": j.tenant,
+                "attempt": j.attempt,
+                "max_attempts": j.max_attempts,
+                "reserve_for": j.reserve_for,
+                "enqueued_at": j.enqueued_at,
+            }
+            if j.checkpoints is not None:
+                job["checkpoints"] = json.loads(j.checkpoints)
+            out.append(job)
         self.send(_encode_jobs(out))
         return True
 
@@ -527,6 +543,61 @@ async def on_release(s: Session, p: dict[str, Any]) -> dict[str, Any]:
     return {"released": await s.hub.rate.release(job_id, token, name, key, units, row)}
 
 
+def _attempt(s: Session, p: dict[str, Any]) -> tuple[uuid.UUID, int]:
+    refs = _job_refs({"jobs": [{"id": p.get("id"), "token": p.get("token")}]}, s.hub.limits)
+    return refs[0]["_uuid"], refs[0]["token"]
+
+
+def _check_written(out: Written, job_id: uuid.UUID, what: str, limit: int) -> None:
+    if out == Written.STALE:
+        raise RemoteError(
+            ErrorCode.STALE_TOKEN,
+            f"job {job_id}: this attempt no longer holds the job; its {what} were not stored",
+        )
+    if out == Written.TOO_LARGE:
+        raise _bad(f"job {job_id}: its {what} would exceed {limit} bytes as JSON; not stored")
+
+
+async def on_checkpoint(s: Session, p: dict[str, Any]) -> dict[str, Any]:
+    job_id, token = _attempt(s, p)
+    try:
+        put, drop = parse_checkpoints(p.get("values"), s.hub.limits)
+    except LifeError as exc:
+        raise _bad(str(exc)) from None
+    assert s.hub.life is not None
+    out = await s.hub.life.checkpoint(job_id, token, put, drop)
+    _check_written(out, job_id, "checkpoints", s.hub.limits.max_checkpoints)
+    return {}
+
+
+async def on_progress(s: Session, p: dict[str, Any]) -> dict[str, Any]:
+    job_id, token = _attempt(s, p)
+    try:
+        put = parse_progress(p.get("counters"), s.hub.clock.now(), s.hub.limits)
+    except LifeError as exc:
+        raise _bad(str(exc)) from None
+    assert s.hub.life is not None
+    out = await s.hub.life.progress(job_id, token, put)
+    _check_written(out, job_id, "progress counters", s.hub.limits.max_progress)
+    return {}
+
+
+async def on_log(s: Session, p: dict[str, Any]) -> dict[str, Any]:
+    job_id, token = _attempt(s, p)
+    try:
+        lines = parse_log_lines(p.get("lines"), s.hub.clock.now(), s.hub.limits)
+    except LifeError as exc:
+        raise _bad(str(exc)) from None
+    assert s.hub.life is not None
+    stored = await s.hub.life.log(job_id, token, lines)
+    if stored is None:
+        raise RemoteError(
+            ErrorCode.STALE_TOKEN,
+            f"job {job_id}: this attempt no longer holds the job; its log lines were not stored",
+        )
+    return {"stored": stored}
+
+
 HANDLERS: dict[str, Handler] = {
     "hello": on_hello,
     "enqueue": on_enqueue,
@@ -538,4 +609,7 @@ HANDLERS: dict[str, Handler] = {
     "bye": on_bye,
     "acquire": on_acquire,
     "release": on_release,
+    "checkpoint": on_checkpoint,
+    "progress": on_progress,
+    "log": on_log,
 }

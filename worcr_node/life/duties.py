@@ -1,0 +1,92 @@
+"""Duties of the job-life features: maximum run time and log retention.
+
+Every node runs them; both are safe to run on several nodes at once. Run time, once a second:
+running attempts past their maximum run time (the job's, else its kind's) are marked as asked
+(`yield_asked_at`, SKIP LOCKED, so each is asked once) and the ask is broadcast, so the node
+whose session holds the attempt sends its worker a `yield` notification; attempts still running
+a grace period after the ask are revoked (`JobManager.revoke`, fenced by the lease token, so a
+revocation racing the worker's own yield or ack changes nothing twice). Retention, once a
+minute: log lines older than the retention are deleted in batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from worcr_node.clock import Clock
+from worcr_node.manager import JobManager
+from worcr_node.service import Service
+from worcr_node.store.life import LifeStore
+from worcr_node.store.pg import StorageUnavailable
+from worcr_node.store.redis_index import IndexUnavailable, RedisIndex
+
+__all__ = ["LifeDuties"]
+
+log = logging.getLogger(__name__)
+
+BATCH = 1000
+
+
+class LifeDuties(Service):
+    name = "life-duties"
+
+    def __init__(
+        self,
+        manager: JobManager,
+        store: LifeStore,
+        index: RedisIndex,
+        clock: Clock,
+        *,
+        yield_grace: float,
+        log_retention: float,
+        run_time_every: float = 1.0,
+        retention_every: float = 60.0,
+    ) -> None:
+        super().__init__()
+        self.manager = manager
+        self.store = store
+        self.index = index
+        self.clock = clock
+        self.yield_grace = yield_grace
+        self.log_retention = log_retention
+        self.run_time_every = run_time_every
+        self.retention_every = retention_every
+        self.asked = 0
+        self.revoked = 0
+        self.deleted_lines = 0
+
+    async def start(self) -> None:
+        self.spawn(self._loop(self.run_time, self.run_time_every), "run-time")
+        self.spawn(self._loop(self.retention, self.retention_every), "retention")
+
+    async def _loop(self, duty: Callable[[], Awaitable[None]], every: float) -> None:
+        while not self.stopping:
+            try:
+                await duty()
+            except (StorageUnavailable, IndexUnavailable) as exc:
+                log.warning("%s skipped: %s", getattr(duty, "__name__", "duty"), exc)
+            await asyncio.sleep(every)
+
+    async def run_time(self) -> None:
+        """Ask attempts past their run time to yield; revoke those asked long enough ago."""
+        asked = await self.store.run_time_ask_yield(BATCH)
+        if asked:
+            self.asked += len(asked)
+            log.info("asking %d attempt(s) past their maximum run time to yield", len(asked),
+                     extra={"action": "ask_yield"})  # fmt: skip
+            await self.index.publish(
+                self.index.yield_channel, " ".join(f"{jid}:{token}" for jid, token in asked)
+            )
+        overdue = await self.store.run_time_overdue(BATCH, self.yield_grace)
+        if overdue:
+            self.revoked += await self.manager.revoke(overdue)
+
+    async def retention(self) -> None:
+        cutoff = self.clock.now() - self.log_retention
+        while not self.stopping:
+            n = await self.store.logs_delete_before(cutoff, 10_000)
+            self.deleted_lines += n
+            if n < 10_000:
+                break

@@ -1,0 +1,182 @@
+"""The event stream: job progress, log lines and state changes, from any node to every watcher.
+
+A node that stores an update publishes it on one Redis channel (a batch of events per message);
+every node listens and hands each event to its local subscribers (HTTP streams), filtered by job,
+kind or tenant. Going through Redis even for local subscribers gives one order for everyone.
+
+Progress and log events are always published (one message per stored batch). State changes are
+published only while somebody watches: a node with subscribers keeps a short-lived Redis key set,
+and every node checks it once a second, so an idle cluster pays nothing for them on its hot path.
+A subscriber that cannot keep up loses events rather than slow the node: it is told how many.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from worcr_node.service import Service
+from worcr_node.store.redis_index import IndexUnavailable, RedisIndex
+
+__all__ = ["EventBus", "Subscription"]
+
+log = logging.getLogger(__name__)
+
+WATCH_TTL_MS = 5000  # the watched key outlives its refresh (every 1 s) several times over
+QUEUE_SIZE = 2000  # events a subscriber may have waiting before it starts losing them
+
+Event = dict[str, Any]
+
+
+class Subscription:
+    """Events for one watcher: all jobs, or one job, optionally only some kinds and tenants."""
+
+    def __init__(
+        self,
+        bus: EventBus,
+        job: str | None = None,
+        kinds: Iterable[str] = (),
+        tenants: Iterable[str] = (),
+        types: Iterable[str] = (),
+    ) -> None:
+        self.bus = bus
+        self.job = job
+        self.kinds = frozenset(kinds)
+        self.tenants = frozenset(tenants)
+        self.types = frozenset(types)
+        self.queue: asyncio.Queue[Event] = asyncio.Queue(QUEUE_SIZE)
+        self.lost = 0  # events dropped since the last `get`
+
+    def wants(self, event: Event) -> bool:
+        if self.job is not None and event.get("job") != self.job:
+            return False
+        if self.types and event.get("type") not in self.types:
+            return False
+        if self.kinds and event.get("kind") not in self.kinds:
+            return False
+        return not (self.tenants and event.get("tenant") not in self.tenants)
+
+    def offer(self, event: Event) -> None:
+        try:
+            self.queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.lost += 1
+
+    async def get(self, within: float) -> Event | None:
+        """The next event, or None after `within` seconds without one."""
+        try:
+            async with asyncio.timeout(within):
+                return await self.queue.get()
+        except TimeoutError:
+            return None
+
+    def close(self) -> None:
+        self.bus.unsubscribe(self)
+
+
+class EventBus(Service):
+    name = "events"
+
+    def __init__(self, index: RedisIndex) -> None:
+        super().__init__()
+        self.index = index
+        self.subscribers: set[Subscription] = set()
+        self.watched = False  # some node streams events: publish state changes too
+        self.published = 0
+        self._pending: list[Event] = []
+        self._flushing = False
+        self._wake = asyncio.Event()
+        self.on_event: Callable[[Event], None] = lambda event: None  # tests, metrics
+
+    async def start(self) -> None:
+        self.spawn(self._listen(), "listen")
+        self.spawn(self._watch(), "watch")
+        self.spawn(self._publisher(), "publish")
+
+    # -- producing -------------------------------------------------------------------------------
+
+    def publish(self, events: Iterable[Event]) -> None:
+        """Queue events for the channel; sent in one message as soon as the last one is out."""
+        self._pending.extend(events)
+        if self._pending:
+            self._wake.set()
+
+    def publish_states(self, changes: Iterable[tuple[str, str]]) -> None:
+        """(job id, new state) pairs, published only while somebody watches."""
+        if self.watched:
+            self.publish({"type": "state", "job": job, "state": state} for job, state in changes)
+
+    async def _publisher(self) -> None:
+        while not self.stopping:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._pending = self._pending, []
+            if not batch:
+                continue
+            try:
+                await self.index.publish(self.index.events_channel, json.dumps(batch))
+                self.published += len(batch)
+            except IndexUnavailable as exc:  # the stored state stays readable over the API
+                log.warning("%d event(s) not published: %s", len(batch), exc)
+
+    # -- consuming -------------------------------------------------------------------------------
+
+    def subscribe(
+        self,
+        job: str | None = None,
+        kinds: Iterable[str] = (),
+        tenants: Iterable[str] = (),
+        types: Iterable[str] = (),
+    ) -> Subscription:
+        sub = Subscription(self, job, kinds, tenants, types)
+        first = not self.subscribers
+        self.subscribers.add(sub)
+        if first:
+            self.watched = True
+            self.spawn(self._mark_watched(), "mark-watched")
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        self.subscribers.discard(sub)
+
+    async def _listen(self) -> None:
+        await self.index.listen(self.index.events_channel, self._deliver, lambda: self.stopping)
+
+    def _deliver(self, data: str) -> None:
+        try:
+            events = json.loads(data)
+        except ValueError:
+            log.warning("ignoring a malformed event message")
+            return
+        if not isinstance(events, list):
+            return
+        for event in events:
+            if not isinstance(event, dict):
+                continue
+            self.on_event(event)
+            for sub in self.subscribers:
+                if sub.wants(event):
+                    sub.offer(event)
+
+    async def _mark_watched(self) -> None:
+        try:
+            await self.index.watched_set(WATCH_TTL_MS)
+        except IndexUnavailable:
+            pass
+
+    async def _watch(self) -> None:
+        """Once a second: keep the watched key set while this node has subscribers, and learn
+        whether any node has."""
+        while not self.stopping:
+            try:
+                if self.subscribers:
+                    await self.index.watched_set(WATCH_TTL_MS)
+                    self.watched = True
+                else:
+                    self.watched = await self.index.watched()
+            except IndexUnavailable:
+                pass
+            await asyncio.sleep(1.0)

@@ -1,0 +1,182 @@
+"""Storing what running jobs report: checkpoints, progress counters and log lines.
+
+Each kind of report goes through its own group-commit `Batcher`: many jobs' reports become one
+fenced statement (`store/life.py`). Reports of one attempt within a batch are merged first (the
+statements take one row per job). A write of an attempt that is no longer the running one is
+refused as stale: a worker that lost its lease cannot move a job's checkpoints. Stored progress
+and log lines are published on the event stream.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+from enum import StrEnum
+from typing import Any
+
+from worcr.wire import Limits
+from worcr_node.batcher import Batcher
+from worcr_node.life.events import EventBus
+from worcr_node.life.model import LogLine
+from worcr_node.store.life import CheckpointWrite, LifeStore, LogWrite, ProgressWrite
+
+__all__ = ["JobLife", "Written"]
+
+Key = tuple[uuid.UUID, int]
+
+
+class Written(StrEnum):
+    OK = "ok"
+    STALE = "stale"  # the attempt is not the job's running one
+    TOO_LARGE = "too_large"  # the merged map would exceed its limit
+
+
+def _groups(keys: list[Key]) -> dict[Key, list[int]]:
+    """Positions of each (job, token) in a batch, in order."""
+    out: dict[Key, list[int]] = {}
+    for i, key in enumerate(keys):
+        out.setdefault(key, []).append(i)
+    return out
+
+
+class JobLife:
+    def __init__(
+        self,
+        store: LifeStore,
+        events: EventBus,
+        limits: Limits,
+        max_log_lines: Callable[[], int] | None = None,
+    ) -> None:
+        self.store = store
+        self.events = events
+        self.limits = limits
+        self.max_log_lines = max_log_lines or (lambda: limits.max_log_lines)
+        self._checkpoints = Batcher[CheckpointWrite, Written](
+            "checkpoint", self._flush_checkpoints, concurrency=2
+        )
+        self._progress = Batcher[ProgressWrite, Written](
+            "progress", self._flush_progress, concurrency=2
+        )
+        self._logs = Batcher[LogWrite, int]("log", self._flush_logs, concurrency=2)
+
+    async def close(self) -> None:
+        for b in (self._checkpoints, self._progress, self._logs):
+            await b.close()
+
+    async def checkpoint(
+        self, job_id: uuid.UUID, token: int, put: dict[str, Any], drop: list[str]
+    ) -> Written:
+        """Durable when it returns OK."""
+        (out,) = await self._checkpoints.submit([CheckpointWrite(job_id, token, put, drop)])
+        return out
+
+    async def progress(self, job_id: uuid.UUID, token: int, put: dict[str, Any]) -> Written:
+        (out,) = await self._progress.submit([ProgressWrite(job_id, token, put)])
+        return out
+
+    async def log(self, job_id: uuid.UUID, token: int, lines: list[LogLine]) -> int | None:
+        """How many lines were stored (fewer once the attempt reached its cap); None: stale."""
+        (stored,) = await self._logs.submit(
+            [LogWrite(job_id, token, [(x.at, x.level, x.message) for x in lines])]
+        )
+        return None if stored < 0 else stored
+
+    # -- flushes ---------------------------------------------------------------------------------
+
+    async def _refused(self, keys: list[Key]) -> set[Key]:
+        """Of writes not stored, those whose attempt is running (so: refused for their size)."""
+        if not keys:
+            return set()
+        running = await self.store.attempts_running(keys)
+        return {k for k in keys if k[0] in running}
+
+    async def _flush_checkpoints(self, items: list[CheckpointWrite]) -> list[Written]:
+        groups = _groups([(w.id, w.token) for w in items])
+        merged = []
+        for (jid, token), positions in groups.items():
+            put: dict[str, Any] = {}
+            drop: dict[str, None] = {}
+            for i in positions:
+                for name, value in items[i].put.items():
+                    put[name] = value
+                    drop.pop(name, None)
+                for name in items[i].drop:
+                    put.pop(name, None)
+                    drop[name] = None
+            merged.append(CheckpointWrite(jid, token, put, list(drop)))
+        done = await self.store.checkpoint_set_many(merged, self.limits.max_checkpoints)
+        return await self._outcomes(groups, done, len(items))
+
+    async def _outcomes(
+        self, groups: dict[Key, list[int]], done: set[uuid.UUID], n: int
+    ) -> list[Written]:
+        out = [Written.OK] * n
+        missed = [k for k in groups if k[0] not in done]
+        too_large = await self._refused(missed)
+        for key in missed:
+            verdict = Written.TOO_LARGE if key in too_large else Written.STALE
+            for i in groups[key]:
+                out[i] = verdict
+        return out
+
+    async def _flush_progress(self, items: list[ProgressWrite]) -> list[Written]:
+        groups = _groups([(w.id, w.token) for w in items])
+        merged = []
+        for (jid, token), positions in groups.items():
+            put: dict[str, Any] = {}
+            for i in positions:
+                put.update(items[i].put)
+            merged.append(ProgressWrite(jid, token, put))
+        rows = await self.store.progress_set_many(merged, self.limits.max_progress)
+        self.events.publish(
+            {
+                "type": "progress",
+                "job": str(r[0]),
+                "kind": r[2],
+                "tenant": r[3],
+                "progress": json.loads(r[1]),
+            }
+            for r in rows
+        )
+        return await self._outcomes(groups, {r[0] for r in rows}, len(items))
+
+    async def _flush_logs(self, items: list[LogWrite]) -> list[int]:
+        groups = _groups([(w.id, w.token) for w in items])
+        merged = [
+            LogWrite(jid, token, [line for i in positions for line in items[i].lines])
+            for (jid, token), positions in groups.items()
+        ]
+        stored = await self.store.log_insert_many(merged, self.max_log_lines())
+        by_job: dict[uuid.UUID, list[dict[str, Any]]] = {}
+        meta: dict[uuid.UUID, tuple[str, str]] = {}
+        for line in stored:
+            by_job.setdefault(line.job_id, []).append(
+                {
+                    "id": line.id,
+                    "attempt": line.attempt,
+                    "at": line.at,
+                    "level": line.level,
+                    "message": line.message,
+                }
+            )
+            meta[line.job_id] = (line.kind, line.tenant)
+        self.events.publish(
+            {"type": "log", "job": str(jid), "kind": meta[jid][0], "tenant": meta[jid][1],
+             "lines": lines}
+            for jid, lines in by_job.items()
+        )  # fmt: skip
+        # Lines of one group are stored in order up to the cap: hand them out in order.
+        out = [0] * len(items)
+        running = await self._refused([k for k in groups if k[0] not in by_job])
+        for key, positions in groups.items():
+            left = len(by_job.get(key[0], ()))
+            if not left and key not in running:
+                for i in positions:
+                    out[i] = -1  # stale
+                continue
+            for i in positions:
+                take = min(left, len(items[i].lines))
+                out[i] = take
+                left -= take
+        return out
