@@ -117,7 +117,7 @@ class LifeStore:
                 ats,
                 levels,
                 messages,
-            )  # fmt: skip
+            )
         )
         return [StoredLine(*r) for r in rows]
 
