@@ -1,0 +1,289 @@
+"""The life of a running job over the wire protocol: checkpoints, progress, logs, run time.
+
+A raw wire client plays the worker, so these tests pin the protocol as documented: writes are
+durable when answered, fenced by the attempt's token, merged by name, bounded; the next attempt
+gets the latest checkpoints with the job; a job past its maximum run time is asked to yield and,
+if its worker does not, revoked and re-dispatched with its checkpoints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from typing import Any
+
+import pytest
+
+from tests.conftest import NodeFactory
+from tests.rawclient import RawClient
+from tests.waiting import wait_until
+from worcr import wire
+from worcr_node.node import Node
+
+
+async def _running(
+    node: Node, spec: dict[str, Any], **hello: Any
+) -> tuple[RawClient, dict[str, Any]]:
+    c = await RawClient.connect(node.worker_address)
+    await c.hello(capacity=1, **hello)
+    await c.call("enqueue", {"jobs": [spec]})
+    [job] = await c.jobs(1)
+    return c, job
+
+
+def _ref(job: dict[str, Any], **more: Any) -> dict[str, Any]:
+    return {"id": job["id"], "token": job["token"], **more}
+
+
+async def _row(node: Node, job: dict[str, Any]) -> Any:
+    row = await node.store.job_get(uuid.UUID(job["id"]))
+    assert row is not None
+    return row
+
+
+async def test_checkpoints_merge_and_come_back_with_the_next_attempt(node: Node) -> None:
+    c, job = await _running(node, {"kind": "digest"})
+    assert "checkpoints" not in job  # none yet
+    await c.call("checkpoint", _ref(job, values={"user_id": 1, "batch": "a"}))
+    await c.call("checkpoint", _ref(job, values={"user_id": 2, "cursor": {"page": [1, 2.5]}}))
+    await c.call("checkpoint", _ref(job, values={"batch": None}))  # nil removes a checkpoint
+    row = await _row(node, job)
+    assert json.loads(row["checkpoints"]) == {"user_id": 2, "cursor": {"page": [1, 2.5]}}
+    # a yield hands the job back; the next attempt gets the checkpoints with the job
+    await c.call("yield", {"jobs": [_ref(job)]})
+    [again] = await c.jobs(1)
+    assert again["id"] == job["id"] and again["token"] == job["token"] + 1
+    assert again["checkpoints"] == {"user_id": 2, "cursor": {"page": [1, 2.5]}}
+    # ... and after a failure and retry
+    await c.call("checkpoint", _ref(again, values={"user_id": 3}))
+    r = await c.call("fail", {"jobs": [_ref(again, error="boom")]})
+    assert r["results"] == [None]
+    row = await _row(node, job)
+    assert row["state"] == "retrying"
+    assert json.loads(row["checkpoints"])["user_id"] == 3
+    await c.close()
+
+
+async def test_writes_of_a_stale_attempt_are_refused(node: Node) -> None:
+    c, job = await _running(node, {"kind": "digest"})
+    await c.call("checkpoint", _ref(job, values={"n": 1}))
+    await c.call("yield", {"jobs": [_ref(job)]})
+    [again] = await c.jobs(1)
+    for method, params in (
+        ("checkpoint", {"values": {"n": 99}}),
+        ("progress", {"counters": {"n": [99, 100]}}),
+        ("log", {"lines": [[1.0, "info", "late"]]}),
+    ):
+        with pytest.raises(wire.RemoteError) as err:
+            await c.call(method, _ref(job, **params))  # the old token
+        assert err.value.code == "STALE_TOKEN", method
+    row = await _row(node, job)
+    assert json.loads(row["checkpoints"]) == {"n": 1}
+    assert row["progress"] is None
+    assert await node.life_store.logs_of_job(uuid.UUID(job["id"]), 0, None, 100) == []
+    await c.call("ack", {"jobs": [_ref(again)]})
+    with pytest.raises(wire.RemoteError) as err:  # nor after the job completed
+        await c.call("checkpoint", _ref(again, values={"n": 2}))
+    assert err.value.code == "STALE_TOKEN"
+    await c.close()
+
+
+async def test_progress_counters_are_merged_by_name(node: Node) -> None:
+    c, job = await _running(node, {"kind": "digest"})
+    await c.call("progress", _ref(job, counters={"emails": [10, 1000], "pages": 3}))
+    await c.call("progress", _ref(job, counters={"emails": [20, 1000]}))
+    progress = json.loads((await _row(node, job))["progress"])
+    assert progress["emails"]["current"] == 20 and progress["emails"]["total"] == 1000
+    assert progress["pages"]["current"] == 3 and progress["pages"]["total"] is None
+    await c.call("ack", {"jobs": [_ref(job)]})
+    # progress stays readable after the job ended
+    assert json.loads((await _row(node, job))["progress"])["emails"]["current"] == 20
+    await c.close()
+
+
+async def test_log_lines_are_stored_per_attempt_up_to_the_cap(node_factory: NodeFactory) -> None:
+    node = await node_factory(limits=wire.Limits(max_log_lines=5))
+    c, job = await _running(node, {"kind": "digest"})
+    r = await c.call("log", _ref(job, lines=[[1e9, "info", "one"], [1e9, "stdout", "two"]]))
+    assert r == {"stored": 2}
+    lines = [[1e9, "error", f"line {i}"] for i in range(3, 9)]
+    assert (await c.call("log", _ref(job, lines=lines))) == {"stored": 3}
+    assert (await c.call("log", _ref(job, lines=lines))) == {"stored": 0}  # capped, not stale
+    await c.call("yield", {"jobs": [_ref(job)]})
+    [again] = await c.jobs(1)
+    r = await c.call("log", _ref(again, lines=[[1e9, "info", "second attempt"]]))
+    assert r == {"stored": 1}  # the cap is per attempt
+    rows = await node.life_store.logs_of_job(uuid.UUID(job["id"]), 0, None, 100)
+    assert [r["message"] for r in rows] == ["one", "two", "line 3", "line 4", "line 5",
+                                            "second attempt"]  # fmt: skip
+    assert [r["lease_token"] for r in rows] == [job["token"]] * 5 + [again["token"]]
+    assert [r["level"] for r in rows][:3] == ["info", "stdout", "error"]
+    # a time far from the node's is replaced by the node's
+    assert abs(rows[0]["at"] - 1e9) > 3600
+    await c.close()
+
+
+@pytest.mark.parametrize(
+    ("method", "params", "message"),
+    [
+        ("checkpoint", {"values": {}}, "values"),
+        ("checkpoint", {"values": [1]}, "values"),
+        ("checkpoint", {"values": {"b": b"\x00"}}, "bytes cannot be stored"),
+        ("checkpoint", {"values": {"f": float("nan")}}, "finite"),
+        ("checkpoint", {"values": {"": 1}}, "names"),
+        ("checkpoint", {"values": {"x" * 129: 1}}, "names"),
+        ("checkpoint", {"values": {"k": "\x00"}}, "NUL"),
+        ("checkpoint", {"values": {"big": "x" * 70_000}}, "over the limit"),
+        ("progress", {"counters": {"n": "ten"}}, "expected a number"),
+        ("progress", {"counters": {"n": [1, 2, 3]}}, "[current, total]"),
+        ("progress", {"counters": {"n": [1, -2]}}, "negative"),
+        ("progress", {"counters": {}}, "counters"),
+        ("log", {"lines": []}, "lines"),
+        ("log", {"lines": [[1.0, "loud", "x"]]}, "level"),
+        ("log", {"lines": [["now", "info", "x"]]}, "Unix seconds"),
+        ("log", {"lines": [[1.0, "info", 7]]}, "string"),
+        ("log", {"lines": [[1.0, "info", "x"]] * 1001}, "at most 1000"),
+        ("checkpoint", {"id": "nope"}, "not a UUID"),
+        ("checkpoint", {"token": -1}, "token"),
+    ],
+)
+async def test_bad_reports_get_a_clear_error(
+    node: Node, method: str, params: dict[str, Any], message: str
+) -> None:
+    c, job = await _running(node, {"kind": "digest"})
+    with pytest.raises(wire.RemoteError) as err:
+        await c.call(method, {**_ref(job), **params})
+    assert err.value.code == "BAD_REQUEST"
+    assert message in err.value.message
+    # the session and the job are unharmed
+    await c.call("checkpoint", _ref(job, values={"ok": True}))
+    assert (await c.call("ack", {"jobs": [_ref(job)]}))["results"] == [None]
+    await c.close()
+
+
+async def test_merged_checkpoints_over_the_limit_are_refused_whole(node: Node) -> None:
+    c, job = await _running(node, {"kind": "digest"})
+    await c.call("checkpoint", _ref(job, values={"a": "x" * 40_000}))
+    with pytest.raises(wire.RemoteError) as err:
+        await c.call("checkpoint", _ref(job, values={"b": "y" * 40_000}))
+    assert err.value.code == "BAD_REQUEST" and "exceed" in err.value.message
+    assert set(json.loads((await _row(node, job))["checkpoints"])) == {"a"}
+    await c.close()
+
+
+async def test_long_log_lines_are_cut_not_refused(node: Node) -> None:
+    c, job = await _running(node, {"kind": "digest"})
+    await c.call("log", _ref(job, lines=[[1.0, "info", "z" * 20_000]]))
+    [row] = await node.life_store.logs_of_job(uuid.UUID(job["id"]), 0, None, 10)
+    assert len(row["message"]) == wire.Limits().max_log_line
+    assert row["message"].endswith("...(truncated)")
+    await c.close()
+
+
+async def test_a_job_past_its_run_time_is_asked_to_yield(node_factory: NodeFactory) -> None:
+    node = await node_factory()
+    c, job = await _running(node, {"kind": "slow", "max_run_time": 1})
+    asked = await c.next_notification("yield", timeout=10)
+    assert asked == {"jobs": [_ref(job)], "reason": "max_run_time"}
+    await c.call("checkpoint", _ref(job, values={"done": 5}))
+    assert (await c.call("yield", {"jobs": [_ref(job)]}))["results"] == [None]
+    [again] = await c.jobs(1)
+    assert again["checkpoints"] == {"done": 5}
+    assert again["attempt"] == 1  # a yield is not an attempt
+    outcomes = [a["outcome"] for a in await node.store.attempts_of_job(uuid.UUID(job["id"]))]
+    assert outcomes == ["yielded"]
+    await c.close()
+
+
+async def test_a_worker_that_does_not_yield_loses_the_attempt(node_factory: NodeFactory) -> None:
+    node = await node_factory(yield_grace=1)
+    await node.life_store.kind_put("stubborn", 1.0, None)  # the kind's run time, the default grace
+    c, job = await _running(node, {"kind": "stubborn", "max_attempts": 5})
+    await c.call("checkpoint", _ref(job, values={"at": 7}))
+    await c.next_notification("yield", timeout=10)
+    cancel = await c.next_notification("cancel", timeout=10)  # ignored the ask: revoked
+    assert cancel == {"jobs": [_ref(job)], "reason": "max_run_time"}
+    [again] = await c.jobs(1)  # re-dispatched (to the same, only worker) with the checkpoints
+    assert again["token"] == job["token"] + 1
+    assert again["attempt"] == 2  # a revocation counts as an attempt
+    assert again["checkpoints"] == {"at": 7}
+    [attempt] = await node.store.attempts_of_job(uuid.UUID(job["id"]))
+    assert attempt["outcome"] == "timed_out"
+    assert "maximum run time of 1 s" in attempt["error"]
+    # the old attempt's ack is refused
+    r = await c.call("ack", {"jobs": [_ref(job)]})
+    assert r["results"][0]["code"] == "STALE_TOKEN"
+    assert (await c.call("ack", {"jobs": [_ref(again)]}))["results"] == [None]
+    await c.close()
+
+
+async def test_heartbeats_keep_a_long_job_from_being_re_dispatched(
+    node_factory: NodeFactory,
+) -> None:
+    node = await node_factory(duty_periods={"leases": 0.05})
+    c, job = await _running(node, {"kind": "long", "reserve_for": 0.5})
+    other = await RawClient.connect(node.worker_address)
+    await other.hello(capacity=1, worker_id="other")
+    for _ in range(15):  # 3 s: six times the lease
+        c.notify("heartbeat", {})
+        await asyncio.sleep(0.2)  # the heartbeat period: time is what this test is about
+    assert other.notifications.empty()  # never handed to the other worker
+    row = await _row(node, job)
+    assert row["state"] == "running" and row["lease_token"] == job["token"]
+    assert (await c.call("ack", {"jobs": [_ref(job)]}))["results"] == [None]
+    await other.close()
+    await c.close()
+
+
+async def test_log_retention_deletes_old_lines(node_factory: NodeFactory) -> None:
+    node = await node_factory(log_retention=60)
+    c, job = await _running(node, {"kind": "digest"})
+    now = node.clock.now()
+    await c.call("log", _ref(job, lines=[[now - 1800, "info", "old"], [now, "info", "new"]]))
+    node.life_duties.log_retention = 900  # as if configured to 15 minutes
+    await node.life_duties.retention()
+    rows = await node.life_store.logs_of_job(uuid.UUID(job["id"]), 0, None, 10)
+    assert [r["message"] for r in rows] == ["new"]
+    await c.close()
+
+
+async def test_progress_and_logs_reach_subscribers_on_every_node(
+    node_factory: NodeFactory,
+) -> None:
+    a = await node_factory()
+    b = await node_factory()
+    sub = b.events.subscribe(job=None)
+    c, job = await _running(a, {"kind": "digest", "tenant": "acme"})
+    await c.call("progress", _ref(job, counters={"emails": [5, 10]}))
+    await c.call("log", _ref(job, lines=[[a.clock.now(), "info", "hello"]]))
+    seen = []
+
+    async def got_both() -> bool:
+        event = await sub.get(1.0)
+        if event is not None:
+            seen.append(event)
+        return {e["type"] for e in seen} >= {"progress", "log"}
+
+    await wait_until(got_both, timeout=10)
+    progress = next(e for e in seen if e["type"] == "progress")
+    assert progress["job"] == job["id"] and progress["tenant"] == "acme"
+    assert progress["progress"]["emails"]["current"] == 5
+    log_event = next(e for e in seen if e["type"] == "log")
+    assert [x["message"] for x in log_event["lines"]] == ["hello"]
+    # state changes are published while somebody watches
+    await wait_until(lambda: _truthy(a.events.watched), timeout=5)
+    await c.call("ack", {"jobs": [_ref(job)]})
+
+    async def completed() -> bool:
+        event = await sub.get(1.0)
+        return event is not None and event == {"type": "state", "job": job["id"],
+                                               "state": "completed"}  # fmt: skip
+
+    await wait_until(completed, timeout=10)
+    sub.close()
+    await c.close()
+
+
+async def _truthy(value: bool) -> bool:
+    return value
