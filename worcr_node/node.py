@@ -115,7 +115,8 @@ class Node:
         await self.store.open()
         for s in self._services:
             await s.start()
-        app = build_app(self.manager, self.config.token, self.policy_store, self.dispatcher)
+        app = build_app(self.manager, self.config.token, self.policy_store, self.dispatcher,
+                        self.life_store, self.events)  # fmt: skip
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.http.host, self.config.http.port)

@@ -2,8 +2,9 @@
 
 Handlers only validate and translate; the JobManager does the work. Errors are JSON
 `{"error": {"code", "message"}}` with the same codes as the wire protocol. The dispatch policy
-routes (rules, fairness, tenant weights) live in `dispatch_api.py`, explain in `explain_api.py`;
-`build_app` adds them.
+routes (rules, fairness, tenant weights) live in `dispatch_api.py`, explain in `explain_api.py`,
+limits in `limits_api.py`, job life (progress, result, logs, event streams, settings per kind) in
+`life_api.py`; `build_app` adds them.
 """
 
 from __future__ import annotations
@@ -21,11 +22,14 @@ from worcr_node.dispatch.policy import PolicyStore
 from worcr_node.http.dispatch_api import add_dispatch_routes
 from worcr_node.http.errors import ApiError, error_response, json_body
 from worcr_node.http.explain_api import add_explain_route
+from worcr_node.http.life_api import add_life_routes
 from worcr_node.http.limits_api import add_limits_routes
 from worcr_node.http.render import render_attempt, render_job
 from worcr_node.jobspec import SpecError
+from worcr_node.life.events import EventBus
 from worcr_node.manager import JobManager
 from worcr_node.state import JobState
+from worcr_node.store.life import LifeStore
 from worcr_node.store.pg import StorageUnavailable
 from worcr_node.store.redis_index import IndexUnavailable
 
@@ -159,7 +163,12 @@ class Api:
 
 
 def build_app(
-    manager: JobManager, token: str | None, policy: PolicyStore, dispatcher: Dispatcher
+    manager: JobManager,
+    token: str | None,
+    policy: PolicyStore,
+    dispatcher: Dispatcher,
+    life: LifeStore,
+    events: EventBus,
 ) -> web.Application:
     app = web.Application(middlewares=[_middleware(token)], client_max_size=MAX_BODY)
     api = Api(manager)
@@ -173,4 +182,5 @@ def build_app(
     add_dispatch_routes(app, policy, manager.limits.max_tenant_len)
     add_explain_route(app, dispatcher)
     add_limits_routes(app, policy, manager.index, lambda: dispatcher.limits)
+    add_life_routes(app, manager, life, events)
     return app

@@ -9,7 +9,7 @@ from typing import Any
 
 import msgpack
 
-__all__ = ["jsonable", "render_attempt", "render_job"]
+__all__ = ["jsonable", "render_attempt", "render_job", "render_result"]
 
 
 def jsonable(value: Any) -> Any:
@@ -25,6 +25,11 @@ def jsonable(value: Any) -> Any:
 
 def _time(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
+
+
+def _json(text: str | None) -> Any:
+    """A jsonb column (asyncpg hands it over as text)."""
+    return None if text is None else json.loads(text)
 
 
 def _unpack(data: bytes | None) -> Any:
@@ -46,21 +51,30 @@ def render_job(row: Any) -> dict[str, Any]:
         "run_at": _time(row["run_at"]),
         "expires_at": _time(row["expires_at"]),
         "max_attempts": row["max_attempts"],
-        "backoff": json.loads(row["backoff"]) if row["backoff"] else None,
+        "backoff": _json(row["backoff"]) if row["backoff"] else None,
         "unique_key": row["unique_key"],
         "reserve_for": row["reserve_for"],
         "attempt": row["attempt"],
         "lease_token": row["lease_token"],
         "worker_id": row["worker_id"],
         "node_id": row["node_id"],
-        "result": _unpack(row["result"]),
+        "result": render_result(row),
         "last_error": row["last_error"],
         "enqueued_at": _time(row["enqueued_at"]),
         "admitted_at": _time(row["admitted_at"]),
         "started_at": _time(row["started_at"]),
         "finished_at": _time(row["finished_at"]),
         "updated_at": _time(row["updated_at"]),
+        "checkpoints": _json(row["checkpoints"]),
+        "progress": _json(row["progress"]),
+        "max_run_time": row["max_run_time"],
+        "yield_asked_at": _time(row["yield_asked_at"]),
     }
+
+
+def render_result(row: Any) -> Any:
+    """The job's result as JSON (null until a worker acked it with one)."""
+    return _unpack(row["result"])
 
 
 def render_attempt(row: Any) -> dict[str, Any]:

@@ -488,3 +488,19 @@ SET max_run_time = EXCLUDED.max_run_time, yield_grace = EXCLUDED.yield_grace, up
 RETURNING {_KIND_COLS}
 """
 KIND_DELETE = "DELETE FROM worcr_kinds WHERE kind = $1 RETURNING kind"
+
+
+# -- HTTP API: job event streams ---------------------------------------------------------------
+
+# The last $3 log lines of attempt $2 of a job, oldest first: the snapshot that opens a job's
+# event stream (the primary key (job_id, id) is read backwards).
+LOGS_TAIL_OF_JOB = """
+SELECT id, lease_token, attempt, at, level, message FROM (
+    SELECT id, lease_token, attempt, extract(epoch FROM at)::float8 AS at, level, message
+    FROM worcr_logs
+    WHERE job_id = $1 AND attempt = $2
+    ORDER BY id DESC
+    LIMIT $3
+) AS tail
+ORDER BY id
+"""

@@ -1,0 +1,393 @@
+"""HTTP API v1 for the life of jobs: progress, result and log lines, event streams, kind settings.
+
+Routes registered on the main app by `build_app` (so the bearer-token middleware and JSON errors
+of `api.py` apply). Reads come from PostgreSQL: the job row (`PgStore.job_get`) and `LifeStore`
+(log lines, settings per kind). The two Server-Sent Events streams forward what the `EventBus`
+hands this node, which is what every node of the cluster published: one job's stream opens with
+a snapshot read after subscribing, so nothing falls between the two (docs/events.md).
+
+Open streams end when the node shuts down: the app's `on_shutdown` hook (run by the runner's
+cleanup in `Node.stop`) wakes each of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from worcr.wire import ErrorCode
+from worcr_node.http.errors import ApiError, bad_request, json_body
+from worcr_node.http.render import render_job, render_result
+from worcr_node.life.events import EventBus, Subscription
+from worcr_node.manager import JobManager
+from worcr_node.state import FINAL
+from worcr_node.store import queries as q
+from worcr_node.store.life import LifeStore
+from worcr_node.store.pg import StorageUnavailable
+
+__all__ = ["LifeApi", "add_life_routes"]
+
+log = logging.getLogger(__name__)
+
+Event = dict[str, Any]
+
+FINAL_STATES = frozenset(s.value for s in FINAL)
+EVENT_TYPES = ("progress", "log", "state")
+SNAPSHOT_LINES = 200  # log lines in a job stream's snapshot: the last of the current attempt
+KEEPALIVE = 15.0  # seconds of silence before a `: keepalive` comment
+RECHECK = 5.0  # seconds between reads of a watched job's row (a state event may be missed)
+DEFAULT_LINES = 1000
+MAX_LINES = 10_000
+MAX_FILTERS = 100  # kind= and tenant= values of one all-jobs stream
+MAX_INT8 = (1 << 63) - 1
+MAX_INT4 = (1 << 31) - 1
+# Settings of a kind: field -> (lowest, highest) seconds.
+KIND_FIELDS = {"max_run_time": (1, 30 * 86400), "yield_grace": (0, 86400)}
+
+_CLOSE: Event = {"type": "close"}  # offered to every open stream when the node shuts down
+
+
+def _iso(unix: float) -> str:
+    return datetime.fromtimestamp(unix, UTC).isoformat()
+
+
+def _line(row: Any) -> dict[str, Any]:
+    """A log line as the API shows it (a stored row or a line of a log event)."""
+    return {
+        "id": row["id"],
+        "attempt": row["attempt"],
+        "at": _iso(row["at"]),
+        "level": row["level"],
+        "message": row["message"],
+    }
+
+
+def _job_id(request: web.Request) -> uuid.UUID:
+    raw = request.match_info["id"]
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise bad_request(f"{raw[:64]!r} is not a job id") from None
+
+
+def _one(request: web.Request, name: str) -> str | None:
+    values = request.query.getall(name, [])
+    if len(values) > 1:
+        raise bad_request(f"{name}: give it once")
+    return values[0] if values else None
+
+
+def _int_param(request: web.Request, name: str, low: int, high: int) -> int | None:
+    raw = _one(request, name)
+    if raw is None:
+        return None
+    value = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 19 else None
+    if value is None or not low <= value <= high:
+        raise bad_request(f"{name}: expected an integer from {low} to {high}, got {raw[:64]!r}")
+    return value
+
+
+def _refuse_unknown(request: web.Request, allowed: Iterable[str]) -> None:
+    unknown = set(request.query) - set(allowed)
+    if unknown:
+        raise bad_request(f"unknown parameter(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+
+
+def _last_event_id(request: web.Request) -> int:
+    """The `Last-Event-ID` an EventSource sends when it reconnects: the last log line it got."""
+    raw = request.headers.get("Last-Event-ID", "")
+    return int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 18 else 0
+
+
+class _Stream:
+    """One open Server-Sent Events response and the subscription that feeds it."""
+
+    def __init__(self, request: web.Request, sub: Subscription) -> None:
+        self.request = request
+        self.sub = sub
+        self.resp = web.StreamResponse(
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
+        self.resp.content_type = "text/event-stream"
+        self.seen = 0  # the largest log line id sent (one job's stream drops lines up to it)
+        self.wrote_at = 0.0
+
+    async def open(self) -> None:
+        await self.resp.prepare(self.request)
+
+    def gone(self) -> bool:
+        transport = self.request.transport
+        return transport is None or transport.is_closing()
+
+    async def write(self, text: str) -> None:
+        await self.resp.write(text.encode())
+        self.wrote_at = asyncio.get_running_loop().time()
+
+    async def send(self, name: str, data: Any, event_id: int | None = None) -> None:
+        head = f"event: {name}\n" + ("" if event_id is None else f"id: {event_id}\n")
+        await self.write(f"{head}data: {json.dumps(data, separators=(',', ':'))}\n\n")
+
+    async def forward(self, event: Event) -> None:
+        """A live event as `event: <type>`; log lines already sent are dropped."""
+        kind = event.get("type")
+        if kind == "log":
+            lines = [_line(x) for x in event.get("lines") or () if x["id"] > self.seen]
+            if not lines:
+                return
+            self.seen = lines[-1]["id"]
+            await self.send("log", {**event, "lines": lines}, self.seen)
+        elif kind in ("progress", "state"):
+            await self.send(kind, event)
+
+    async def report_lost(self) -> None:
+        if self.sub.lost:
+            count, self.sub.lost = self.sub.lost, 0
+            await self.send("lost", {"count": count})
+
+
+# A watched job's row is read again every RECHECK seconds: this says whether the stream is over.
+Recheck = Callable[[_Stream], Awaitable[bool]]
+
+
+class LifeApi:
+    def __init__(self, manager: JobManager, life: LifeStore, events: EventBus) -> None:
+        self.m = manager
+        self.life = life
+        self.events = events
+        self.streams: set[_Stream] = set()
+        self.closing = False
+
+    async def on_shutdown(self, app: web.Application) -> None:
+        """End every open stream (the node is stopping): each wakes up and returns."""
+        self.closing = True
+        for stream in list(self.streams):
+            stream.sub.offer(_CLOSE)  # a full queue wakes it anyway, and it checks `closing`
+
+    async def _row(self, job_id: uuid.UUID) -> Any:
+        row = await self.m.store.job_get(job_id)
+        if row is None:
+            raise ApiError(404, ErrorCode.NOT_FOUND, f"no job {job_id}")
+        return row
+
+    # -- progress, result, logs --------------------------------------------------------------------
+
+    async def progress(self, request: web.Request) -> web.Response:
+        row = await self._row(_job_id(request))
+        job = render_job(row)
+        return web.json_response(
+            {"id": job["id"], "state": job["state"], "progress": job["progress"] or {}}
+        )
+
+    async def result(self, request: web.Request) -> web.Response:
+        row = await self._row(_job_id(request))
+        return web.json_response(
+            {"id": str(row["id"]), "state": row["state"], "result": render_result(row)}
+        )
+
+    async def logs(self, request: web.Request) -> web.Response:
+        job_id = _job_id(request)
+        _refuse_unknown(request, ("attempt", "after", "limit"))
+        attempt = _int_param(request, "attempt", 1, MAX_INT4)
+        after = _int_param(request, "after", 0, MAX_INT8) or 0
+        limit = _int_param(request, "limit", 1, MAX_LINES) or DEFAULT_LINES
+        await self._row(job_id)
+        lines = [_line(r) for r in await self.life.logs_of_job(job_id, after, attempt, limit)]
+        more = lines[-1]["id"] if len(lines) == limit else None
+        return web.json_response({"lines": lines, "next": more})
+
+    # -- event streams -----------------------------------------------------------------------------
+
+    async def job_events(self, request: web.Request) -> web.StreamResponse:
+        job_id = _job_id(request)
+        _refuse_unknown(request, ())
+        stream = self._subscribe(request, job=str(job_id))
+        try:
+            row = await self._row(job_id)  # after subscribing: no event falls in between
+            tail = []
+            if row["attempt"]:
+                tail = await self.life.pg.run(
+                    lambda c: c.fetch(q.LOGS_TAIL_OF_JOB, job_id, row["attempt"], SNAPSHOT_LINES)
+                )
+            stream.seen = _last_event_id(request)  # a reconnecting EventSource has those
+            lines = [_line(r) for r in tail if r["id"] > stream.seen]
+            stream.seen = max([stream.seen] + [x["id"] for x in lines])
+            await stream.open()
+            snapshot = {"job": render_job(row), "logs": lines}
+            await stream.send("snapshot", snapshot, stream.seen or None)
+            if row["state"] in FINAL_STATES:
+                await stream.send("state", {"type": "state", "job": str(job_id),
+                                            "state": row["state"]})  # fmt: skip
+            else:
+                await self._pump(stream, self._job_over)
+        except ConnectionError:  # the client left
+            pass
+        finally:
+            self._close(stream)
+        return stream.resp
+
+    async def _job_over(self, stream: _Stream) -> bool:
+        """Whether the watched job reached a final state (then its `state` event is sent)."""
+        job = stream.sub.job
+        assert job is not None
+        try:
+            row = await self.m.store.job_get(uuid.UUID(job))
+        except StorageUnavailable:
+            return False  # try again at the next recheck
+        if row is None:  # deleted
+            return True
+        if row["state"] not in FINAL_STATES:
+            return False
+        await stream.send("state", {"type": "state", "job": job, "state": row["state"]})
+        return True
+
+    async def all_events(self, request: web.Request) -> web.StreamResponse:
+        _refuse_unknown(request, ("kind", "tenant", "type"))
+        kinds = _names(request, "kind", self.m.limits.max_kind_len)
+        tenants = _names(request, "tenant", self.m.limits.max_tenant_len)
+        types = _types(request)
+        stream = self._subscribe(request, kinds=kinds, tenants=tenants, types=types)
+        try:
+            await stream.open()
+            await stream.write(": watching\n\n")
+            await self._pump(stream, None)
+        except ConnectionError:
+            pass
+        finally:
+            self._close(stream)
+        return stream.resp
+
+    def _subscribe(self, request: web.Request, **which: Any) -> _Stream:
+        if self.closing:
+            raise ApiError(503, ErrorCode.SHUTTING_DOWN, "node shutting down: connect to another")
+        stream = _Stream(request, self.events.subscribe(**which))
+        self.streams.add(stream)
+        return stream
+
+    def _close(self, stream: _Stream) -> None:
+        stream.sub.close()
+        self.streams.discard(stream)
+
+    async def _pump(self, stream: _Stream, recheck: Recheck | None) -> None:
+        """Forward events until a final state, the client leaves or the node shuts down."""
+        clock = asyncio.get_running_loop().time
+        recheck_at = clock() + RECHECK
+        while True:
+            due = stream.wrote_at + KEEPALIVE
+            if recheck is not None:
+                due = min(due, recheck_at)
+            event = await stream.sub.get(max(0.0, due - clock()))
+            if self.closing or stream.gone():
+                return
+            await stream.report_lost()
+            if event is not None:
+                await stream.forward(event)
+                if (recheck is not None and event.get("type") == "state"
+                        and event.get("state") in FINAL_STATES):  # fmt: skip
+                    return
+            if recheck is not None and clock() >= recheck_at:
+                if await recheck(stream):
+                    return
+                recheck_at = clock() + RECHECK
+            if clock() >= stream.wrote_at + KEEPALIVE:
+                await stream.write(": keepalive\n\n")
+
+    # -- settings per kind -------------------------------------------------------------------------
+
+    def _kind(self, request: web.Request) -> str:
+        kind = request.match_info["kind"]
+        limit = self.m.limits.max_kind_len
+        if len(kind) > limit or not kind.isprintable():
+            raise bad_request(f"{kind[:64]!r} is not a job kind (at most {limit} printable "
+                              "characters)")  # fmt: skip
+        return kind
+
+    async def kinds(self, request: web.Request) -> web.Response:
+        return web.json_response({"kinds": [_kind_row(r) for r in await self.life.kind_list()]})
+
+    async def kind_get(self, request: web.Request) -> web.Response:
+        kind = self._kind(request)
+        row = await self.life.kind_get(kind)
+        if row is None:
+            raise ApiError(404, ErrorCode.NOT_FOUND, f"no settings for kind {kind!r}")
+        return web.json_response(_kind_row(row))
+
+    async def kind_put(self, request: web.Request) -> web.Response:
+        kind = self._kind(request)
+        max_run_time, yield_grace = _kind_settings(await json_body(request))
+        return web.json_response(_kind_row(await self.life.kind_put(kind, max_run_time,
+                                                                    yield_grace)))  # fmt: skip
+
+    async def kind_delete(self, request: web.Request) -> web.Response:
+        kind = self._kind(request)
+        if not await self.life.kind_delete(kind):
+            raise ApiError(404, ErrorCode.NOT_FOUND, f"no settings for kind {kind!r}")
+        return web.Response(status=204)
+
+
+def _names(request: web.Request, name: str, max_len: int) -> list[str]:
+    values = request.query.getall(name, [])
+    if len(values) > MAX_FILTERS:
+        raise bad_request(f"{name}: at most {MAX_FILTERS} values")
+    for value in values:
+        if not value or len(value) > max_len or not value.isprintable():
+            raise bad_request(f"{name}: {value[:64]!r} is not 1 to {max_len} printable characters")
+    return values
+
+
+def _types(request: web.Request) -> list[str]:
+    types = [t for raw in request.query.getall("type", []) for t in raw.split(",")]
+    bad = [t for t in types if t not in EVENT_TYPES]
+    if bad:
+        raise bad_request(f"type: {bad[0][:64]!r} is not one of {', '.join(EVENT_TYPES)}")
+    return types
+
+
+def _kind_settings(body: Any) -> tuple[float | None, float | None]:
+    if not isinstance(body, dict):
+        raise bad_request('body must be an object: {"max_run_time": seconds or null, '
+                          '"yield_grace": seconds or null}')  # fmt: skip
+    unknown = set(body) - set(KIND_FIELDS)
+    if unknown:
+        raise bad_request(f"unknown field(s) {sorted(unknown)}; allowed: {sorted(KIND_FIELDS)}")
+    out: list[float | None] = []
+    for field, (low, high) in KIND_FIELDS.items():
+        value = body.get(field)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise bad_request(f"{field}: expected a number of seconds, or null")
+        if value is not None and not low <= value <= high:  # NaN is not in range either
+            raise bad_request(f"{field}: expected {low} to {high} seconds, got {value}")
+        out.append(None if value is None else float(value))
+    return out[0], out[1]
+
+
+def _kind_row(row: Any) -> dict[str, Any]:
+    return {
+        "kind": row["kind"],
+        "max_run_time": row["max_run_time"],
+        "yield_grace": row["yield_grace"],
+        "updated_at": row["updated_at"].isoformat(),
+    }
+
+
+def add_life_routes(
+    app: web.Application, manager: JobManager, life: LifeStore, events: EventBus
+) -> None:
+    api = LifeApi(manager, life, events)
+    app.on_shutdown.append(api.on_shutdown)
+    r = app.router
+    r.add_get("/api/v1/jobs/{id}/progress", api.progress)
+    r.add_get("/api/v1/jobs/{id}/result", api.result)
+    r.add_get("/api/v1/jobs/{id}/logs", api.logs)
+    r.add_get("/api/v1/jobs/{id}/events", api.job_events)
+    r.add_get("/api/v1/events", api.all_events)
+    r.add_get("/api/v1/kinds", api.kinds)
+    r.add_get("/api/v1/kinds/{kind:.+}", api.kind_get)
+    r.add_put("/api/v1/kinds/{kind:.+}", api.kind_put)
+    r.add_delete("/api/v1/kinds/{kind:.+}", api.kind_delete)
