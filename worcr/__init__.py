@@ -18,6 +18,7 @@ from worcr.errors import (
     Permanent,
     RemoteError,
     WorcrError,
+    Yield,
 )
 from worcr.limits import Grant, LimitTimeout
 from worcr.registry import Registry, default_registry, job
@@ -45,6 +46,7 @@ __all__ = [
     "SyncClient",
     "WorcrError",
     "Worker",
+    "Yield",
     "default_registry",
     "job",
 ]

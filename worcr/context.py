@@ -6,7 +6,8 @@ report: `"{Type}: {message}"` plus the traceback, both cut to the protocol limit
 unless the exception is `worcr.Permanent` or says `retryable = False`.
 
 `JobContext` is built for every job on the worker's hot path, so it is a slotted object whose
-logger is made only when asked for. Checkpoints, progress and log streaming will hang off it.
+logger and reporting channel (`worcr.reports`: checkpoints, progress, log lines) are made only
+when first used.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ import asyncio
 import inspect
 import logging
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from worcr.limits import Grant, NodeLink, acquire
+from worcr.reports import JobReports
 from worcr.wire import Limits
 
 __all__ = [
@@ -101,7 +104,9 @@ class JobContext:
 
     Attributes: `id`, `kind`, `args`, `tags`, `tenant`, `attempt` (1 for the first run),
     `max_attempts`, `token` (the fencing token of this attempt), `reserve_for` (lease seconds),
-    `enqueued_at` (Unix seconds), `cancelled` (a `CancelFlag`), and `logger`.
+    `enqueued_at` (Unix seconds), `checkpoints` (the latest value of each named checkpoint, as
+    the last attempt left them; empty on a first run), `cancelled` (a `CancelFlag`, also set
+    when the node asks the job to yield), `yield_requested`, and `logger`.
     """
 
     __slots__ = (
@@ -109,11 +114,14 @@ class JobContext:
         "_link",
         "_logger",
         "_loop",
+        "_reports",
         "_started",
         "_task",
+        "_yield_requested",
         "args",
         "attempt",
         "cancelled",
+        "checkpoints",
         "enqueued_at",
         "id",
         "kind",
@@ -136,6 +144,7 @@ class JobContext:
         max_attempts: int = 1,
         reserve_for: float = 60.0,
         enqueued_at: float = 0.0,
+        checkpoints: dict[str, Any] | None = None,
     ) -> None:
         self.id = id
         self.token = token
@@ -147,7 +156,10 @@ class JobContext:
         self.max_attempts = max_attempts
         self.reserve_for = reserve_for
         self.enqueued_at = enqueued_at
+        self.checkpoints: dict[str, Any] = checkpoints if checkpoints is not None else {}
         self.cancelled = CancelFlag()
+        self._yield_requested = False
+        self._reports: JobReports | None = None
         self._logger: logging.LoggerAdapter[logging.Logger] | None = None
         # Worker bookkeeping: the asyncio task of an async handler; whether the job left a
         # local slot; whether its outcome must be dropped (cancelled by the node or yielded).
@@ -156,6 +168,67 @@ class JobContext:
         self._abandoned = False
         self._link: NodeLink | None = None  # set by the executor: requests to the node
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- checkpoints, progress, logs ---------------------------------------------------------------
+
+    @property
+    def yield_requested(self) -> bool:
+        """The node asked this job to yield (its maximum run time is up) or the worker is shutting
+        down: checkpoint, then return early by raising `worcr.Yield` (async handlers are
+        cancelled instead, at their next await)."""
+        return self._yield_requested
+
+    async def checkpoint(self, name: str, value: Any) -> None:
+        """Store `value` under `name`; returns once it is durable. The next attempt of this job
+        (after a crash, a yield, a retry) finds it in `ctx.checkpoints`. `None` removes it."""
+        await self.checkpoint_many({name: value})
+
+    async def checkpoint_many(self, values: Mapping[str, Any]) -> None:
+        """Store several checkpoints at once (one durable write)."""
+        await self._channel().checkpoint(values)
+        for name, value in values.items():
+            if value is None:
+                self.checkpoints.pop(name, None)
+            else:
+                self.checkpoints[name] = value
+
+    def checkpoint_sync(self, name: str, value: Any) -> None:
+        """`checkpoint` for handlers that are plain functions (they run in worker threads)."""
+        self._run_sync(self.checkpoint(name, value))
+
+    async def progress(self, name: str, current: float, total: float | None = None) -> None:
+        """Set the progress counter `name` to `current` (of `total`). Returns at once: only the
+        latest value of each counter is sent, and it is stored before the job's end is."""
+        self._channel().progress(name, current, total)
+
+    def progress_sync(self, name: str, current: float, total: float | None = None) -> None:
+        """`progress` from a handler thread (returns at once too)."""
+        self._call_soon(lambda: self._channel().progress(name, current, total))
+
+    def log(self, message: str, level: str = "info") -> None:
+        """Send a line to the job's log on the node (stored per attempt, streamed to watchers).
+        Callable from async handlers and handler threads alike; returns at once. Levels: debug,
+        info, warning, error, critical, stdout, stderr."""
+        at = time.time()
+        self._call_soon(lambda: self._channel().log(level, str(message), at))
+
+    def _channel(self) -> JobReports:
+        if self._reports is None:
+            self._reports = JobReports(self._require_link(), self.id, self.token)
+        return self._reports
+
+    def _call_soon(self, fn: Callable[[], None]) -> None:
+        loop = self._loop
+        if loop is None:
+            raise RuntimeError("this job context is not attached to a running worker")
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            fn()
+        else:
+            loop.call_soon_threadsafe(fn)
 
     # -- rate limits ------------------------------------------------------------------------------
 
@@ -229,6 +302,7 @@ class JobContext:
             job.get("max_attempts") or 1,
             job.get("reserve_for") or 60.0,
             job.get("enqueued_at") or 0.0,
+            checkpoints if isinstance(checkpoints := job.get("checkpoints"), dict) else None,
         )
 
     @property

@@ -15,6 +15,7 @@ __all__ = [
     "Permanent",
     "RemoteError",
     "WorcrError",
+    "Yield",
 ]
 
 
@@ -49,3 +50,11 @@ class Permanent(Exception):
     """
 
     retryable = False
+
+
+class Yield(Exception):
+    """Raise from a job handler to give the job back without failing it: it goes back to ready
+    at once, keeps its checkpoints, and the attempt does not count toward `max_attempts`.
+
+    The way for a handler running in a thread to honour `ctx.yield_requested`.
+    """

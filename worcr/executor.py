@@ -5,6 +5,11 @@ and keeps the others waiting in arrival order. An `async def` handler runs as an
 the worker's loop; a plain function runs in the thread pool and posts its outcome back with
 `call_soon_threadsafe`. A job cancelled by the node (or yielded at shutdown) is "abandoned": its
 flag is set, its task cancelled, its slot freed, and whatever it returns later is dropped.
+
+A job asked to yield (by the node, its run time being up, or at shutdown) has its flag set and
+`yield_requested` true; an async handler is cancelled at its next await, a thread handler may
+`raise worcr.Yield`; either way the job is reported as yielded. Before any job's end is
+reported, what it reported about itself (checkpoints, progress, log lines) is flushed first.
 """
 
 from __future__ import annotations
@@ -13,11 +18,13 @@ import asyncio
 import logging
 import traceback
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import msgpack
 
+from worcr.capture import OutputCapture, current_job
 from worcr.context import (
     JobContext,
     argument_mismatch,
@@ -26,6 +33,7 @@ from worcr.context import (
     is_retryable,
     truncate_backtrace,
 )
+from worcr.errors import Yield
 from worcr.limits import NodeLink
 from worcr.registry import Handler, Registry
 from worcr.report import Reporter
@@ -38,6 +46,7 @@ LIMITS = Limits()  # defaults are readable on an instance only: Limits has __slo
 log = logging.getLogger(__name__)
 
 _CANCEL_GRACE = 1.0  # seconds for cancelled async handlers to unwind before they are yielded
+_FLUSH_TIMEOUT = 30.0  # seconds to get a job's last checkpoints, progress and lines answered
 
 Outcome = tuple[bool, Any, str | None]  # (succeeded, result or exception, traceback)
 
@@ -54,8 +63,10 @@ class JobExecutor:
         threads: int,
         worker_id: str = "",
         node: NodeLink | None = None,
+        capture: OutputCapture | None = None,
     ) -> None:
-        self.node = node  # requests jobs make to the node (rate limits)
+        self.node = node  # requests jobs make to the node (rate limits, checkpoints, ...)
+        self.capture = capture  # the job's logging/stdout copied to its log, if installed
         self.registry = registry
         self.reporter = reporter
         self.concurrency = concurrency
@@ -66,6 +77,7 @@ class JobExecutor:
         self._waiting: deque[tuple[JobContext, Handler]] = deque()
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="worcr-job")
         self._idle: asyncio.Event | None = None
+        self._ending: dict[str, asyncio.Task[None]] = {}  # jobs flushing before their report
 
     @property
     def waiting(self) -> int:
@@ -134,6 +146,27 @@ class JobExecutor:
                 log.info("job %s cancelled by the node: %s", ctx.id, reason)
                 self.abandon(ctx)
 
+    def on_yield(self, params: dict[str, Any]) -> None:
+        """The `yield` notification: the node asks these jobs to yield (their run time is up)."""
+        items = params.get("jobs")
+        for item in items if isinstance(items, list) else ():
+            ctx = self.held.get(str(item.get("id"))) if isinstance(item, dict) else None
+            if ctx is not None and ctx.token == item.get("token"):
+                log.info("job %s asked to yield: %s", ctx.id, params.get("reason"))
+                self.request_yield(ctx)
+
+    def request_yield(self, ctx: JobContext) -> None:
+        if ctx._yield_requested or ctx.id in self._ending:
+            return
+        ctx._yield_requested = True
+        ctx.cancelled.set()
+        if not ctx._started:  # still waiting for a slot: give it back at once
+            self._waiting = deque(w for w in self._waiting if w[0] is not ctx)
+            del self.held[ctx.id]
+            self.reporter.yield_(ctx.id, ctx.token)
+        elif ctx._task is not None:
+            ctx._task.cancel()
+
     def abandon(self, ctx: JobContext) -> None:
         """Forget a held job without reporting it: flag it, cancel its task, free its slot."""
         ctx._abandoned = True
@@ -167,11 +200,15 @@ class JobExecutor:
             self._idle.set()
 
     async def _run_async(self, ctx: JobContext, handler: Handler, awaitable: Any) -> None:
+        current_job.set(ctx)  # this task's own context: for the job's captured output
         try:
             result = await (invoke(handler.fn, ctx) if awaitable is None else awaitable)
         except asyncio.CancelledError:
             if ctx._abandoned:
-                return  # cancelled by the node or yielded at shutdown: nothing to report
+                return  # cancelled by the node: nothing to report
+            if ctx._yield_requested:
+                self._end(ctx, lambda: self.reporter.yield_(ctx.id, ctx.token))
+                return
             raise
         except Exception as exc:
             self._failed(ctx, handler, exc, traceback.format_exc())
@@ -184,10 +221,13 @@ class JobExecutor:
         if ctx._abandoned:
             return
         outcome: Outcome
+        reset = current_job.set(ctx)
         try:
             outcome = (True, invoke(handler.fn, ctx), None)
         except Exception as exc:
             outcome = (False, exc, traceback.format_exc())
+        finally:
+            current_job.reset(reset)
         try:
             loop.call_soon_threadsafe(self._thread_done, ctx, handler, outcome)
         except RuntimeError:  # the loop is closed: the worker is gone
@@ -210,14 +250,42 @@ class JobExecutor:
             if problem is not None:
                 self._report_failure(ctx, problem, None, retryable=False)
                 return
+        self._end(ctx, lambda: self.reporter.ack(ctx.id, ctx.token, result))
+
+    def _end(self, ctx: JobContext, report: Callable[[], None]) -> None:
+        """Report the job's end, once what it reported about itself is answered."""
+        if self.capture is not None:
+            self.capture.end_job(ctx)
+        reports = ctx._reports
+        if reports is None or not reports.busy:
+            del self.held[ctx.id]
+            report()
+            self._release()
+            return
+        task = asyncio.get_running_loop().create_task(self._end_after_flush(ctx, report))
+        self._ending[ctx.id] = task
+        task.add_done_callback(lambda _: self._ending.pop(ctx.id, None))
+
+    async def _end_after_flush(self, ctx: JobContext, report: Callable[[], None]) -> None:
+        assert ctx._reports is not None
+        try:
+            async with asyncio.timeout(_FLUSH_TIMEOUT):
+                await ctx._reports.flush()
+        except TimeoutError:
+            log.warning("job %s: its last checkpoints/progress/lines are unanswered", ctx.id)
+        if ctx._abandoned or self.held.get(ctx.id) is not ctx:
+            return  # cancelled by the node meanwhile (and its slot freed)
         del self.held[ctx.id]
-        self.reporter.ack(ctx.id, ctx.token, result)
+        report()
         self._release()
 
     def _failed(
         self, ctx: JobContext, handler: Handler, exc: BaseException, backtrace: str | None
     ) -> None:
         if ctx._abandoned:
+            return
+        if isinstance(exc, Yield):
+            self._end(ctx, lambda: self.reporter.yield_(ctx.id, ctx.token))
             return
         error = describe_exception(exc)
         retryable = is_retryable(exc)
@@ -230,16 +298,17 @@ class JobExecutor:
     def _report_failure(
         self, ctx: JobContext, error: str, backtrace: str | None, *, retryable: bool
     ) -> None:
-        del self.held[ctx.id]
         log.info("job %s (%s) failed on attempt %d: %s", ctx.id, ctx.kind, ctx.attempt, error)
-        self.reporter.fail(
-            ctx.id,
-            ctx.token,
-            error[: LIMITS.max_error_len],
-            truncate_backtrace(backtrace) if backtrace else None,
-            retryable,
+        self._end(
+            ctx,
+            lambda: self.reporter.fail(
+                ctx.id,
+                ctx.token,
+                error[: LIMITS.max_error_len],
+                truncate_backtrace(backtrace) if backtrace else None,
+                retryable,
+            ),
         )
-        self._release()
 
     # -- shutdown -------------------------------------------------------------------------------
 
@@ -265,23 +334,43 @@ class JobExecutor:
             self._idle = None
 
     async def yield_running(self) -> int:
-        """Cancel what still runs (async handlers get a moment to unwind) and yield it all."""
-        left = list(self.held.values())
+        """Cancel what still runs (async handlers get a moment to unwind) and yield it all, each
+        job after its last checkpoints are answered."""
+        left = [ctx for ctx in self.held.values() if ctx.id not in self._ending]
         tasks = []
         for ctx in left:
-            ctx._abandoned = True
+            ctx._yield_requested = True
             ctx.cancelled.set()
             if ctx._task is not None:
                 ctx._task.cancel()
                 tasks.append(ctx._task)
-        if tasks:
+        if tasks:  # a cancelled async handler reports its own yield (after its flush)
             await asyncio.wait(tasks, timeout=_CANCEL_GRACE)
-        count = 0
+        count = len(left)
         for ctx in left:
-            if self.held.pop(ctx.id, None) is ctx:  # not cancelled by the node meanwhile
-                self.reporter.yield_(ctx.id, ctx.token)
-                count += 1
+            if self.held.get(ctx.id) is ctx and ctx.id not in self._ending:
+                # a thread still running, or an async handler that would not unwind: its
+                # outcome is dropped from now on
+                ctx._abandoned = True
+                self._ending[ctx.id] = asyncio.get_running_loop().create_task(
+                    self._yield_after_flush(ctx)
+                )
+        ending = list(self._ending.values())
+        if ending:
+            await asyncio.wait(ending, timeout=_FLUSH_TIMEOUT)
         return count
+
+    async def _yield_after_flush(self, ctx: JobContext) -> None:
+        try:
+            if ctx._reports is not None:
+                async with asyncio.timeout(_FLUSH_TIMEOUT):
+                    await ctx._reports.flush()
+        except TimeoutError:
+            log.warning("job %s: its last checkpoints are unanswered", ctx.id)
+        finally:
+            self._ending.pop(ctx.id, None)
+        if self.held.pop(ctx.id, None) is ctx:
+            self.reporter.yield_(ctx.id, ctx.token)
 
 
 def result_problem(result: Any) -> str | None:

@@ -45,6 +45,7 @@ class JobOptions(TypedDict, total=False):
     backoff: Mapping[str, float]
     unique_key: str
     reserve_for: Duration
+    max_run_time: Duration
     id: str | uuid.UUID
 
 
@@ -75,6 +76,7 @@ class JobSpec:
     backoff: Mapping[str, float] | None = None
     unique_key: str | None = None
     reserve_for: Duration | None = None
+    max_run_time: Duration | None = None  # then the node asks the job to yield; None: the kind's
     id: str | uuid.UUID | None = None
 
     def to_wire(self, id_factory: Callable[[], str] | None = None) -> dict[str, Any]:
@@ -107,6 +109,10 @@ class JobSpec:
             out["unique_key"] = _text("unique_key", self.unique_key, 1 << 10)
         if self.reserve_for is not None:
             out["reserve_for"] = _positive("reserve_for", _seconds("reserve_for", self.reserve_for))
+        if self.max_run_time is not None:
+            out["max_run_time"] = _positive(
+                "max_run_time", _seconds("max_run_time", self.max_run_time)
+            )
         return out
 
 

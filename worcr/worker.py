@@ -13,7 +13,8 @@ holds fewer than that -> the `JobExecutor` runs them (at most `concurrency` at o
 the worker reconnects with backoff (rotating over `nodes`) while its jobs keep running, and lists
 them in `hello.running` so the new session adopts their leases. On SIGTERM/SIGINT it announces
 capacity 0, yields what has not started, lets running jobs finish within `shutdown_timeout`,
-cancels and yields the rest, flushes its reports, says `bye`.
+cancels and yields the rest (after their last checkpoints are stored), flushes its reports, says
+`bye`. A `yield` notification (a job's maximum run time is up) yields that job the same way.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from worcr.backoff import Backoff
+from worcr.capture import OutputCapture
 from worcr.client import DEFAULT_NODE, normalize_nodes
 from worcr.connection import Connection
 from worcr.errors import ConnectionClosed, RemoteError
@@ -68,9 +70,12 @@ class Worker:
         connect_timeout: float = 10.0,
         report_batch: int = 64,
         report_delay: float = 0.0005,
+        capture_output: bool = True,
     ) -> None:
         """`prefetch` defaults to `concurrency`; `threads` (the pool for plain-function
-        handlers) too. `report_batch`/`report_delay`: when batched reports are sent."""
+        handlers) too. `report_batch`/`report_delay`: when batched reports are sent.
+        `capture_output`: copy what jobs print and log (records that pass the loggers' levels)
+        to their log on the node; the output still goes where it went."""
         host = socket.gethostname()
         self.registry = registry if registry is not None else Registry()
         self.worker_id = worker_id or f"{host}-{os.getpid()}-{os.urandom(3).hex()}"
@@ -79,6 +84,7 @@ class Worker:
         self.connect_timeout = connect_timeout
         self.report_batch = report_batch
         self.report_delay = report_delay
+        self.capture_output = capture_output
         self.nodes: list[str] = []
         self.tags: list[str] = []
         self.token: str | None = None
@@ -212,6 +218,7 @@ class Worker:
             self._stop_event.set()
         self._node = NodeLink()
         reporter = self._reporter = Reporter(batch_size=self.report_batch, delay=self.report_delay)
+        capture = OutputCapture() if self.capture_output else None
         executor = self._executor = JobExecutor(
             self.registry,
             reporter,
@@ -219,6 +226,7 @@ class Worker:
             threads=self.threads,
             worker_id=self.worker_id,
             node=self._node,
+            capture=capture,
         )
         link = self._link = SessionLoop(
             self.nodes,
@@ -229,6 +237,8 @@ class Worker:
             connect_timeout=self.connect_timeout,
         )
         signals = self._install_signal_handlers(loop) if install_signal_handlers else []
+        if capture is not None:
+            capture.install()
         sessions = loop.create_task(link.run(), name=f"worcr-worker-{self.worker_id}")
         stop_wait = loop.create_task(self._stop_event.wait(), name="worcr-worker-stop")
         try:
@@ -242,6 +252,8 @@ class Worker:
             await asyncio.gather(sessions, stop_wait, return_exceptions=True)
             await link.aclose()
             executor.close()
+            if capture is not None:
+                capture.uninstall()
             for sig in signals:
                 loop.remove_signal_handler(sig)
             self._loop = self._stop_event = None
@@ -337,6 +349,8 @@ class Worker:
             executor.on_jobs(jobs if isinstance(jobs, list) else [])
         elif method == "cancel":
             executor.on_cancel(params)
+        elif method == "yield":
+            executor.on_yield(params)
         elif method == "error":
             log.error("node error: %s: %s", params.get("code"), params.get("message"))
         else:

@@ -5,12 +5,14 @@
 `sample.block` prints `started <id> <attempt> <token>` on stdout when it begins (the test reads
 that line as its signal that the job is running in the worker, not merely claimed by the node),
 then sleeps for `seconds` (an hour by default: the test kills or stops the worker meanwhile).
-Nothing else is printed on stdout; the worker's logs go to stderr.
+Nothing else is printed on stdout; the worker's logs go to stderr. `sample.digest` is the
+resumable job of the digest scenario (tests/integration/test_digest.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 
 import worcr
@@ -22,3 +24,24 @@ async def block(ctx: worcr.JobContext, seconds: float = 3600.0) -> str:
     sys.stdout.flush()
     await asyncio.sleep(seconds)
     return "slept"
+
+
+@worcr.job("sample.digest")
+async def digest(ctx: worcr.JobContext, count: int, sent: str, acked: str) -> dict[str, int]:
+    """The daily digest: "send" e-mails `count` times (append `i` to the file `sent`: the side
+    effect), checkpointing the next index after each; once a checkpoint is answered, append it
+    to `acked` (what the node promised to keep). Resumes at `ctx.checkpoints["next"]`."""
+    start = ctx.checkpoints.get("next", 0)
+    sent_fd = os.open(sent, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    acked_fd = os.open(acked, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        os.write(acked_fd, f"start {start} {ctx.token}\n".encode())
+        for i in range(start, count):
+            os.write(sent_fd, f"{i}\n".encode())  # survives a SIGKILL: the kernel has it
+            await ctx.checkpoint("next", i + 1)
+            os.write(acked_fd, f"{i + 1}\n".encode())
+            await ctx.progress("emails", i + 1, count)
+    finally:
+        os.close(sent_fd)
+        os.close(acked_fd)
+    return {"sent": count - start}
