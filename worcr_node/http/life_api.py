@@ -222,8 +222,9 @@ class LifeApi:
             snapshot = {"job": render_job(row), "logs": lines}
             await stream.send("snapshot", snapshot, stream.seen or None)
             if row["state"] in FINAL_STATES:
-                await stream.send("state", {"type": "state", "job": str(job_id),
-                                            "state": row["state"]})  # fmt: skip
+                await stream.send(
+                    "state", {"type": "state", "job": str(job_id), "state": row["state"]}
+                )
             else:
                 await self._pump(stream, self._job_over)
         except ConnectionError:  # the client left
@@ -288,8 +289,11 @@ class LifeApi:
             await stream.report_lost()
             if event is not None:
                 await stream.forward(event)
-                if (recheck is not None and event.get("type") == "state"
-                        and event.get("state") in FINAL_STATES):  # fmt: skip
+                if (
+                    recheck is not None
+                    and event.get("type") == "state"
+                    and event.get("state") in FINAL_STATES
+                ):
                     return
             if recheck is not None and clock() >= recheck_at:
                 if await recheck(stream):
@@ -304,8 +308,9 @@ class LifeApi:
         kind = request.match_info["kind"]
         limit = self.m.limits.max_kind_len
         if len(kind) > limit or not kind.isprintable():
-            raise bad_request(f"{kind[:64]!r} is not a job kind (at most {limit} printable "
-                              "characters)")  # fmt: skip
+            raise bad_request(
+                f"{kind[:64]!r} is not a job kind (at most {limit} printable characters)"
+            )
         return kind
 
     async def kinds(self, request: web.Request) -> web.Response:
@@ -321,8 +326,9 @@ class LifeApi:
     async def kind_put(self, request: web.Request) -> web.Response:
         kind = self._kind(request)
         max_run_time, yield_grace = _kind_settings(await json_body(request))
-        return web.json_response(_kind_row(await self.life.kind_put(kind, max_run_time,
-                                                                    yield_grace)))  # fmt: skip
+        return web.json_response(
+            _kind_row(await self.life.kind_put(kind, max_run_time, yield_grace))
+        )
 
     async def kind_delete(self, request: web.Request) -> web.Response:
         kind = self._kind(request)
@@ -351,8 +357,10 @@ def _types(request: web.Request) -> list[str]:
 
 def _kind_settings(body: Any) -> tuple[float | None, float | None]:
     if not isinstance(body, dict):
-        raise bad_request('body must be an object: {"max_run_time": seconds or null, '
-                          '"yield_grace": seconds or null}')  # fmt: skip
+        raise bad_request(
+            'body must be an object: {"max_run_time": seconds or null, '
+            '"yield_grace": seconds or null}'
+        )
     unknown = set(body) - set(KIND_FIELDS)
     if unknown:
         raise bad_request(f"unknown field(s) {sorted(unknown)}; allowed: {sorted(KIND_FIELDS)}")
