@@ -273,3 +273,24 @@ async def test_progress_and_logs_reach_subscribers_on_every_node(
 
 async def _truthy(value: bool) -> bool:
     return value
+
+
+async def test_hello_adopts_only_current_attempts_and_names_the_stale(
+    node_factory: NodeFactory,
+) -> None:
+    node = await node_factory(duty_periods={"leases": 0.05})
+    c, job = await _running(node, {"kind": "long", "reserve_for": 0.5}, worker_id="w1")
+    other = await RawClient.connect(node.worker_address)
+    await other.hello(capacity=1, worker_id="w2")
+    await c.close()  # w1 goes silent; its lease expires and w2 gets the job
+    [again] = await other.jobs(1)
+    assert again["token"] == job["token"] + 1
+    back = await RawClient.connect(node.worker_address)
+    hello = await back.hello(worker_id="w1", capacity=0, running=[_ref(job)])
+    assert hello["stale"] == [job["id"]]  # not adopted
+    fresh = await RawClient.connect(node.worker_address)
+    hello = await fresh.hello(worker_id="w3", capacity=0, running=[_ref(again)])
+    assert hello["stale"] == []  # the current attempt is adopted (w2's own reconnection)
+    assert (await other.call("ack", {"jobs": [_ref(again)]}))["results"] == [None]
+    for client in (back, fresh, other):
+        await client.close()

@@ -378,19 +378,25 @@ async def on_hello(s: Session, p: dict[str, Any]) -> dict[str, Any]:
     kinds = _str_list(p, "kinds", 10_000, limits.max_kind_len)
     running = p.get("running") or []
     refs = _job_refs({"jobs": running}, limits) if running else []
+    stale: list[str] = []
+    if refs:  # a reconnecting worker's jobs: adopt those that are still the running attempts
+        assert hub.life is not None
+        current = await hub.life.store.attempts_running([(r["_uuid"], r["token"]) for r in refs])
+        stale = [r["id"] for r in refs if r["_uuid"] not in current]
+        refs = [r for r in refs if r["_uuid"] in current]
     s.worker_id = worker_id
     s.tags = tags
     s.kinds = frozenset(kinds)
     s.capacity = capacity
     s.authenticated = True
-    for ref in refs:  # a reconnecting worker's running jobs: keep extending their leases
+    for ref in refs:  # adopted: their leases are extended at once and on every heartbeat
         s.held_jobs[ref["id"]] = (ref["token"], float(ref.get("reserve_for") or 60.0))
         hub.holder[ref["id"]] = s
     if refs:
         s.heartbeat()
     if capacity:
         hub.add_consumer(s)
-    return {
+    answer = {
         "node_id": hub.node_id,
         "session": uuid.uuid4().hex,
         "worker_id": worker_id,
@@ -403,6 +409,9 @@ async def on_hello(s: Session, p: dict[str, Any]) -> dict[str, Any]:
             "max_tags": limits.max_tags,
         },
     }
+    if running:
+        answer["stale"] = stale
+    return answer
 
 
 async def on_enqueue(s: Session, p: dict[str, Any]) -> dict[str, Any]:
