@@ -211,7 +211,7 @@ class LifeApi:
         try:
             row = await self._row(job_id)  # after subscribing: no event falls in between
             tail = []
-            if row["attempt"]:
+            if row["attempt"]:  # (a LifeStore method to come: the statement is in queries.py)
                 tail = await self.life.pg.run(
                     lambda c: c.fetch(q.LOGS_TAIL_OF_JOB, job_id, row["attempt"], SNAPSHOT_LINES)
                 )
