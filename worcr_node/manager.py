@@ -37,6 +37,7 @@ __all__ = ["JobManager", "SpecError"]
 log = logging.getLogger(__name__)
 
 Ready = dict[str, list[tuple[int, uuid.UUID]]]
+StateChange = tuple[str, str, str, str]  # (job id, new state, kind, tenant)
 
 
 class JobManager:
@@ -65,8 +66,9 @@ class JobManager:
         self.early_release = False
         # Called with (job id, token) of running jobs that were cancelled, and why.
         self.on_cancel: Callable[[Sequence[tuple[str, int]], str], None] = lambda jobs, why: None
-        # Called with (job id, new state) of jobs whose attempt ended (the event stream).
-        self.on_states: Callable[[Iterable[tuple[str, str]]], None] = lambda changes: None
+        # Called with (job id, new state, kind, tenant) of jobs that changed state (the event
+        # stream; it consumes the iterable only while somebody watches).
+        self.on_states: Callable[[Iterable[StateChange]], None] = lambda changes: None
         self._enqueue = Batcher[NewJob, InsertResult]("enqueue", self._flush_enqueue, concurrency=2)
         self._ack = Batcher[tuple[uuid.UUID, int, bytes | None], bool](
             "ack", self._flush_ack, concurrency=2
@@ -138,6 +140,7 @@ class JobManager:
             [(uuid.UUID(i), worker_id, lane, admitted) for i, lane, admitted in items]
         )
         got = [c for c in claimed if c is not None]
+        self.on_states((str(c.id), JobState.RUNNING, c.kind, c.tenant) for c in got)
         if len(got) < len(items):
             taken = {str(c.id) for c in got}
             refused = [i for i, _, _ in items if i not in taken]
@@ -192,8 +195,8 @@ class JobManager:
         )  # fmt: skip
         if not released:
             await self._release([str(i) for i in done])
-        self.on_done(done)
-        self.on_states((str(i), JobState.COMPLETED) for i in done)
+        self.on_done(done.keys())
+        self.on_states((str(i), JobState.COMPLETED, *done[i]) for i in done)
         return [i[0] in done for i in items]
 
     async def fail(self, items: Sequence[Failure]) -> list[bool]:
@@ -241,11 +244,11 @@ class JobManager:
         moved = await self.store.job_finish_many(items, decide)
         changed = {r[0] for r in moved}
         self.on_done(changed)
-        self.on_states((str(r[0]), r[3]) for r in moved)
+        self.on_states((str(r[0]), r[3], r[4], r[5]) for r in moved)
         if release and changed:
             await self._release([str(i) for i in changed])
         ready: Ready = defaultdict(list)
-        for jid, seq, lane, state in moved:
+        for jid, seq, lane, state, _, _ in moved:
             if state == JobState.QUEUED:
                 ready[lane].append((seq, jid))
         await self._push_ready(ready)
@@ -284,13 +287,16 @@ class JobManager:
     async def promote_due(self, limit: int = 1000) -> int:
         rows = await self.store.job_promote_due(limit)
         ready: Ready = defaultdict(list)
-        for jid, seq, lane in rows:
+        for jid, seq, lane, _, _ in rows:
             ready[lane].append((seq, jid))
         await self._push_ready(ready)
+        self.on_states((str(r[0]), JobState.QUEUED, r[3], r[4]) for r in rows)
         return len(rows)
 
     async def expire_due(self, limit: int = 1000) -> int:
-        return await self.store.job_expire_due(limit)
+        rows = await self.store.job_expire_due(limit)
+        self.on_states((str(r[0]), JobState.EXPIRED, r[1], r[2]) for r in rows)
+        return len(rows)
 
     # -- operator actions --------------------------------------------------------------------------
 
@@ -299,11 +305,11 @@ class JobManager:
         res = await self.store.job_cancel(job_id)
         if res is None:
             return False, "missing"
-        previous, token = res
+        previous, token, kind, tenant = res
         if previous not in (s.value for s in (JobState.SCHEDULED, JobState.QUEUED,
                                                JobState.RUNNING, JobState.RETRYING)):  # fmt: skip
             return False, previous
-        self.on_states([(str(job_id), JobState.CANCELLED)])
+        self.on_states([(str(job_id), JobState.CANCELLED, kind, tenant)])
         if previous == JobState.RUNNING:
             self.on_done({job_id})
             await self._release([str(job_id)])
@@ -315,4 +321,5 @@ class JobManager:
         if row is None:
             return False
         await self._push_ready({row[2]: [(row[1], row[0])]})
+        self.on_states([(str(job_id), JobState.QUEUED, row[3], row[4])])
         return True

@@ -263,8 +263,8 @@ async def test_progress_and_logs_reach_subscribers_on_every_node(
 
     async def completed() -> bool:
         event = await sub.get(1.0)
-        return event is not None and event == {"type": "state", "job": job["id"],
-                                               "state": "completed"}  # fmt: skip
+        return event == {"type": "state", "job": job["id"], "state": "completed",
+                         "kind": "digest", "tenant": "acme"}  # fmt: skip
 
     await wait_until(completed, timeout=10)
     sub.close()

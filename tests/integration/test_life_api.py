@@ -119,6 +119,12 @@ async def stream(http: aiohttp.ClientSession, path: str, **headers: str) -> Asyn
 # -- the job's fields and its progress and result ------------------------------------------------
 
 
+def state_event(job: dict[str, Any], state: str) -> dict[str, Any]:
+    """A `state` event of a job pushed to a raw worker."""
+    return {"type": "state", "job": job["id"], "state": state, "kind": job["kind"],
+            "tenant": job["tenant"]}  # fmt: skip
+
+
 async def test_a_job_shows_its_checkpoints_progress_and_run_time(
     node: Node, http: aiohttp.ClientSession
 ) -> None:
@@ -381,7 +387,7 @@ async def test_a_job_stream_opens_with_a_snapshot_and_ends_with_the_final_state(
         await c.call("ack", {"jobs": [ref(job)]})
         assert await sse.event() == (
             "state",
-            {"type": "state", "job": job["id"], "state": "completed"},
+            state_event(job, "completed"),
             None,
         )
         await sse.ended()
@@ -432,7 +438,7 @@ async def test_a_stream_of_a_finished_job_ends_after_the_snapshot(
         )
         assert await sse.event() == (
             "state",
-            {"type": "state", "job": job["id"], "state": "completed"},
+            state_event(job, "completed"),
             None,
         )
         await sse.ended()
@@ -450,7 +456,7 @@ async def test_a_missed_state_event_ends_the_stream_at_the_next_read_of_the_job(
         await c.call("fail", {"jobs": [ref(job, error="boom", retryable=False)]})
         assert await sse.event() == (
             "state",
-            {"type": "state", "job": job["id"], "state": "dead"},
+            state_event(job, "dead"),
             None,
         )
         await sse.ended()
@@ -501,7 +507,7 @@ async def test_the_all_jobs_stream_filters_by_kind_tenant_and_type(
         await ours_c.call("ack", {"jobs": [ref(ours)]})
         assert await sse.event() == (
             "state",
-            {"type": "state", "job": ours["id"], "state": "completed"},
+            state_event(ours, "completed"),
             None,
         )
     for c in (ours_c, other_c, third_c):
@@ -566,7 +572,7 @@ async def test_what_one_node_stores_reaches_a_stream_on_another(
             await c.call("ack", {"jobs": [ref(job)]})
             assert await sse.event() == (
                 "state",
-                {"type": "state", "job": job["id"], "state": "completed"},
+                state_event(job, "completed"),
                 None,
             )
             await sse.ended()

@@ -20,7 +20,7 @@ from worcr.wire import ErrorCode
 from worcr_node.dispatch.dispatcher import Dispatcher
 from worcr_node.dispatch.policy import PolicyStore
 from worcr_node.http.dispatch_api import add_dispatch_routes
-from worcr_node.http.errors import ApiError, error_response, json_body
+from worcr_node.http.errors import ApiError, error_response, json_body, path_job_id
 from worcr_node.http.explain_api import add_explain_route
 from worcr_node.http.life_api import add_life_routes
 from worcr_node.http.limits_api import add_limits_routes
@@ -65,14 +65,6 @@ def _middleware(token: str | None) -> Any:
     return mw
 
 
-def _job_id(request: web.Request) -> uuid.UUID:
-    raw = request.match_info["id"]
-    try:
-        return uuid.UUID(raw)
-    except ValueError:
-        raise ApiError(400, ErrorCode.BAD_REQUEST, f"{raw[:64]!r} is not a job id") from None
-
-
 class Api:
     def __init__(self, manager: JobManager) -> None:
         self.m = manager
@@ -89,7 +81,7 @@ class Api:
         return web.json_response(out[0] if single else {"jobs": out}, status=status)
 
     async def get(self, request: web.Request) -> web.Response:
-        job_id = _job_id(request)
+        job_id = path_job_id(request)
         row = await self.m.store.job_get(job_id)
         if row is None:
             raise ApiError(404, ErrorCode.NOT_FOUND, f"no job {job_id}")
@@ -123,7 +115,7 @@ class Api:
         return web.json_response({"jobs": jobs, "next_cursor": next_cursor})
 
     async def cancel(self, request: web.Request) -> web.Response:
-        job_id = _job_id(request)
+        job_id = path_job_id(request)
         changed, previous = await self.m.cancel(job_id)
         if previous == "missing":
             raise ApiError(404, ErrorCode.NOT_FOUND, f"no job {job_id}")
@@ -134,7 +126,7 @@ class Api:
         return web.json_response({"id": str(job_id), "state": "cancelled", "previous": previous})
 
     async def retry(self, request: web.Request) -> web.Response:
-        job_id = _job_id(request)
+        job_id = path_job_id(request)
         if not await self.m.retry_now(job_id):
             row = await self.m.store.job_get(job_id)
             if row is None:

@@ -5,6 +5,7 @@ renders it (and every other failure it knows) as JSON `{"error": {"code", "messa
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 from aiohttp import web
@@ -45,3 +46,12 @@ async def json_body(request: web.Request) -> Any:
     except RecursionError:
         why += ": nested too deeply"
     raise bad_request(why)
+
+
+def path_job_id(request: web.Request) -> uuid.UUID:
+    """The job id in the route's `{id}`; a 400 if it is not a UUID."""
+    raw = request.match_info["id"]
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise bad_request(f"{raw[:64]!r} is not a job id") from None

@@ -23,12 +23,11 @@ from typing import Any
 from aiohttp import web
 
 from worcr.wire import ErrorCode
-from worcr_node.http.errors import ApiError, bad_request, json_body
+from worcr_node.http.errors import ApiError, bad_request, json_body, path_job_id
 from worcr_node.http.render import render_job, render_result
 from worcr_node.life.events import EventBus, Subscription
 from worcr_node.manager import JobManager
 from worcr_node.state import FINAL
-from worcr_node.store import queries as q
 from worcr_node.store.life import LifeStore
 from worcr_node.store.pg import StorageUnavailable
 
@@ -58,6 +57,12 @@ def _iso(unix: float) -> str:
     return datetime.fromtimestamp(unix, UTC).isoformat()
 
 
+def _state_event(row: Any) -> dict[str, Any]:
+    """A `state` event for a job as read (the job's stream found it in that state)."""
+    return {"type": "state", "job": str(row["id"]), "state": row["state"], "kind": row["kind"],
+            "tenant": row["tenant"]}  # fmt: skip
+
+
 def _line(row: Any) -> dict[str, Any]:
     """A log line as the API shows it (a stored row or a line of a log event)."""
     return {
@@ -67,14 +72,6 @@ def _line(row: Any) -> dict[str, Any]:
         "level": row["level"],
         "message": row["message"],
     }
-
-
-def _job_id(request: web.Request) -> uuid.UUID:
-    raw = request.match_info["id"]
-    try:
-        return uuid.UUID(raw)
-    except ValueError:
-        raise bad_request(f"{raw[:64]!r} is not a job id") from None
 
 
 def _one(request: web.Request, name: str) -> str | None:
@@ -179,20 +176,20 @@ class LifeApi:
     # -- progress, result, logs --------------------------------------------------------------------
 
     async def progress(self, request: web.Request) -> web.Response:
-        row = await self._row(_job_id(request))
+        row = await self._row(path_job_id(request))
         job = render_job(row)
         return web.json_response(
             {"id": job["id"], "state": job["state"], "progress": job["progress"] or {}}
         )
 
     async def result(self, request: web.Request) -> web.Response:
-        row = await self._row(_job_id(request))
+        row = await self._row(path_job_id(request))
         return web.json_response(
             {"id": str(row["id"]), "state": row["state"], "result": render_result(row)}
         )
 
     async def logs(self, request: web.Request) -> web.Response:
-        job_id = _job_id(request)
+        job_id = path_job_id(request)
         _refuse_unknown(request, ("attempt", "after", "limit"))
         attempt = _int_param(request, "attempt", 1, MAX_INT4)
         after = _int_param(request, "after", 0, MAX_INT8) or 0
@@ -205,15 +202,15 @@ class LifeApi:
     # -- event streams -----------------------------------------------------------------------------
 
     async def job_events(self, request: web.Request) -> web.StreamResponse:
-        job_id = _job_id(request)
+        job_id = path_job_id(request)
         _refuse_unknown(request, ())
         stream = self._subscribe(request, job=str(job_id))
         try:
             row = await self._row(job_id)  # after subscribing: no event falls in between
             tail = []
-            if row["attempt"]:  # (a LifeStore method to come: the statement is in queries.py)
-                tail = await self.life.pg.run(
-                    lambda c: c.fetch(q.LOGS_TAIL_OF_JOB, job_id, row["attempt"], SNAPSHOT_LINES)
+            if row["lease_token"]:  # the lines of the job's current (or last) attempt
+                tail = await self.life.logs_tail_of_attempt(
+                    job_id, row["lease_token"], SNAPSHOT_LINES
                 )
             stream.seen = _last_event_id(request)  # a reconnecting EventSource has those
             lines = [_line(r) for r in tail if r["id"] > stream.seen]
@@ -222,9 +219,7 @@ class LifeApi:
             snapshot = {"job": render_job(row), "logs": lines}
             await stream.send("snapshot", snapshot, stream.seen or None)
             if row["state"] in FINAL_STATES:
-                await stream.send(
-                    "state", {"type": "state", "job": str(job_id), "state": row["state"]}
-                )
+                await stream.send("state", _state_event(row))
             else:
                 await self._pump(stream, self._job_over)
         except ConnectionError:  # the client left
@@ -245,7 +240,7 @@ class LifeApi:
             return True
         if row["state"] not in FINAL_STATES:
             return False
-        await stream.send("state", {"type": "state", "job": job, "state": row["state"]})
+        await stream.send("state", _state_event(row))
         return True
 
     async def all_events(self, request: web.Request) -> web.StreamResponse:

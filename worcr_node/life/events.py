@@ -48,7 +48,7 @@ class Subscription:
         self.tenants = frozenset(tenants)
         self.types = frozenset(types)
         self.queue: asyncio.Queue[Event] = asyncio.Queue(QUEUE_SIZE)
-        self.lost = 0  # events dropped since the last `get`
+        self.lost = 0  # events dropped because the queue was full (the reader resets it)
 
     def wants(self, event: Event) -> bool:
         if self.job is not None and event.get("job") != self.job:
@@ -104,10 +104,13 @@ class EventBus(Service):
         if self._pending:
             self._wake.set()
 
-    def publish_states(self, changes: Iterable[tuple[str, str]]) -> None:
-        """(job id, new state) pairs, published only while somebody watches."""
+    def publish_states(self, changes: Iterable[tuple[str, str, str, str]]) -> None:
+        """(job id, new state, kind, tenant) changes, published only while somebody watches."""
         if self.watched:
-            self.publish({"type": "state", "job": job, "state": state} for job, state in changes)
+            self.publish(
+                {"type": "state", "job": job, "state": state, "kind": kind, "tenant": tenant}
+                for job, state, kind, tenant in changes
+            )
 
     async def _publisher(self) -> None:
         while not self.stopping:
@@ -119,7 +122,7 @@ class EventBus(Service):
             try:
                 await self.index.publish(self.index.events_channel, json.dumps(batch))
                 self.published += len(batch)
-            except IndexUnavailable as exc:  # the stored state stays readable over the API
+            except Exception as exc:  # events are a view: the stored state stays readable
                 log.warning("%d event(s) not published: %s", len(batch), exc)
 
     # -- consuming -------------------------------------------------------------------------------

@@ -132,6 +132,12 @@ class LifeStore:
     ) -> list[asyncpg.Record]:
         return await self.pg.run(lambda c: c.fetch(q.LOGS_OF_JOB, job_id, after, attempt, limit))
 
+    async def logs_tail_of_attempt(
+        self, job_id: uuid.UUID, token: int, limit: int
+    ) -> list[asyncpg.Record]:
+        """The last `limit` lines of one attempt (by its lease token), oldest first."""
+        return await self.pg.run(lambda c: c.fetch(q.LOGS_TAIL_OF_JOB, job_id, token, limit))
+
     async def logs_delete_before(self, cutoff: float, limit: int) -> int:
         status = await self.pg.run(lambda c: c.execute(q.LOGS_DELETE_BEFORE, cutoff, limit))
         return int(status.split()[-1])

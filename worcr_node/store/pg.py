@@ -46,6 +46,10 @@ class StorageUnavailable(Exception):
     """PostgreSQL cannot be reached right now; the operation did not happen and may be retried."""
 
 
+# A running attempt that ended other than by completion: (id, seq, lane, new state, kind, tenant).
+Moved = tuple[uuid.UUID, int, str, str, str, str]
+
+
 @dataclass(frozen=True, slots=True)
 class InsertResult:
     id: uuid.UUID
@@ -209,19 +213,21 @@ class PgStore:
         tokens: Sequence[int],
         results: Sequence[bytes | None],
         before_commit: Callable[[set[uuid.UUID]], Awaitable[None]] | None = None,
-    ) -> set[uuid.UUID]:
-        """running -> completed; returns the ids whose token was current (the others are stale).
+    ) -> dict[uuid.UUID, tuple[str, str]]:
+        """running -> completed; returns {id: (kind, tenant)} of the jobs whose token was current
+        (the others are stale).
 
         `before_commit(done)` runs inside the transaction, after the update and before the commit
         (and its disk flush): the attempts' `finished_at` (the transaction's start) precedes it."""
         if before_commit is None:
             rows = await self.run(lambda c: c.fetch(q.JOB_COMPLETE_MANY, ids, tokens, results))
-            return {r[0] for r in rows}
+            return {r[0]: (r[1], r[2]) for r in rows}
 
-        async def tx(conn: asyncpg.Connection) -> set[uuid.UUID]:
+        async def tx(conn: asyncpg.Connection) -> dict[uuid.UUID, tuple[str, str]]:
             async with conn.transaction():
-                done = {r[0] for r in await conn.fetch(q.JOB_COMPLETE_MANY, ids, tokens, results)}
-                await before_commit(done)
+                rows = await conn.fetch(q.JOB_COMPLETE_MANY, ids, tokens, results)
+                done = {r[0]: (r[1], r[2]) for r in rows}
+                await before_commit(set(done))
             return done
 
         return await self.run(tx)
@@ -230,15 +236,15 @@ class PgStore:
         self,
         items: Sequence[tuple[uuid.UUID, int]],
         decide: Callable[[asyncpg.Record], FinishOutcome],
-    ) -> list[tuple[uuid.UUID, int, str, str]]:
+    ) -> list[Moved]:
         """End running attempts other than by completion.
 
         Locks the current rows, lets `decide` (pure, in Python) choose each next state, writes
-        them and their attempt rows. Returns (id, seq, lane, new state) for the rows changed;
-        items whose token is stale are absent.
+        them and their attempt rows. Returns (id, seq, lane, new state, kind, tenant) for the
+        rows changed; items whose token is stale are absent.
         """
 
-        async def tx(conn: asyncpg.Connection) -> list[tuple[uuid.UUID, int, str, str]]:
+        async def tx(conn: asyncpg.Connection) -> list[Moved]:
             async with conn.transaction():
                 rows = await conn.fetch(
                     q.JOB_LOCK_RUNNING, [i[0] for i in items], [i[1] for i in items]
@@ -257,7 +263,7 @@ class PgStore:
                     [o.error for o in outs],
                     [o.backtrace for o in outs],
                 )
-            return [(r[0], r[1], r[2], r[3]) for r in moved]
+            return [(r[0], r[1], r[2], r[3], r[4], r[5]) for r in moved]
 
         return await self.run(tx)
 
@@ -318,13 +324,15 @@ class PgStore:
 
     # -- time-driven -------------------------------------------------------------------------------
 
-    async def job_promote_due(self, limit: int) -> list[tuple[uuid.UUID, int, str]]:
+    async def job_promote_due(self, limit: int) -> list[tuple[uuid.UUID, int, str, str, str]]:
+        """(id, seq, lane, kind, tenant) of the jobs made ready."""
         rows = await self.run(lambda c: c.fetch(q.JOB_PROMOTE_DUE, limit))
-        return [(r[0], r[1], r[2]) for r in rows]
+        return [(r[0], r[1], r[2], r[3], r[4]) for r in rows]
 
-    async def job_expire_due(self, limit: int) -> int:
+    async def job_expire_due(self, limit: int) -> list[tuple[uuid.UUID, str, str]]:
+        """(id, kind, tenant) of the jobs that expired."""
         rows = await self.run(lambda c: c.fetch(q.JOB_EXPIRE_DUE, limit))
-        return len(rows)
+        return [(r[0], r[1], r[2]) for r in rows]
 
     # -- lanes -------------------------------------------------------------------------------------
 
@@ -390,10 +398,11 @@ class PgStore:
 
     # -- operator actions --------------------------------------------------------------------------
 
-    async def job_cancel(self, job_id: uuid.UUID) -> tuple[str, int] | None:
-        """Cancel an active job. Returns (previous state, lease token), or None if not found."""
+    async def job_cancel(self, job_id: uuid.UUID) -> tuple[str, int, str, str] | None:
+        """Cancel an active job. Returns (previous state, lease token, kind, tenant), or None if
+        not found."""
 
-        async def tx(conn: asyncpg.Connection) -> tuple[str, int] | None:
+        async def tx(conn: asyncpg.Connection) -> tuple[str, int, str, str] | None:
             async with conn.transaction():
                 row = await conn.fetchrow(q.JOB_STATE_FOR_UPDATE, job_id)
                 if row is None:
@@ -401,13 +410,14 @@ class PgStore:
                 await conn.execute(q.JOB_CANCEL, job_id)
                 if row[0] == JobState.RUNNING:
                     await conn.execute(q.ATTEMPT_CANCELLED, job_id)
-                return (row[0], row[1])
+                return (row[0], row[1], row[2], row[3])
 
         return await self.run(tx)
 
-    async def job_retry_now(self, job_id: uuid.UUID) -> tuple[uuid.UUID, int, str] | None:
+    async def job_retry_now(self, job_id: uuid.UUID) -> tuple[uuid.UUID, int, str, str, str] | None:
+        """(id, seq, lane, kind, tenant) of the job made ready again, or None."""
         row = await self.run(lambda c: c.fetchrow(q.JOB_RETRY_NOW, job_id))
-        return None if row is None else (row[0], row[1], row[2])
+        return None if row is None else (row[0], row[1], row[2], row[3], row[4])
 
     async def job_get(self, job_id: uuid.UUID) -> asyncpg.Record | None:
         return await self.run(lambda c: c.fetchrow(q.JOB_GET, job_id))

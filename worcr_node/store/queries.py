@@ -77,13 +77,15 @@ WITH u AS (
     SET state = 'completed', result = u.result, finished_at = now(), updated_at = now()
     FROM u
     WHERE j.id = u.id AND j.lease_token = u.token AND j.state = 'running'
-    RETURNING j.id, j.attempt, j.lease_token, j.worker_id, j.node_id, j.started_at, j.admitted_at
+    RETURNING j.id, j.attempt, j.lease_token, j.worker_id, j.node_id, j.started_at, j.admitted_at,
+              j.kind, j.tenant
+), hist AS (
+    INSERT INTO worcr_attempts (job_id, attempt, lease_token, worker_id, node_id, started_at,
+                                outcome, admitted_at)
+    SELECT id, attempt, lease_token, worker_id, node_id, started_at, 'completed', admitted_at
+    FROM done
 )
-INSERT INTO worcr_attempts (job_id, attempt, lease_token, worker_id, node_id, started_at, outcome,
-                            admitted_at)
-SELECT id, attempt, lease_token, worker_id, node_id, started_at, 'completed', admitted_at
-FROM done
-RETURNING job_id
+SELECT id, kind, tenant FROM done
 """
 
 # Rows of running attempts, locked, for failure handling computed in Python.
@@ -114,7 +116,8 @@ WITH u AS (
     FROM u
     WHERE j.id = u.id AND j.lease_token = u.token AND j.state = 'running'
     RETURNING j.id, j.seq, j.lane, j.state, j.attempt - u.attempt_delta AS ran_as, j.lease_token,
-              j.worker_id, j.node_id, j.started_at, j.admitted_at, u.outcome, u.error, u.backtrace
+              j.worker_id, j.node_id, j.started_at, j.admitted_at, u.outcome, u.error, u.backtrace,
+              j.kind, j.tenant
 ), hist AS (
     INSERT INTO worcr_attempts (job_id, attempt, lease_token, worker_id, node_id, started_at,
                                 admitted_at, outcome, error, backtrace)
@@ -123,7 +126,7 @@ WITH u AS (
     FROM moved
     ON CONFLICT DO NOTHING
 )
-SELECT id, seq, lane, state FROM moved
+SELECT id, seq, lane, state, kind, tenant FROM moved
 """
 
 # Lost leases: the current attempt of each job (whatever its token) if it is still running.
@@ -145,7 +148,7 @@ WITH due AS (
 )
 UPDATE worcr_jobs j SET state = 'queued', seq = nextval('worcr_job_seq'), updated_at = now()
 FROM due WHERE j.id = due.id
-RETURNING j.id, j.seq, j.lane
+RETURNING j.id, j.seq, j.lane, j.kind, j.tenant
 """
 
 JOB_EXPIRE_DUE = """
@@ -158,7 +161,7 @@ WITH due AS (
 )
 UPDATE worcr_jobs j SET state = 'expired', finished_at = now(), updated_at = now()
 FROM due WHERE j.id = due.id
-RETURNING j.id
+RETURNING j.id, j.kind, j.tenant
 """
 
 # The head of a lane's ready backlog: what a refill pages into the Redis window.
@@ -186,7 +189,9 @@ UPDATE worcr_jobs SET state = 'cancelled', finished_at = now(), updated_at = now
 WHERE id = $1 AND state IN ('scheduled', 'queued', 'running', 'retrying')
 """
 
-JOB_STATE_FOR_UPDATE = "SELECT state, lease_token FROM worcr_jobs WHERE id = $1 FOR UPDATE"
+JOB_STATE_FOR_UPDATE = (
+    "SELECT state, lease_token, kind, tenant FROM worcr_jobs WHERE id = $1 FOR UPDATE"
+)
 
 # The attempt a cancel interrupted (running jobs only).
 ATTEMPT_CANCELLED = """
@@ -206,7 +211,7 @@ SET state = 'queued', seq = nextval('worcr_job_seq'), run_at = NULL,
     expires_at = CASE WHEN state = 'expired' THEN NULL ELSE expires_at END,
     finished_at = NULL, updated_at = now()
 WHERE id = $1 AND state IN ('scheduled', 'retrying', 'dead', 'cancelled', 'expired')
-RETURNING id, seq, lane
+RETURNING id, seq, lane, kind, tenant
 """
 
 JOB_GET = f"SELECT {_JOB_COLS} FROM worcr_jobs WHERE id = $1"
@@ -490,15 +495,14 @@ RETURNING {_KIND_COLS}
 KIND_DELETE = "DELETE FROM worcr_kinds WHERE kind = $1 RETURNING kind"
 
 
-# -- HTTP API: job event streams ---------------------------------------------------------------
-
-# The last $3 log lines of attempt $2 of a job, oldest first: the snapshot that opens a job's
-# event stream (the primary key (job_id, id) is read backwards).
+# The last $3 log lines of the attempt with lease token $2 of a job, oldest first: the snapshot
+# that opens a job's event stream (the primary key (job_id, id) is read backwards). By token, not
+# attempt number: an operator retry starts the attempt numbers again.
 LOGS_TAIL_OF_JOB = """
 SELECT id, lease_token, attempt, at, level, message FROM (
     SELECT id, lease_token, attempt, extract(epoch FROM at)::float8 AS at, level, message
     FROM worcr_logs
-    WHERE job_id = $1 AND attempt = $2
+    WHERE job_id = $1 AND lease_token = $2
     ORDER BY id DESC
     LIMIT $3
 ) AS tail
