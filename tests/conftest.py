@@ -19,6 +19,7 @@ import asyncpg
 import pytest
 
 from cluster.services import PostgresServer, RedisServer
+from tests.nodes import NodeProcess, SpawnNode
 from tests.workers import SpawnWorker, WorkerProcess
 from worcr_node.config import Config, HostPort
 from worcr_node.node import Node
@@ -115,11 +116,30 @@ async def node(node_factory: NodeFactory) -> Node:
 
 
 @pytest.fixture
+async def spawn_node(
+    database_url: str, redis_server: RedisServer, redis_prefix: str, tmp_path: Path
+) -> AsyncIterator[SpawnNode]:
+    """Start nodes as processes (to kill -9 them) on this test's database and Redis prefix."""
+    procs: list[NodeProcess] = []
+
+    async def spawn(name: str) -> NodeProcess:
+        node = await NodeProcess.start(
+            database_url, redis_server.url, redis_prefix, name, tmp_path / f"{name}.log"
+        )
+        procs.append(node)
+        return node
+
+    yield spawn
+    for node in procs:
+        await node.close()
+
+
+@pytest.fixture
 async def spawn_worker(tmp_path: Path) -> AsyncIterator[SpawnWorker]:
     """Start `python -m worcr.worker tests.integration.jobs.sample` processes; kill leftovers."""
     procs: list[WorkerProcess] = []
 
-    async def spawn(node: Node, *options: str) -> WorkerProcess:
+    async def spawn(node: Node | str, *options: str) -> WorkerProcess:
         proc = await WorkerProcess.start(node, tmp_path / f"worker-{len(procs)}.log", *options)
         procs.append(proc)
         return proc

@@ -36,11 +36,13 @@ class WorkerProcess:
         self.log_path = log_path
 
     @classmethod
-    async def start(cls, node: Node, log_path: Path, *options: str) -> WorkerProcess:
+    async def start(cls, node: Node | str, log_path: Path, *options: str) -> WorkerProcess:
+        """`node`: an in-process node, or worker addresses ("host:port,host:port")."""
+        nodes = node if isinstance(node, str) else node.worker_address
         with log_path.open("ab") as log:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "worcr.worker", SAMPLE,
-                "--nodes", node.worker_address, "--log-level", "DEBUG", *options,
+                "--nodes", nodes, "--log-level", "DEBUG", *options,
                 cwd=ROOT,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,

@@ -8,7 +8,8 @@ before the next (the window between a side effect and its checkpoint, which no j
 close for a non-idempotent side effect). A SIGTERM re-sends nothing: the worker yields the job
 after its last checkpoint is stored. Every checkpoint the node acknowledged was still there for
 the next attempt (it resumed exactly at or after the last acknowledged index), the job is
-completed, and its progress reads 10000/10000.
+completed, and its progress reads 10000/10000. When the *node* is killed instead, the worker
+fails over to another node and nothing at all is sent twice.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ import signal
 import uuid
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
+from tests.nodes import SpawnNode
 from tests.rawclient import RawClient
 from tests.workers import SpawnWorker, WorkerProcess
 from worcr_node.node import Node
@@ -71,14 +74,7 @@ async def test_digest_survives_sigkill_and_sigterm(
         assert stored >= promised, (seed, stop, stored, promised)
 
     worker = await spawn_worker(node, *options)
-    row = None
-    for _ in range(600):  # up to 60 s more for the rest of the e-mails
-        row = await node.store.job_get(job_id)
-        assert row is not None
-        if row["state"] not in ("queued", "running"):
-            break
-        await asyncio.sleep(0.1)
-    assert row is not None
+    row = await _finished(node, job_id)
     assert row["state"] == "completed", (seed, row["state"])
 
     sends = Counter(int(x) for x in _lines(sent))
@@ -106,3 +102,49 @@ async def test_digest_survives_sigkill_and_sigterm(
     assert row["attempt"] == 1 + kills  # lost leases count as attempts, the yield does not
     await worker.close()
     await producer.close()
+
+
+async def test_digest_loses_and_repeats_nothing_when_its_node_is_killed(
+    node: Node, spawn_node: SpawnNode, spawn_worker: SpawnWorker, tmp_path: Path
+) -> None:
+    """kill -9 of the node the worker talks to: the worker (alive) fails over to another node,
+    sends its unanswered checkpoint there again, and goes on. Nothing is sent twice."""
+    count = 3000
+    sent, acked = tmp_path / "sent.log", tmp_path / "acked.log"
+    a, b = await spawn_node("node-a"), await spawn_node("node-b")
+    point = random.Random().randrange(300, count - 1000)
+    producer = await RawClient.connect(node.worker_address)
+    await producer.hello()
+    spec = {"kind": "sample.digest", "reserve_for": 5.0,
+            "args": {"count": count, "sent": str(sent), "acked": str(acked)}}  # fmt: skip
+    job_id = uuid.UUID((await producer.call("enqueue", {"jobs": [spec]}))["jobs"][0]["id"])
+    worker = await spawn_worker(f"{a.worker_address},{b.worker_address}", "--concurrency", "1")
+    await _sent_at_least(sent, point, worker)
+    a.kill()
+    row = await _finished(node, job_id)
+    assert row["state"] == "completed", (point, worker.log())
+    served = worker.log_path.read_text()
+    assert "serving node node-a" in served  # the kill hit the node the worker used ...
+    assert "serving node node-b" in served  # ... and it went on through the other
+    sends = Counter(int(x) for x in _lines(sent))
+    assert set(sends) == set(range(count))
+    assert max(sends.values()) == 1, (point, {i: n for i, n in sends.items() if n > 1})
+    starts = [x for x in _lines(acked) if x.startswith("start")]
+    assert len(starts) == 1  # one attempt throughout: the lease was adopted by node b
+    assert [a["outcome"] for a in await node.store.attempts_of_job(job_id)] == ["completed"]
+    progress = json.loads(row["progress"])["emails"]
+    assert (progress["current"], progress["total"]) == (count, count)
+    await worker.close()
+    await producer.close()
+
+
+async def _finished(node: Node, job_id: uuid.UUID, timeout: float = 90.0) -> Any:
+    """The job's row once it left queued/running (polling PostgreSQL: no event to await)."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while True:
+        row = await node.store.job_get(job_id)
+        assert row is not None
+        if row["state"] not in ("queued", "running") or loop.time() > end:
+            return row
+        await asyncio.sleep(0.1)
