@@ -65,7 +65,7 @@ class _JobStream:
     def __init__(self, real: TextIO, level: str) -> None:
         self.real = real
         self.level = level
-        self._partial: dict[int, str] = {}  # id(ctx) -> unfinished line
+        self._partial: dict[tuple[str, int], str] = {}  # (job id, token) -> unfinished line
         self._lock = threading.Lock()
 
     def write(self, text: str) -> int:
@@ -75,22 +75,23 @@ class _JobStream:
         return self.real.write(text)
 
     def _capture(self, ctx: JobContext, text: str) -> None:
+        key = (ctx.id, ctx.token)
         with self._lock:
-            buffered = self._partial.pop(id(ctx), "") + text
+            buffered = self._partial.pop(key, "") + text
             *lines, rest = buffered.split("\n")
             if len(rest) > _MAX_PARTIAL:
                 lines.append(rest)
                 rest = ""
             if rest:
-                self._partial[id(ctx)] = rest
+                self._partial[key] = rest
         for line in lines:
             ctx.log(line, self.level)
 
-    def end_job(self, ctx: JobContext) -> None:
-        """Send what is left of the job's last, unfinished line."""
+    def end_job(self, ctx: JobContext, send: bool = True) -> None:
+        """Send (or drop) what is left of the job's last, unfinished line."""
         with self._lock:
-            rest = self._partial.pop(id(ctx), "")
-        if rest:
+            rest = self._partial.pop((ctx.id, ctx.token), "")
+        if rest and send:
             ctx.log(rest, self.level)
 
     def flush(self) -> None:
@@ -115,10 +116,11 @@ class OutputCapture:
             sys.stdout = _JobStream(sys.stdout, "stdout")
             sys.stderr = _JobStream(sys.stderr, "stderr")
 
-    def end_job(self, ctx: JobContext) -> None:
+    def end_job(self, ctx: JobContext, send: bool = True) -> None:
+        """The job ended: send its last unfinished lines (or drop them: `send` false)."""
         for stream in (sys.stdout, sys.stderr):
             if isinstance(stream, _JobStream):
-                stream.end_job(ctx)
+                stream.end_job(ctx, send)
 
     def uninstall(self) -> None:
         logging.getLogger().removeHandler(self.handler)

@@ -173,6 +173,8 @@ class JobExecutor:
         ctx.cancelled.set()
         if ctx._task is not None:
             ctx._task.cancel()
+        if self.capture is not None:
+            self.capture.end_job(ctx, send=False)
         if self.held.get(ctx.id) is ctx:
             del self.held[ctx.id]
         if ctx._started:
