@@ -29,7 +29,7 @@ from worcr_node.outcome import (
     decide_yield,
 )
 from worcr_node.state import JobState
-from worcr_node.store.pg import ClaimedJob, FinishOutcome, InsertResult, PgStore
+from worcr_node.store.pg import ClaimedJob, FinishOutcome, InsertResult, Moved, PgStore
 from worcr_node.store.redis_index import IndexUnavailable, RedisIndex
 
 __all__ = ["JobManager", "SpecError"]
@@ -240,11 +240,14 @@ class JobManager:
         decide: Callable[[asyncpg.Record], FinishOutcome],
         *,
         release: bool,
+        before_ready: Callable[[Sequence[Moved]], None] | None = None,
     ) -> list[bool]:
         moved = await self.store.job_finish_many(items, decide)
         changed = {r[0] for r in moved}
         self.on_done(changed)
         self.on_states((str(r[0]), r[3], r[4], r[5]) for r in moved)
+        if before_ready is not None and moved:
+            before_ready(moved)
         if release and changed:
             await self._release([str(i) for i in changed])
         ready: Ready = defaultdict(list)
@@ -258,29 +261,38 @@ class JobManager:
         """Attempts (id, token, max run time, grace) that ran too long and did not yield when
         asked: end them (re-dispatched with their checkpoints), tell their workers to stop."""
         why = {(i[0], i[1]): i[2:] for i in items}
-        ok = await self._finish(
+        token_of = {i[0]: i[1] for i in items}
+        revoked: list[str] = []
+
+        def stop_local(moved: Sequence[Moved]) -> None:
+            # Before the jobs are ready again (and perhaps dispatched to another worker here).
+            revoked.extend(f"{r[0]}:{token_of[r[0]]}" for r in moved)
+            self.on_cancel([(str(r[0]), token_of[r[0]]) for r in moved], "max_run_time")
+
+        await self._finish(
             [(i[0], i[1]) for i in items],
             lambda row: decide_revoked(row, *why[(row["id"], row["lease_token"])]),
             release=True,
+            before_ready=stop_local,
         )
-        revoked = [f"{i[0]}:{i[1]}" for i, good in zip(items, ok, strict=True) if good]
         if revoked:
             log.warning("revoked %d attempt(s) past their maximum run time", len(revoked),
                         extra={"action": "revoke"})  # fmt: skip
-            await self._broadcast_cancel(revoked, "max_run_time")
+            await self._broadcast_cancel(revoked, "max_run_time", local=False)
         return len(revoked)
 
-    async def _broadcast_cancel(self, refs: Sequence[str], reason: str) -> None:
+    async def _broadcast_cancel(self, refs: Sequence[str], reason: str, local: bool = True) -> None:
         """Tell the workers holding these "id:token" attempts (on any node) to stop them."""
         try:
             await self.index.publish_cancel(refs, reason)
         except IndexUnavailable:
             log.warning("cancel of %d attempt(s) not broadcast (Redis unavailable)", len(refs))
-        pairs = []
-        for ref in refs:
-            job_id, _, token = ref.partition(":")
-            pairs.append((job_id, int(token)))
-        self.on_cancel(pairs, reason)
+        if local:
+            pairs = []
+            for ref in refs:
+                job_id, _, token = ref.partition(":")
+                pairs.append((job_id, int(token)))
+            self.on_cancel(pairs, reason)
 
     # -- time-driven -------------------------------------------------------------------------------
 

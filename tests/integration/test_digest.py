@@ -23,6 +23,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import msgpack
+
 from tests.nodes import SpawnNode
 from tests.rawclient import RawClient
 from tests.workers import SpawnWorker, WorkerProcess
@@ -69,7 +71,7 @@ async def test_digest_survives_sigkill_and_sigterm(
         # whatever the node acknowledged is what the next attempt starts from (or later)
         row = await node.store.job_get(job_id)
         assert row is not None
-        stored = json.loads(row["checkpoints"])["next"]
+        stored = msgpack.unpackb(row["checkpoints"])["next"]
         promised = max(int(x) for x in _lines(acked) if not x.startswith("start"))
         assert stored >= promised, (seed, stop, stored, promised)
 

@@ -609,3 +609,17 @@ async def test_a_node_stops_promptly_with_open_streams(node_factory: NodeFactory
 
 async def _truthy(value: bool) -> bool:
     return value
+
+
+async def test_the_all_jobs_stream_passes_lines_published_out_of_id_order(
+    node: Node, http: aiohttp.ClientSession
+) -> None:
+    """Log batches of different jobs commit concurrently: a lower id may be published later.
+    Only a job's own stream deduplicates (against its snapshot); this one drops nothing."""
+    base = {"type": "log", "kind": "k", "tenant": "t"}
+    line = {"attempt": 1, "at": 1e9, "level": "info", "message": "m"}
+    async with stream(http, "/api/v1/events?type=log") as sse:
+        assert await sse.comment() == "watching"
+        for job, line_id in (("B", 200), ("A", 100), ("C", 300)):
+            node.events.publish([{**base, "job": job, "lines": [{**line, "id": line_id}]}])
+        assert [(await sse.event())[1]["job"] for _ in range(3)] == ["B", "A", "C"]

@@ -58,7 +58,7 @@ async def test_checkpoints_progress_and_logs_from_async_and_thread_handlers(node
         row_t = await wait_state(node, t.id, "completed")
 
     assert await outcomes(node, a.id) == ["failed", "completed"]
-    assert json.loads(row_a["checkpoints"]) == {"i": 5}
+    assert msgpack.unpackb(row_a["checkpoints"]) == {"i": 5}
     assert msgpack.unpackb(row_a["result"]) == 5  # the retry resumed after the last item
     progress = json.loads(row_a["progress"])["items"]
     assert (progress["current"], progress["total"]) == (5, 5)
@@ -73,7 +73,7 @@ async def test_checkpoints_progress_and_logs_from_async_and_thread_handlers(node
     ]
     assert by_attempt == {1: expected, 2: expected}
 
-    assert json.loads(row_t["checkpoints"]) == {"i": 4}
+    assert msgpack.unpackb(row_t["checkpoints"]) == {"i": 4}
     assert json.loads(row_t["progress"])["items"]["current"] == 4
     assert [(x["level"], x["message"]) for x in await _lines(node, t.id)] == [
         ("warning", "from a thread"),
@@ -133,7 +133,7 @@ async def test_a_job_asked_to_yield_by_the_node_resumes_from_its_checkpoint(node
         assert history[-1] == "completed"
         assert set(history[:-1]) == {"yielded"}, history
         assert row["attempt"] == 1  # yields are not attempts
-        assert json.loads(row["checkpoints"]) == {"done": 60}
+        assert msgpack.unpackb(row["checkpoints"]) == {"done": 60}
     # every later round started where the last one's checkpoint was
     for kind in ("async", "thread"):
         starts = [done for k, done in rounds if k == kind]

@@ -113,7 +113,12 @@ class _Stream:
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         )
         self.resp.content_type = "text/event-stream"
-        self.seen = 0  # the largest log line id sent (one job's stream drops lines up to it)
+        self.seen = 0  # the largest log line id sent (the id of `log` events)
+        # One job's stream: ids of the lines its snapshot held, or that a reconnecting client
+        # had (up to `floor`): live lines among them are not sent again. Live lines themselves
+        # come once each, but not necessarily in id order (batches commit concurrently).
+        self.sent_ids: set[int] = set()
+        self.floor = 0
         self.wrote_at = 0.0
 
     async def open(self) -> None:
@@ -135,10 +140,14 @@ class _Stream:
         """A live event as `event: <type>`; log lines already sent are dropped."""
         kind = event.get("type")
         if kind == "log":
-            lines = [_line(x) for x in event.get("lines") or () if x["id"] > self.seen]
+            lines = [
+                _line(x)
+                for x in event.get("lines") or ()
+                if x["id"] > self.floor and x["id"] not in self.sent_ids
+            ]
             if not lines:
                 return
-            self.seen = lines[-1]["id"]
+            self.seen = max(self.seen, max(x["id"] for x in lines))
             await self.send("log", {**event, "lines": lines}, self.seen)
         elif kind in ("progress", "state"):
             await self.send(kind, event)
@@ -212,9 +221,10 @@ class LifeApi:
                 tail = await self.life.logs_tail_of_attempt(
                     job_id, row["lease_token"], SNAPSHOT_LINES
                 )
-            stream.seen = _last_event_id(request)  # a reconnecting EventSource has those
-            lines = [_line(r) for r in tail if r["id"] > stream.seen]
-            stream.seen = max([stream.seen] + [x["id"] for x in lines])
+            stream.floor = _last_event_id(request)  # a reconnecting EventSource has those
+            lines = [_line(r) for r in tail if r["id"] > stream.floor]
+            stream.sent_ids = {x["id"] for x in lines}
+            stream.seen = max([stream.floor] + [x["id"] for x in lines])
             await stream.open()
             snapshot = {"job": render_job(row), "logs": lines}
             await stream.send("snapshot", snapshot, stream.seen or None)

@@ -65,7 +65,7 @@ def render_job(row: Any) -> dict[str, Any]:
         "started_at": _time(row["started_at"]),
         "finished_at": _time(row["finished_at"]),
         "updated_at": _time(row["updated_at"]),
-        "checkpoints": _json(row["checkpoints"]),
+        "checkpoints": _unpack(row["checkpoints"]),
         "progress": _json(row["progress"]),
         "max_run_time": row["max_run_time"],
         "yield_asked_at": _time(row["yield_asked_at"]),

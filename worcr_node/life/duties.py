@@ -2,11 +2,12 @@
 
 Every node runs them; both are safe to run on several nodes at once. Run time, once a second:
 running attempts past their maximum run time (the job's, else its kind's) are marked as asked
-(`yield_asked_at`, SKIP LOCKED, so each is asked once) and the ask is broadcast, so the node
-whose session holds the attempt sends its worker a `yield` notification; attempts still running
-a grace period after the ask are revoked (`JobManager.revoke`, fenced by the lease token, so a
-revocation racing the worker's own yield or ack changes nothing twice). Retention, once a
-minute: log lines older than the retention are deleted in batches.
+(`yield_asked_at`, SKIP LOCKED) and the ask is broadcast, again every second until the grace is
+over, so the node whose session holds the attempt sends its worker a `yield` notification (a
+worker ignores a repeated ask); attempts still running a grace period after the ask are
+revoked (`JobManager.revoke`, fenced by the lease token, so a revocation racing the worker's own
+yield or ack changes nothing twice). Retention, once a minute: log lines older than the
+retention are deleted in batches.
 """
 
 from __future__ import annotations
@@ -70,16 +71,21 @@ class LifeDuties(Service):
             await asyncio.sleep(every)
 
     async def run_time(self) -> None:
-        """Ask attempts past their run time to yield; revoke those asked long enough ago."""
-        asked = await self.store.run_time_ask_yield(BATCH)
-        if asked:
-            self.asked += len(asked)
-            log.info("asking %d attempt(s) past their maximum run time to yield", len(asked),
+        """Ask attempts past their run time to yield; ask again every tick those asked before
+        (an ask is lost if the worker was reconnecting, or Redis failed); revoke those asked
+        a grace period ago."""
+        new = await self.store.run_time_ask_yield(BATCH)
+        if new:
+            self.asked += len(new)
+            log.info("asking %d attempt(s) past their maximum run time to yield", len(new),
                      extra={"action": "ask_yield"})  # fmt: skip
+        asked = await self.store.run_time_asked(BATCH, self.yield_grace)
+        overdue = [(jid, token, run, grace) for jid, token, run, grace, over in asked if over]
+        pending = {(jid, token) for jid, token, _, _, over in asked if not over} | set(new)
+        if pending:
             await self.index.publish(
-                self.index.yield_channel, " ".join(f"{jid}:{token}" for jid, token in asked)
+                self.index.yield_channel, " ".join(f"{jid}:{token}" for jid, token in pending)
             )
-        overdue = await self.store.run_time_overdue(BATCH, self.yield_grace)
         if overdue:
             self.revoked += await self.manager.revoke(overdue)
 

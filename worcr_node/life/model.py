@@ -1,10 +1,9 @@
 """Validation of what a running job reports about itself: checkpoints, progress, log lines.
 
 Pure (no I/O), so every rule is unit-tested. A checkpoint is a named value the job wants back
-when it runs again; values are JSON values (nil, booleans, integers of up to 64 bits, finite
-floats, strings, lists and maps with string keys), because they are stored as a JSON map on the
-job row and shown as they are by the HTTP API. A progress counter is `current` of an optional
-`total`. A log line is `[at, level, text]`. Sizes are bounded by `worcr.wire.Limits`.
+when it runs again: any msgpack value (stored msgpack-encoded, handed back exactly as given). A
+progress counter is `current` of an optional `total` (stored as JSON for the API). A log line is
+`[at, level, text]`. Sizes are bounded by `worcr.wire.Limits`.
 """
 
 from __future__ import annotations
@@ -15,6 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import msgpack
+
 from worcr.wire import Limits
 
 __all__ = [
@@ -24,10 +25,10 @@ __all__ = [
     "parse_checkpoints",
     "parse_log_lines",
     "parse_progress",
+    "parse_seq",
 ]
 
 LEVELS = frozenset({"debug", "info", "warning", "error", "critical", "stdout", "stderr"})
-MAX_DEPTH = 32
 _CLOCK_SKEW = 3600.0  # seconds a worker's line time may be off before the node's time is used
 
 
@@ -50,48 +51,6 @@ def _name(name: Any, what: str, limits: Limits) -> str:
     return name
 
 
-def _check_scalar(value: Any, where: str) -> bool:
-    """Whether `value` is a valid JSON scalar (raises if it is a bad one)."""
-    if value is None or isinstance(value, bool):
-        return True
-    if isinstance(value, str):
-        if "\x00" in value:
-            raise LifeError(f"{where}: strings may not contain NUL characters")
-        _surrogate_free(value, where)
-        return True
-    if isinstance(value, int):
-        if not -(1 << 63) <= value < 1 << 64:
-            raise LifeError(f"{where}: integers must fit in 64 bits")
-        return True
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise LifeError(f"{where}: numbers must be finite")
-        return True
-    return False
-
-
-def _check_json(value: Any, where: str, depth: int = 0) -> None:
-    if depth > MAX_DEPTH:
-        raise LifeError(f"{where}: nested deeper than {MAX_DEPTH} levels")
-    if _check_scalar(value, where):
-        return
-    if isinstance(value, list | tuple):
-        for i, item in enumerate(value):
-            _check_json(item, f"{where}[{i}]", depth + 1)
-        return
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise LifeError(f"{where}: map keys must be strings")
-            _check_scalar(key, where)
-            _check_json(item, f"{where}.{key}", depth + 1)
-        return
-    raise LifeError(
-        f"{where}: a {type(value).__name__} cannot be stored: use nil, booleans, numbers,"
-        " strings, lists and maps (binary data: encode it, e.g. base64)"
-    )
-
-
 def _surrogate_free(text: str, where: str) -> str:
     try:
         text.encode()
@@ -110,16 +69,27 @@ def parse_checkpoints(values: Any, limits: Limits) -> tuple[dict[str, Any], list
         _name(name, "values", limits)
         if value is None:
             drop.append(name)
-            continue
-        _check_json(value, f"values.{name}")
-        put[name] = value
-    size = len(_dumps(put))
+        else:
+            put[name] = value
+    try:
+        size = len(msgpack.packb(put, use_bin_type=True))
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise LifeError(f"values: cannot be encoded ({exc})") from None
     if size > limits.max_checkpoints:
         raise LifeError(
-            f"values: {size} bytes as JSON, over the limit of {limits.max_checkpoints} for all"
-            " of a job's checkpoints: store large state elsewhere and checkpoint a reference"
+            f"values: {size} bytes of msgpack, over the limit of {limits.max_checkpoints} for"
+            " all of a job's checkpoints: store large state elsewhere and checkpoint a reference"
         )
     return put, drop
+
+
+def parse_seq(value: Any) -> int:
+    """The optional sequence number of a checkpoint write (0: none)."""
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 1 << 63:
+        raise LifeError("seq: expected a positive integer")
+    return value
 
 
 def _number(value: Any, where: str) -> float | int:
@@ -174,7 +144,7 @@ def parse_log_lines(lines: Any, now: float, limits: Limits) -> list[LogLine]:
         at, level, text = line
         if isinstance(at, bool) or not isinstance(at, int | float) or not math.isfinite(at):
             raise LifeError(f"{where}[0]: expected Unix seconds")
-        if level not in LEVELS:
+        if not isinstance(level, str) or level not in LEVELS:
             raise LifeError(f"{where}[1]: level must be one of {', '.join(sorted(LEVELS))}")
         if not isinstance(text, str):
             raise LifeError(f"{where}[2]: expected a string")

@@ -10,18 +10,29 @@ and log lines are published on the event stream.
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from collections.abc import Callable
 from enum import StrEnum
 from typing import Any
 
+import msgpack
+
 from worcr.wire import Limits
 from worcr_node.batcher import Batcher
 from worcr_node.life.events import EventBus
 from worcr_node.life.model import LogLine
-from worcr_node.store.life import CheckpointWrite, LifeStore, LogWrite, ProgressWrite
+from worcr_node.store.life import (
+    CheckpointRow,
+    CheckpointWrite,
+    LifeStore,
+    LogWrite,
+    ProgressWrite,
+)
 
-__all__ = ["JobLife", "Written"]
+__all__ = ["JobLife", "Written", "merge_checkpoints"]
+
+log = logging.getLogger(__name__)
 
 Key = tuple[uuid.UUID, int]
 
@@ -65,10 +76,11 @@ class JobLife:
             await b.close()
 
     async def checkpoint(
-        self, job_id: uuid.UUID, token: int, put: dict[str, Any], drop: list[str]
+        self, job_id: uuid.UUID, token: int, put: dict[str, Any], drop: list[str], seq: int = 0
     ) -> Written:
-        """Durable when it returns OK."""
-        (out,) = await self._checkpoints.submit([CheckpointWrite(job_id, token, put, drop)])
+        """Durable when it returns OK (also when a later write of the attempt, `seq`, was
+        already applied: this one is superseded)."""
+        (out,) = await self._checkpoints.submit([CheckpointWrite(job_id, token, put, drop, seq)])
         return out
 
     async def progress(self, job_id: uuid.UUID, token: int, put: dict[str, Any]) -> Written:
@@ -84,36 +96,49 @@ class JobLife:
 
     # -- flushes ---------------------------------------------------------------------------------
 
-    async def _refused(self, keys: list[Key]) -> set[Key]:
+    async def _running(self, keys: list[Key]) -> set[Key]:
         """Of writes not stored, those whose attempt is running (so: refused for their size)."""
         if not keys:
             return set()
-        running = await self.store.attempts_running(keys)
-        return {k for k in keys if k[0] in running}
+        return await self.store.attempts_running(keys)
 
     async def _flush_checkpoints(self, items: list[CheckpointWrite]) -> list[Written]:
         groups = _groups([(w.id, w.token) for w in items])
-        merged = []
-        for (jid, token), positions in groups.items():
-            put: dict[str, Any] = {}
-            drop: dict[str, None] = {}
+        too_large: set[Key] = set()
+
+        def merge(rows: list[CheckpointRow]) -> list[tuple[uuid.UUID, bytes, int, int]]:
+            out = []
+            for row in rows:
+                writes = [items[i] for i in groups[(row.id, row.token)]]
+                merged = merge_checkpoints(row, writes)
+                if merged is None:
+                    continue  # every write superseded by one applied already
+                packed, seq = merged
+                if len(packed) > self.limits.max_checkpoints:
+                    too_large.add((row.id, row.token))
+                    continue
+                out.append((row.id, packed, row.token, seq))
+            return out
+
+        rows = await self.store.checkpoint_merge_many(list(groups), merge)
+        running = {(r.id, r.token) for r in rows}
+        out = [Written.OK] * len(items)
+        for key, positions in groups.items():
+            verdict = (
+                Written.STALE if key not in running
+                else Written.TOO_LARGE if key in too_large
+                else Written.OK
+            )  # fmt: skip
             for i in positions:
-                for name, value in items[i].put.items():
-                    put[name] = value
-                    drop.pop(name, None)
-                for name in items[i].drop:
-                    put.pop(name, None)
-                    drop[name] = None
-            merged.append(CheckpointWrite(jid, token, put, list(drop)))
-        done = await self.store.checkpoint_set_many(merged, self.limits.max_checkpoints)
-        return await self._outcomes(groups, done, len(items))
+                out[i] = verdict
+        return out
 
     async def _outcomes(
-        self, groups: dict[Key, list[int]], done: set[uuid.UUID], n: int
+        self, groups: dict[Key, list[int]], done: set[Key], n: int
     ) -> list[Written]:
         out = [Written.OK] * n
-        missed = [k for k in groups if k[0] not in done]
-        too_large = await self._refused(missed)
+        missed = [k for k in groups if k not in done]
+        too_large = await self._running(missed)
         for key in missed:
             verdict = Written.TOO_LARGE if key in too_large else Written.STALE
             for i in groups[key]:
@@ -133,13 +158,13 @@ class JobLife:
             {
                 "type": "progress",
                 "job": str(r[0]),
-                "kind": r[2],
-                "tenant": r[3],
-                "progress": json.loads(r[1]),
+                "kind": r[3],
+                "tenant": r[4],
+                "progress": json.loads(r[2]),
             }
             for r in rows
         )
-        return await self._outcomes(groups, {r[0] for r in rows}, len(items))
+        return await self._outcomes(groups, {(r[0], r[1]) for r in rows}, len(items))
 
     async def _flush_logs(self, items: list[LogWrite]) -> list[int]:
         groups = _groups([(w.id, w.token) for w in items])
@@ -148,10 +173,11 @@ class JobLife:
             for (jid, token), positions in groups.items()
         ]
         stored = await self.store.log_insert_many(merged, self.max_log_lines())
-        by_job: dict[uuid.UUID, list[dict[str, Any]]] = {}
-        meta: dict[uuid.UUID, tuple[str, str]] = {}
+        by_attempt: dict[Key, list[dict[str, Any]]] = {}
+        meta: dict[Key, tuple[str, str]] = {}
         for line in stored:
-            by_job.setdefault(line.job_id, []).append(
+            key = (line.job_id, line.token)
+            by_attempt.setdefault(key, []).append(
                 {
                     "id": line.id,
                     "attempt": line.attempt,
@@ -160,17 +186,17 @@ class JobLife:
                     "message": line.message,
                 }
             )
-            meta[line.job_id] = (line.kind, line.tenant)
+            meta[key] = (line.kind, line.tenant)
         self.events.publish(
-            {"type": "log", "job": str(jid), "kind": meta[jid][0], "tenant": meta[jid][1],
+            {"type": "log", "job": str(key[0]), "kind": meta[key][0], "tenant": meta[key][1],
              "lines": lines}
-            for jid, lines in by_job.items()
+            for key, lines in by_attempt.items()
         )  # fmt: skip
-        # Lines of one group are stored in order up to the cap: hand them out in order.
+        # Lines of one attempt are stored in order up to the cap: hand them out in order.
         out = [0] * len(items)
-        running = await self._refused([k for k in groups if k[0] not in by_job])
+        running = await self._running([k for k in groups if k not in by_attempt])
         for key, positions in groups.items():
-            left = len(by_job.get(key[0], ()))
+            left = len(by_attempt.get(key, ()))
             if not left and key not in running:
                 for i in positions:
                     out[i] = -1  # stale
@@ -180,3 +206,27 @@ class JobLife:
                 out[i] = take
                 left -= take
         return out
+
+
+def merge_checkpoints(
+    row: CheckpointRow, writes: list[CheckpointWrite]
+) -> tuple[bytes, int] | None:
+    """The attempt's checkpoints after `writes` (in order), msgpack-encoded, and the sequence
+    number to record; None if every write is older than the last one applied (a delayed copy)."""
+    same = row.applied_token == row.token
+    fresh = [w for w in writes if not (same and w.seq and w.seq <= row.applied_seq)]
+    if not fresh:
+        return None
+    values: dict[str, Any] = {}
+    if row.packed is not None:
+        try:
+            values = msgpack.unpackb(row.packed, raw=False, strict_map_key=False)
+        except Exception:  # written by this module only; never expected
+            log.error("job %s: stored checkpoints unreadable; starting afresh", row.id)
+            values = {}
+    for w in fresh:
+        for name in w.drop:
+            values.pop(name, None)
+        values.update(w.put)
+    seq = max([w.seq for w in fresh] + [row.applied_seq if same else 0])
+    return msgpack.packb(values, use_bin_type=True), seq

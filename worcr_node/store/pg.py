@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -42,6 +43,11 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
 )
 
 
+log = logging.getLogger(__name__)
+
+_DEADLOCK_RETRIES = 4
+
+
 class StorageUnavailable(Exception):
     """PostgreSQL cannot be reached right now; the operation did not happen and may be retried."""
 
@@ -73,7 +79,7 @@ class ClaimedJob:
     reserve_for: float
     enqueued_at: float
     worker_id: str
-    checkpoints: str | None = None  # JSON map, as stored
+    checkpoints: bytes | None = None  # msgpack map, as stored
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,8 +139,19 @@ class PgStore:
             raise StorageUnavailable(f"PostgreSQL is unavailable: {exc}") from exc
 
     async def run(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-        async with self._conn() as conn:
-            return await fn(conn)
+        """Run `fn` on a pooled connection. A deadlock victim is run again (its transaction was
+        rolled back, and every write here is fenced or idempotent): writers of running jobs lock
+        rows in id order, but a client may still interleave reports in other orders."""
+        for attempt in range(_DEADLOCK_RETRIES):
+            try:
+                async with self._conn() as conn:
+                    return await fn(conn)
+            except asyncpg.DeadlockDetectedError:
+                if attempt == _DEADLOCK_RETRIES - 1:
+                    raise
+                log.warning("deadlock in PostgreSQL; running the transaction again")
+                await asyncio.sleep(0.005 * (attempt + 1))
+        raise AssertionError("unreachable")
 
     # -- enqueue ---------------------------------------------------------------------------------
 

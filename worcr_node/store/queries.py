@@ -374,34 +374,42 @@ RETURNING j.lane, j.state
 # Each write is fenced like a result: it changes the job only while the attempt that sent it is
 # the running one. A batch holds at most one row per (job, token) (merged by the writer).
 
-# Merge checkpoint values into the job's map ($3: values to set, $4: names to remove); refused
-# (absent from the result) if the merged map would exceed $5 bytes of JSON text.
-CHECKPOINT_SET_MANY = """
-WITH u AS (
-    SELECT * FROM unnest($1::uuid[], $2::int8[], $3::jsonb[], $4::jsonb[])
-         AS u(id, token, put, drop_names)
-), merged AS (
-    SELECT j.id, (COALESCE(j.checkpoints, '{}'::jsonb) || u.put)
-                 - ARRAY(SELECT jsonb_array_elements_text(u.drop_names)) AS value
-    FROM worcr_jobs j JOIN u ON j.id = u.id AND j.lease_token = u.token
-    WHERE j.state = 'running'
-)
-UPDATE worcr_jobs j SET checkpoints = m.value
-FROM merged m
-WHERE j.id = m.id AND octet_length(m.value::text) <= $5
-RETURNING j.id
+# The running attempts among ($1 id, $2 token), locked in id order (every multi-row writer of
+# running jobs locks in id order, so concurrent batches cannot deadlock), with their checkpoints
+# and the (token, seq) of the last checkpoint write applied: the writer merges in Python.
+CHECKPOINT_LOCK_MANY = """
+SELECT j.id, j.lease_token, j.checkpoints, j.checkpoint_token, j.checkpoint_seq
+FROM worcr_jobs j JOIN unnest($1::uuid[], $2::int8[]) AS u(id, token)
+  ON j.id = u.id AND j.lease_token = u.token
+WHERE j.state = 'running'
+ORDER BY j.id
+FOR UPDATE OF j
 """
 
-# Merge progress counters into the job's map; returns the merged map for the event stream.
+CHECKPOINT_SET_MANY = """
+UPDATE worcr_jobs j
+SET checkpoints = u.value, checkpoint_token = u.token, checkpoint_seq = u.seq
+FROM unnest($1::uuid[], $2::bytea[], $3::int8[], $4::int8[]) AS u(id, value, token, seq)
+WHERE j.id = u.id
+"""
+
+# Merge progress counters into the job's map; returns the merged map for the event stream. The
+# rows are locked (in id order) before they are read, so a concurrent merge is never lost and
+# the fence is checked on the latest row.
 PROGRESS_SET_MANY = """
 WITH u AS (
     SELECT * FROM unnest($1::uuid[], $2::int8[], $3::jsonb[]) AS u(id, token, put)
+), locked AS (
+    SELECT j.id, COALESCE(j.progress, '{}'::jsonb) || u.put AS value
+    FROM worcr_jobs j JOIN u ON j.id = u.id AND j.lease_token = u.token
+    WHERE j.state = 'running'
+    ORDER BY j.id
+    FOR UPDATE OF j
 )
-UPDATE worcr_jobs j SET progress = COALESCE(j.progress, '{}'::jsonb) || u.put
-FROM u
-WHERE j.id = u.id AND j.lease_token = u.token AND j.state = 'running'
-  AND octet_length((COALESCE(j.progress, '{}'::jsonb) || u.put)::text) <= $4
-RETURNING j.id, j.progress::text, j.kind, j.tenant
+UPDATE worcr_jobs j SET progress = m.value
+FROM locked m
+WHERE j.id = m.id AND octet_length(m.value::text) <= $4
+RETURNING j.id, j.lease_token, j.progress::text, j.kind, j.tenant
 """
 
 # Count the lines against the attempt's cap ($4) and store those under it, in one statement.
@@ -413,6 +421,7 @@ WITH u AS (
     SELECT j.id, j.lease_token, j.attempt, j.kind, j.tenant, j.log_lines AS before, u.n
     FROM worcr_jobs j JOIN u ON j.id = u.id AND j.lease_token = u.token
     WHERE j.state = 'running' AND j.log_lines < $4
+    ORDER BY j.id
     FOR UPDATE OF j
 ), counted AS (
     UPDATE worcr_jobs j SET log_lines = LEAST(cur.before + cur.n, $4)
@@ -420,21 +429,23 @@ WITH u AS (
 ), ins AS (
     INSERT INTO worcr_logs (job_id, lease_token, attempt, at, level, message)
     SELECT cur.id, cur.lease_token, cur.attempt, to_timestamp(l.at), l.level, l.message
-    FROM unnest($5::uuid[], $6::int4[], $7::float8[], $8::text[], $9::text[])
-         AS l(id, idx, at, level, message)
-    JOIN cur ON cur.id = l.id
+    FROM unnest($5::uuid[], $6::int8[], $7::int4[], $8::float8[], $9::text[], $10::text[])
+         AS l(id, token, idx, at, level, message)
+    JOIN cur ON cur.id = l.id AND cur.lease_token = l.token
     WHERE cur.before + l.idx < $4
     ORDER BY l.id, l.idx
-    RETURNING job_id, id, attempt, extract(epoch FROM at)::float8 AS at, level, message
+    RETURNING job_id, id, lease_token, attempt, extract(epoch FROM at)::float8 AS at, level,
+              message
 )
-SELECT ins.job_id, ins.id, ins.attempt, ins.at, ins.level, ins.message, cur.kind, cur.tenant
-FROM ins JOIN cur ON cur.id = ins.job_id
+SELECT ins.job_id, ins.id, ins.lease_token, ins.attempt, ins.at, ins.level, ins.message,
+       cur.kind, cur.tenant
+FROM ins JOIN cur ON cur.id = ins.job_id AND cur.lease_token = ins.lease_token
 ORDER BY ins.id
 """
 
-# The jobs among $1 whose attempt $2 is running (to tell a refused write's reason).
+# The (job, token) pairs among ($1, $2) that are running attempts.
 JOB_ATTEMPT_RUNNING = """
-SELECT id FROM worcr_jobs j JOIN unnest($1::uuid[], $2::int8[]) AS u(jid, token)
+SELECT id, lease_token FROM worcr_jobs j JOIN unnest($1::uuid[], $2::int8[]) AS u(jid, token)
   ON j.id = u.jid AND j.lease_token = u.token
 WHERE j.state = 'running'
 """
@@ -454,31 +465,38 @@ DELETE FROM worcr_logs WHERE ctid = ANY(ARRAY(
 ))
 """
 
-# Running attempts past their maximum run time (the job's, else the kind's), not yet asked to
-# yield: mark them asked. Returns (id, token).
+# Running attempts past their maximum run time (the job's own, else its kind's), not yet asked
+# to yield: mark them asked. Each branch reads a small partial index. Returns (id, token).
 RUN_TIME_ASK_YIELD = """
 WITH due AS (
-    SELECT j.id FROM worcr_jobs j LEFT JOIN worcr_kinds k ON k.kind = j.kind
+    SELECT j.id FROM worcr_kinds k
+    JOIN worcr_jobs j ON j.kind = k.kind AND j.state = 'running'
+     AND j.started_at <= now() - make_interval(secs => k.max_run_time)
+    WHERE k.max_run_time IS NOT NULL AND j.max_run_time IS NULL AND j.yield_asked_at IS NULL
+    UNION
+    SELECT j.id FROM worcr_jobs j
+    WHERE j.state = 'running' AND j.max_run_time IS NOT NULL AND j.yield_asked_at IS NULL
+      AND j.started_at <= now() - make_interval(secs => j.max_run_time)
+), locked AS (
+    SELECT j.id FROM worcr_jobs j JOIN due ON due.id = j.id
     WHERE j.state = 'running' AND j.yield_asked_at IS NULL
-      AND COALESCE(j.max_run_time, k.max_run_time) IS NOT NULL
-      AND j.started_at + make_interval(secs => COALESCE(j.max_run_time, k.max_run_time)) <= now()
-    ORDER BY j.started_at
+    ORDER BY j.id
     LIMIT $1
     FOR UPDATE OF j SKIP LOCKED
 )
 UPDATE worcr_jobs j SET yield_asked_at = now()
-FROM due WHERE j.id = due.id AND j.state = 'running'
+FROM locked WHERE j.id = locked.id
 RETURNING j.id, j.lease_token
 """
 
-# Attempts asked to yield whose grace ($2 seconds, unless the kind says) is over: (id, token,
-# the run time that was exceeded, the grace).
-RUN_TIME_OVERDUE = """
-SELECT j.id, j.lease_token, COALESCE(j.max_run_time, k.max_run_time) AS max_run_time,
-       COALESCE(k.yield_grace, $2) AS grace
+# Attempts asked to yield and still running: (id, token, the run time exceeded, the grace ($2
+# seconds unless the kind says), whether the grace is over).
+RUN_TIME_ASKED = """
+SELECT j.id, j.lease_token, COALESCE(j.max_run_time, k.max_run_time, 0) AS max_run_time,
+       COALESCE(k.yield_grace, $2) AS grace,
+       j.yield_asked_at + make_interval(secs => COALESCE(k.yield_grace, $2)) <= now() AS overdue
 FROM worcr_jobs j LEFT JOIN worcr_kinds k ON k.kind = j.kind
 WHERE j.state = 'running' AND j.yield_asked_at IS NOT NULL
-  AND j.yield_asked_at + make_interval(secs => COALESCE(k.yield_grace, $2)) <= now()
 ORDER BY j.yield_asked_at
 LIMIT $1
 """

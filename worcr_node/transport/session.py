@@ -8,7 +8,6 @@ knows the worker's capacity and the jobs it holds, and extends their leases on h
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -20,7 +19,13 @@ from worcr import wire
 from worcr.wire import ErrorCode, Limits, MsgType, ProtocolError, RemoteError
 from worcr_node.clock import Clock
 from worcr_node.jobspec import MAX_RESERVE_FOR, MIN_RESERVE_FOR, SpecError
-from worcr_node.life.model import LifeError, parse_checkpoints, parse_log_lines, parse_progress
+from worcr_node.life.model import (
+    LifeError,
+    parse_checkpoints,
+    parse_log_lines,
+    parse_progress,
+    parse_seq,
+)
 from worcr_node.life.writer import JobLife, Written
 from worcr_node.limits.rate import RateLimiter, RateLimitError
 from worcr_node.manager import JobManager
@@ -116,11 +121,14 @@ class Hub:
         self.life: JobLife | None = None  # set by the node
 
     def _holders(self, jobs: Sequence[tuple[str, int]]) -> dict[Session, list[dict[str, Any]]]:
+        """The sessions holding these attempts. Every session is searched, not only the job's
+        latest holder: the job may have been dispatched again meanwhile, here, to another."""
+        wanted = dict(jobs)
         by_session: dict[Session, list[dict[str, Any]]] = {}
-        for job_id, token in jobs:
-            s = self.holder.get(job_id)
-            if s is not None and s.held_jobs.get(job_id, (0, 0.0))[0] == token:
-                by_session.setdefault(s, []).append({"id": job_id, "token": token})
+        for s in self.sessions:
+            for job_id in wanted.keys() & s.held_jobs.keys():
+                if s.held_jobs[job_id][0] == wanted[job_id]:
+                    by_session.setdefault(s, []).append({"id": job_id, "token": wanted[job_id]})
         return by_session
 
     def cancel_jobs(self, jobs: Sequence[tuple[str, int]], reason: str = "cancelled") -> None:
@@ -289,7 +297,7 @@ class Session:
                 "enqueued_at": j.enqueued_at,
             }
             if j.checkpoints is not None:
-                job["checkpoints"] = json.loads(j.checkpoints)
+                job["checkpoints"] = _Raw(j.checkpoints)
             out.append(job)
         self.send(_encode_jobs(out))
         return True
@@ -378,12 +386,7 @@ async def on_hello(s: Session, p: dict[str, Any]) -> dict[str, Any]:
     kinds = _str_list(p, "kinds", 10_000, limits.max_kind_len)
     running = p.get("running") or []
     refs = _job_refs({"jobs": running}, limits) if running else []
-    stale: list[str] = []
-    if refs:  # a reconnecting worker's jobs: adopt those that are still the running attempts
-        assert hub.life is not None
-        current = await hub.life.store.attempts_running([(r["_uuid"], r["token"]) for r in refs])
-        stale = [r["id"] for r in refs if r["_uuid"] not in current]
-        refs = [r for r in refs if r["_uuid"] in current]
+    refs, stale = await _current(hub, refs)
     s.worker_id = worker_id
     s.tags = tags
     s.kinds = frozenset(kinds)
@@ -409,9 +412,26 @@ async def on_hello(s: Session, p: dict[str, Any]) -> dict[str, Any]:
             "max_tags": limits.max_tags,
         },
     }
-    if running:
+    if running and stale is not None:
         answer["stale"] = stale
     return answer
+
+
+async def _current(
+    hub: Hub, refs: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[str] | None]:
+    """Of a reconnecting worker's jobs, those still running as these attempts, and the ids of
+    the others (None if PostgreSQL cannot tell now: then all are adopted, rather than let their
+    leases lapse while the worker runs them)."""
+    if not refs:
+        return refs, []
+    assert hub.life is not None
+    try:
+        current = await hub.life.store.attempts_running([(r["_uuid"], r["token"]) for r in refs])
+    except StorageUnavailable:
+        return refs, None
+    stale = [r["id"] for r in refs if (r["_uuid"], r["token"]) not in current]
+    return [r for r in refs if (r["_uuid"], r["token"]) in current], stale
 
 
 async def on_enqueue(s: Session, p: dict[str, Any]) -> dict[str, Any]:
@@ -564,17 +584,18 @@ def _check_written(out: Written, job_id: uuid.UUID, what: str, limit: int) -> No
             f"job {job_id}: this attempt no longer holds the job; its {what} were not stored",
         )
     if out == Written.TOO_LARGE:
-        raise _bad(f"job {job_id}: its {what} would exceed {limit} bytes as JSON; not stored")
+        raise _bad(f"job {job_id}: its {what} would exceed {limit} bytes; not stored")
 
 
 async def on_checkpoint(s: Session, p: dict[str, Any]) -> dict[str, Any]:
     job_id, token = _attempt(s, p)
     try:
         put, drop = parse_checkpoints(p.get("values"), s.hub.limits)
+        seq = parse_seq(p.get("seq"))
     except LifeError as exc:
         raise _bad(str(exc)) from None
     assert s.hub.life is not None
-    out = await s.hub.life.checkpoint(job_id, token, put, drop)
+    out = await s.hub.life.checkpoint(job_id, token, put, drop, seq)
     _check_written(out, job_id, "checkpoints", s.hub.limits.max_checkpoints)
     return {}
 

@@ -1,9 +1,14 @@
 -- Worcr schema, version 4: the life of long jobs. Checkpoints and progress live on the job row
--- (JSON maps merged by each write, fenced by the attempt's lease token); log lines have their
--- own table, per attempt; a maximum run time per job and per kind.
+-- (maps merged by each write, fenced by the attempt's lease token); log lines have their own
+-- table, per attempt; a maximum run time per job and per kind.
 
--- {"name": value}: the latest value of each named checkpoint; handed to every later attempt.
-ALTER TABLE worcr_jobs ADD COLUMN checkpoints jsonb;
+-- msgpack map {"name": value}: the latest value of each named checkpoint, handed as it is to
+-- every later attempt (msgpack, not jsonb: values come back exactly as they were given).
+ALTER TABLE worcr_jobs ADD COLUMN checkpoints bytea;
+-- The attempt (lease token) and its sequence number of the last checkpoint write applied: an
+-- older write of the same attempt arriving late (through another node) is not applied.
+ALTER TABLE worcr_jobs ADD COLUMN checkpoint_token bigint NOT NULL DEFAULT 0;
+ALTER TABLE worcr_jobs ADD COLUMN checkpoint_seq bigint NOT NULL DEFAULT 0;
 -- {"name": {"current": n, "total": n | null, "at": unix seconds}}.
 ALTER TABLE worcr_jobs ADD COLUMN progress jsonb;
 -- Seconds an attempt may run before the node asks its worker to yield; null: the kind's.
@@ -13,8 +18,13 @@ ALTER TABLE worcr_jobs ADD COLUMN yield_asked_at timestamptz;
 -- Log lines stored for the current attempt (the per-attempt cap).
 ALTER TABLE worcr_jobs ADD COLUMN log_lines integer NOT NULL DEFAULT 0;
 
--- Running attempts by start, for the run-time duty.
-CREATE INDEX worcr_jobs_running_since ON worcr_jobs (started_at) WHERE state = 'running';
+-- For the run-time duty: running attempts by kind and start (the kinds' run times), those with a
+-- run time of their own, and those asked to yield.
+CREATE INDEX worcr_jobs_running_kind ON worcr_jobs (kind, started_at) WHERE state = 'running';
+CREATE INDEX worcr_jobs_running_own_time ON worcr_jobs (started_at)
+    WHERE state = 'running' AND max_run_time IS NOT NULL;
+CREATE INDEX worcr_jobs_yield_asked ON worcr_jobs (yield_asked_at)
+    WHERE state = 'running' AND yield_asked_at IS NOT NULL;
 
 CREATE TABLE worcr_logs (
     id           bigint GENERATED ALWAYS AS IDENTITY,  -- order of arrival, cluster-wide
