@@ -108,9 +108,17 @@ class OutputCapture:
         self.handler = JobLogHandler()
         self.streams = streams
         self._saved: tuple[TextIO, TextIO] | None = None
+        self._stand_in: logging.Handler | None = None
 
     def install(self) -> None:
-        logging.getLogger().addHandler(self.handler)
+        root = logging.getLogger()
+        if not root.handlers:
+            # With no handler at all, Python prints warnings and errors through its "last
+            # resort" handler; adding ours would silence them: keep that behaviour explicitly.
+            self._stand_in = logging.StreamHandler(sys.stderr)
+            self._stand_in.setLevel(logging.WARNING)
+            root.addHandler(self._stand_in)
+        root.addHandler(self.handler)
         if self.streams and not isinstance(sys.stdout, _JobStream):
             self._saved = (sys.stdout, sys.stderr)
             sys.stdout = _JobStream(sys.stdout, "stdout")
@@ -124,6 +132,9 @@ class OutputCapture:
 
     def uninstall(self) -> None:
         logging.getLogger().removeHandler(self.handler)
+        if self._stand_in is not None:
+            logging.getLogger().removeHandler(self._stand_in)
+            self._stand_in = None
         if self._saved is not None:
             sys.stdout, sys.stderr = self._saved
             self._saved = None

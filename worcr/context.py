@@ -273,6 +273,16 @@ class JobContext:
         if self._loop is None:
             coro.close()
             raise RuntimeError("this job context is not attached to a running worker")
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:  # waiting here would block the loop that must answer
+            coro.close()
+            raise RuntimeError(
+                "the *_sync methods are for handlers that are plain functions; in an async"
+                " handler, await the method without _sync"
+            )
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
     def _ref(self) -> dict[str, Any]:

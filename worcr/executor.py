@@ -77,7 +77,8 @@ class JobExecutor:
         self._waiting: deque[tuple[JobContext, Handler]] = deque()
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="worcr-job")
         self._idle: asyncio.Event | None = None
-        self._ending: dict[str, asyncio.Task[None]] = {}  # jobs flushing before their report
+        # attempts (id, token) flushing their reports before their end is reported
+        self._ending: dict[tuple[str, int], asyncio.Task[None]] = {}
 
     @property
     def waiting(self) -> int:
@@ -156,7 +157,7 @@ class JobExecutor:
                 self.request_yield(ctx)
 
     def request_yield(self, ctx: JobContext) -> None:
-        if ctx._yield_requested or ctx.id in self._ending:
+        if ctx._yield_requested or (ctx.id, ctx.token) in self._ending:
             return
         ctx._yield_requested = True
         ctx.cancelled.set()
@@ -262,11 +263,14 @@ class JobExecutor:
         if reports is None or not reports.busy:
             del self.held[ctx.id]
             report()
+            if reports is not None:
+                reports.close()
             self._release()
             return
+        key = (ctx.id, ctx.token)
         task = asyncio.get_running_loop().create_task(self._end_after_flush(ctx, report))
-        self._ending[ctx.id] = task
-        task.add_done_callback(lambda _: self._ending.pop(ctx.id, None))
+        self._ending[key] = task
+        task.add_done_callback(lambda _: self._ending.pop(key, None))
 
     async def _end_after_flush(self, ctx: JobContext, report: Callable[[], None]) -> None:
         assert ctx._reports is not None
@@ -279,6 +283,7 @@ class JobExecutor:
             return  # cancelled by the node meanwhile (and its slot freed)
         del self.held[ctx.id]
         report()
+        ctx._reports.close()
         self._release()
 
     def _failed(
@@ -338,7 +343,7 @@ class JobExecutor:
     async def yield_running(self) -> int:
         """Cancel what still runs (async handlers get a moment to unwind) and yield it all, each
         job after its last checkpoints are answered."""
-        left = [ctx for ctx in self.held.values() if ctx.id not in self._ending]
+        left = [ctx for ctx in self.held.values() if (ctx.id, ctx.token) not in self._ending]
         tasks = []
         for ctx in left:
             ctx._yield_requested = True
@@ -350,11 +355,12 @@ class JobExecutor:
             await asyncio.wait(tasks, timeout=_CANCEL_GRACE)
         count = len(left)
         for ctx in left:
-            if self.held.get(ctx.id) is ctx and ctx.id not in self._ending:
+            key = (ctx.id, ctx.token)
+            if self.held.get(ctx.id) is ctx and key not in self._ending:
                 # a thread still running, or an async handler that would not unwind: its
                 # outcome is dropped from now on
                 ctx._abandoned = True
-                self._ending[ctx.id] = asyncio.get_running_loop().create_task(
+                self._ending[key] = asyncio.get_running_loop().create_task(
                     self._yield_after_flush(ctx)
                 )
         ending = list(self._ending.values())
@@ -370,9 +376,12 @@ class JobExecutor:
         except TimeoutError:
             log.warning("job %s: its last checkpoints are unanswered", ctx.id)
         finally:
-            self._ending.pop(ctx.id, None)
-        if self.held.pop(ctx.id, None) is ctx:
+            self._ending.pop((ctx.id, ctx.token), None)
+        if self.held.get(ctx.id) is ctx:
+            del self.held[ctx.id]
             self.reporter.yield_(ctx.id, ctx.token)
+            if ctx._reports is not None:
+                ctx._reports.close()
 
 
 def result_problem(result: Any) -> str | None:

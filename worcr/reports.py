@@ -7,7 +7,10 @@ is touched on the worker's event loop; handler threads come in through `call_soo
   task of its own (shielded), so a handler cancelled while waiting for it does not lose it.
 - Progress is coalesced: only the latest value of each counter is sent, one request at a time, so
   a loop that reports every item costs a request per round trip, not per item.
-- Log lines are buffered and sent in batches of up to `max_log_batch` lines.
+- Log lines are buffered and sent in batches of up to `max_log_batch` lines and about 256 KiB.
+  A line is cut at `max_log_line` characters. Lines are dropped (and counted) when more than
+  `MAX_PENDING_LINES` wait, once the node says the attempt reached its line cap, once the attempt
+  is over (stale), or after the job's end was reported (`close`).
 
 `flush()` waits until everything reported so far is answered: the worker calls it before it sends
 the job's ack, fail or yield, so the node stores the job's last checkpoint, progress and lines
@@ -22,7 +25,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from worcr.errors import ConnectionClosed, RemoteError
+from worcr.errors import ConnectionClosed, RemoteError, WorcrError
 from worcr.limits import NodeLink
 from worcr.wire import Limits
 
@@ -32,12 +35,20 @@ LIMITS = Limits()  # defaults are readable on an instance only: Limits has __slo
 
 log = logging.getLogger(__name__)
 
+MAX_PENDING_LINES = 10_000  # lines waiting to be sent, per job, before new ones are dropped
+BATCH_CHARS = 256 << 10  # characters of text per `log` request (well under the frame limit)
+_CUT = "...(truncated)"
+
 
 class JobReports:
     def __init__(self, link: NodeLink, job_id: str, token: int) -> None:
         self.link = link
         self.ref = {"id": job_id, "token": token}
         self.stale = False  # the node said this attempt is over: stop sending
+        self.closed = False  # the job's end was reported: nothing more is sent
+        self.capped = False  # the node stores no more lines for this attempt
+        self.dropped = 0  # log lines dropped (see the module's docstring)
+        self._seq = 0  # numbers checkpoint writes, so a late copy cannot undo a newer one
         self._tasks: set[asyncio.Future[Any]] = set()
         self._progress: dict[str, list[Any]] = {}
         self._progress_task: asyncio.Task[None] | None = None
@@ -52,8 +63,9 @@ class JobReports:
 
     async def checkpoint(self, values: Mapping[str, Any]) -> None:
         """Durable when it returns; raises RemoteError if refused (stale attempt, bad value)."""
+        self._seq += 1
         task = asyncio.ensure_future(
-            self.link.request("checkpoint", dict(self.ref, values=dict(values)))
+            self.link.request("checkpoint", dict(self.ref, values=dict(values), seq=self._seq))
         )
         self._track(task)
         await asyncio.shield(task)
@@ -72,6 +84,8 @@ class JobReports:
     # -- progress --------------------------------------------------------------------------------
 
     def progress(self, name: str, current: float, total: float | None) -> None:
+        if self.stale or self.closed:
+            return
         self._progress[name] = [current, total]
         if self._progress_task is None and not self.stale:
             self._progress_task = asyncio.get_running_loop().create_task(self._send_progress())
@@ -90,6 +104,11 @@ class JobReports:
     # -- log lines --------------------------------------------------------------------------------
 
     def log(self, level: str, message: str, at: float | None = None) -> None:
+        if self.stale or self.closed or self.capped or len(self._lines) >= MAX_PENDING_LINES:
+            self.dropped += 1
+            return
+        if len(message) > LIMITS.max_log_line:
+            message = message[: LIMITS.max_log_line - len(_CUT)] + _CUT
         self._lines.append([time.time() if at is None else at, level, message])
         if self._log_task is None and not self.stale:
             self._log_task = asyncio.get_running_loop().create_task(self._send_lines())
@@ -98,25 +117,37 @@ class JobReports:
     async def _send_lines(self) -> None:
         try:
             await asyncio.sleep(0)  # let a burst of lines gather into one request
-            while self._lines and not self.stale:
-                batch = self._lines[: LIMITS.max_log_batch]
-                del self._lines[: LIMITS.max_log_batch]
-                await self._send("log", {"lines": batch})
+            while self._lines and not (self.stale or self.capped):
+                n, chars = 0, 0
+                for line in self._lines[: LIMITS.max_log_batch]:
+                    chars += len(line[2]) + 32
+                    if n and chars > BATCH_CHARS:
+                        break
+                    n += 1
+                batch = self._lines[:n]
+                del self._lines[:n]
+                answer = await self._send("log", {"lines": batch})
+                if isinstance(answer, dict) and answer.get("stored", n) < n:
+                    self.capped = True  # the attempt's line cap: the rest would be dropped
         finally:
             self._log_task = None
-            if self.stale:
+            if self.stale or self.capped:
+                self.dropped += len(self._lines)
                 self._lines.clear()
 
-    async def _send(self, method: str, params: dict[str, Any]) -> None:
+    async def _send(self, method: str, params: dict[str, Any]) -> Any:
         try:
-            await self.link.request(method, dict(self.ref, **params))
+            return await self.link.request(method, dict(self.ref, **params))
         except RemoteError as exc:
             if exc.code == "STALE_TOKEN":
                 self.stale = True
             else:
                 log.warning("job %s: %s not stored: %s", self.ref["id"], method, exc.message)
         except ConnectionClosed:
-            pass  # not resent (progress and lines are only worth their latest state)
+            pass
+        except WorcrError as exc:  # e.g. a frame over the limit: never let a report kill a job
+            log.warning("job %s: %s not sent: %s", self.ref["id"], method, exc)
+        return None
 
     # -- end of the job ---------------------------------------------------------------------------
 
@@ -124,3 +155,11 @@ class JobReports:
         """Wait until everything reported so far is answered (bound it with a timeout)."""
         while self._tasks:
             await asyncio.wait(list(self._tasks))
+
+    def close(self) -> None:
+        """The job's end was reported: what it reports from now on (a task it left running, a
+        late log record) is dropped, since the node would refuse it."""
+        self.closed = True
+        self._progress.clear()
+        self.dropped += len(self._lines)
+        self._lines.clear()

@@ -159,3 +159,55 @@ async def test_log_records_inside_a_job_go_to_its_log_but_not_the_sdks_own() -> 
     assert [level_name(n) for n in (5, 10, 20, 30, 40, 50, 60)] == [
         "debug", "debug", "info", "warning", "error", "critical", "critical"
     ]  # fmt: skip
+
+
+async def test_long_lines_are_cut_and_big_batches_split_under_the_frame_limit() -> None:
+    link = HeldLink()
+    reports = JobReports(link, "j1", 7)  # type: ignore[arg-type]
+    for i in range(300):
+        reports.log("stdout", f"{i}:" + "x" * 20_000, at=1.0)  # 6 MB of text in all
+    batches, sent = 0, 0
+    while sent < 300:
+        _, params = await link.next_request()
+        assert all(len(x[2]) <= 8192 for x in params["lines"])
+        assert sum(len(x[2]) for x in params["lines"]) <= 256 << 10
+        link.answer({"stored": len(params["lines"])})
+        batches += 1
+        sent += len(params["lines"])
+    await reports.flush()
+    assert batches >= 10
+    assert reports.dropped == 0
+
+
+async def test_lines_past_the_attempts_cap_and_after_the_end_are_dropped() -> None:
+    link = HeldLink()
+    reports = JobReports(link, "j1", 7)  # type: ignore[arg-type]
+    reports.log("info", "a", at=1.0)
+    reports.log("info", "b", at=1.0)
+    await link.next_request()
+    reports.log("info", "c", at=1.0)
+    link.answer({"stored": 1})  # the node kept one of two: the cap is reached
+    await reports.flush()
+    assert reports.capped
+    reports.log("info", "d", at=1.0)
+    assert len(link.sent) == 1
+    assert reports.dropped == 2  # c (waiting when the cap was learnt) and d
+    ended = JobReports(link, "j2", 1)  # type: ignore[arg-type]
+    ended.close()
+    ended.log("info", "late", at=1.0)
+    ended.progress("n", 1, None)
+    assert not ended.busy
+    assert ended.dropped == 1
+
+
+async def test_checkpoints_are_numbered_per_attempt() -> None:
+    link = HeldLink()
+    reports = JobReports(link, "j1", 7)  # type: ignore[arg-type]
+    first = asyncio.create_task(reports.checkpoint({"next": 1}))
+    await link.next_request()
+    link.answer()
+    second = asyncio.create_task(reports.checkpoint({"next": 2}))
+    await link.next_request()
+    assert [p["seq"] for _, p in link.sent] == [1, 2]
+    link.answer()
+    await asyncio.gather(first, second)
