@@ -174,8 +174,9 @@ class JobContext:
     @property
     def yield_requested(self) -> bool:
         """The node asked this job to yield (its maximum run time is up) or the worker is shutting
-        down: checkpoint, then return early by raising `worcr.Yield` (async handlers are
-        cancelled instead, at their next await)."""
+        down: at the next safe point (the last item's checkpoint answered), `raise worcr.Yield`.
+        An async handler that does not is cancelled at an await after the worker's
+        `yield_timeout` (at shutdown, after `shutdown_timeout`)."""
         return self._yield_requested
 
     async def checkpoint(self, name: str, value: Any) -> None:

@@ -7,9 +7,11 @@ the worker's loop; a plain function runs in the thread pool and posts its outcom
 flag is set, its task cancelled, its slot freed, and whatever it returns later is dropped.
 
 A job asked to yield (by the node, its run time being up, or at shutdown) has its flag set and
-`yield_requested` true; an async handler is cancelled at its next await, a thread handler may
-`raise worcr.Yield`; either way the job is reported as yielded. Before any job's end is
-reported, what it reported about itself (checkpoints, progress, log lines) is flushed first.
+`yield_requested` true. The handler should stop at a safe point (`raise worcr.Yield`); an async
+handler that has not within `yield_timeout` seconds (at shutdown: at once, as it already had the
+shutdown timeout) is cancelled at its next await. Either way the job is reported as yielded.
+Before any job's end is reported, what it reported about itself (checkpoints, progress, log
+lines) is flushed first.
 """
 
 from __future__ import annotations
@@ -64,7 +66,9 @@ class JobExecutor:
         worker_id: str = "",
         node: NodeLink | None = None,
         capture: OutputCapture | None = None,
+        yield_timeout: float = 5.0,
     ) -> None:
+        self.yield_timeout = yield_timeout
         self.node = node  # requests jobs make to the node (rate limits, checkpoints, ...)
         self.capture = capture  # the job's logging/stdout copied to its log, if installed
         self.registry = registry
@@ -165,8 +169,9 @@ class JobExecutor:
             self._waiting = deque(w for w in self._waiting if w[0] is not ctx)
             del self.held[ctx.id]
             self.reporter.yield_(ctx.id, ctx.token)
-        elif ctx._task is not None:
-            ctx._task.cancel()
+        elif ctx._task is not None:  # cancelled unless it yields at a safe point in time
+            task = ctx._task
+            asyncio.get_running_loop().call_later(self.yield_timeout, _cancel, task)
 
     def abandon(self, ctx: JobContext) -> None:
         """Forget a held job without reporting it: flag it, cancel its task, free its slot."""
@@ -382,6 +387,10 @@ class JobExecutor:
             self.reporter.yield_(ctx.id, ctx.token)
             if ctx._reports is not None:
                 ctx._reports.close()
+
+
+def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()  # a no-op once the task is done
 
 
 def result_problem(result: Any) -> str | None:

@@ -71,11 +71,14 @@ class Worker:
         report_batch: int = 64,
         report_delay: float = 0.0005,
         capture_output: bool = True,
+        yield_timeout: float = 5.0,
     ) -> None:
         """`prefetch` defaults to `concurrency`; `threads` (the pool for plain-function
         handlers) too. `report_batch`/`report_delay`: when batched reports are sent.
         `capture_output`: copy what jobs print and log (records that pass the loggers' levels)
-        to their log on the node; the output still goes where it went."""
+        to their log on the node; the output still goes where it went. `yield_timeout`: seconds
+        an async handler asked to yield by the node has to stop at a safe point (`raise
+        worcr.Yield`) before it is cancelled."""
         host = socket.gethostname()
         self.registry = registry if registry is not None else Registry()
         self.worker_id = worker_id or f"{host}-{os.getpid()}-{os.urandom(3).hex()}"
@@ -85,6 +88,7 @@ class Worker:
         self.report_batch = report_batch
         self.report_delay = report_delay
         self.capture_output = capture_output
+        self.yield_timeout = yield_timeout
         self.nodes: list[str] = []
         self.tags: list[str] = []
         self.token: str | None = None
@@ -227,6 +231,7 @@ class Worker:
             worker_id=self.worker_id,
             node=self._node,
             capture=capture,
+            yield_timeout=self.yield_timeout,
         )
         link = self._link = SessionLoop(
             self.nodes,

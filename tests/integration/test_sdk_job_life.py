@@ -96,7 +96,7 @@ async def test_output_outside_jobs_and_with_capture_off_is_not_sent(node: Node) 
 
 
 async def test_a_job_asked_to_yield_by_the_node_resumes_from_its_checkpoint(node: Node) -> None:
-    worker = make_worker(node, concurrency=2)
+    worker = make_worker(node, concurrency=3, yield_timeout=0.3)
     await node.life_store.kind_put("life.slices", 1.0, None)
     rounds: list[tuple[str, int]] = []
 
@@ -106,6 +106,18 @@ async def test_a_job_asked_to_yield_by_the_node_resumes_from_its_checkpoint(node
         rounds.append(("async", done))
         while done < total:
             await asyncio.sleep(0.05)  # a slice of work; cancelled here when asked to yield
+            done += 1
+            await ctx.checkpoint("done", done)
+        return done
+
+    @worker.job("life.slices.polite")
+    async def polite_slices(ctx: worcr.JobContext, total: int) -> int:
+        done = ctx.checkpoints.get("done", 0)
+        rounds.append(("polite", done))
+        while done < total:
+            if ctx.yield_requested:
+                raise worcr.Yield()  # a safe point: the last item's checkpoint was answered
+            await asyncio.sleep(0.05)
             done += 1
             await ctx.checkpoint("done", done)
         return done
@@ -125,17 +137,19 @@ async def test_a_job_asked_to_yield_by_the_node_resumes_from_its_checkpoint(node
     async with running(worker), worcr.Client(node.worker_address) as client:
         a = await client.enqueue("life.slices", 60)  # ~3 s of work: at least one yield
         t = await client.enqueue("life.slices.thread", 60, max_run_time=1)
+        p = await client.enqueue("life.slices.polite", 60, max_run_time=1)
         row_a = await wait_state(node, a.id, "completed")
         row_t = await wait_state(node, t.id, "completed")
+        row_p = await wait_state(node, p.id, "completed")
 
-    for row, job in ((row_a, a), (row_t, t)):
+    for row, job in ((row_a, a), (row_t, t), (row_p, p)):
         history = await outcomes(node, job.id)
         assert history[-1] == "completed"
         assert set(history[:-1]) == {"yielded"}, history
         assert row["attempt"] == 1  # yields are not attempts
         assert msgpack.unpackb(row["checkpoints"]) == {"done": 60}
     # every later round started where the last one's checkpoint was
-    for kind in ("async", "thread"):
+    for kind in ("async", "thread", "polite"):
         starts = [done for k, done in rounds if k == kind]
         assert starts[0] == 0
         assert len(starts) >= 2, (kind, starts)
