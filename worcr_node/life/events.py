@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 WATCH_TTL_MS = 5000  # the watched key outlives its refresh (every 1 s) several times over
 QUEUE_SIZE = 2000  # events a subscriber may have waiting before it starts losing them
+MAX_PENDING = 50_000  # events waiting to be published (Redis slow or down) before new ones drop
+CHUNK = 500  # events per published message (Redis client output buffers stay small)
 
 Event = dict[str, Any]
 
@@ -86,6 +88,7 @@ class EventBus(Service):
         self.subscribers: set[Subscription] = set()
         self.watched = False  # some node streams events: publish state changes too
         self.published = 0
+        self.dropped = 0  # events not published: over MAX_PENDING, or Redis failed
         self._pending: list[Event] = []
         self._flushing = False
         self._wake = asyncio.Event()
@@ -99,8 +102,13 @@ class EventBus(Service):
     # -- producing -------------------------------------------------------------------------------
 
     def publish(self, events: Iterable[Event]) -> None:
-        """Queue events for the channel; sent in one message as soon as the last one is out."""
-        self._pending.extend(events)
+        """Queue events for the channel; sent as soon as the previous message is out."""
+        room = MAX_PENDING - len(self._pending)
+        batch = list(events)
+        if len(batch) > room:
+            self.dropped += len(batch) - max(room, 0)
+            batch = batch[: max(room, 0)]
+        self._pending.extend(batch)
         if self._pending:
             self._wake.set()
 
@@ -116,14 +124,15 @@ class EventBus(Service):
         while not self.stopping:
             await self._wake.wait()
             self._wake.clear()
-            batch, self._pending = self._pending, []
-            if not batch:
-                continue
-            try:
-                await self.index.publish(self.index.events_channel, json.dumps(batch))
-                self.published += len(batch)
-            except Exception as exc:  # events are a view: the stored state stays readable
-                log.warning("%d event(s) not published: %s", len(batch), exc)
+            pending, self._pending = self._pending, []
+            for i in range(0, len(pending), CHUNK):
+                batch = pending[i : i + CHUNK]
+                try:
+                    await self.index.publish(self.index.events_channel, json.dumps(batch))
+                    self.published += len(batch)
+                except Exception as exc:  # events are a view: the stored state stays readable
+                    self.dropped += len(batch)
+                    log.warning("%d event(s) not published: %s", len(batch), exc)
 
     # -- consuming -------------------------------------------------------------------------------
 
