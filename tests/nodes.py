@@ -63,6 +63,7 @@ class NodeProcess:
                 await asyncio.sleep(0.05)  # no event to await: the port opens when it is ready
                 continue
             writer.close()
+            await writer.wait_closed()
             return
 
     def log(self) -> str:

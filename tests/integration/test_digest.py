@@ -37,6 +37,14 @@ def _lines(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
+async def _started(acked: Path, n: int, worker: WorkerProcess) -> None:
+    """Wait until the job has started `n` times (each attempt writes a "start" line)."""
+    while sum(x.startswith("start") for x in _lines(acked)) < n:
+        if worker.proc.returncode is not None:
+            raise AssertionError(f"the worker exited early; its log:\n{worker.log()}")
+        await asyncio.sleep(0.02)  # polling a file written by another process
+
+
 async def _sent_at_least(path: Path, n: int, worker: WorkerProcess) -> None:
     """Wait until `n` e-mails were sent (the side-effect file grows as the job runs)."""
     while len(_lines(path)) < n:
@@ -54,7 +62,8 @@ async def test_digest_survives_sigkill_and_sigterm(
     rng.seed(seed)
     stops = [signal.SIGKILL, signal.SIGKILL, signal.SIGKILL, signal.SIGTERM]
     rng.shuffle(stops)
-    points = sorted(rng.sample(range(200, COUNT - 500), len(stops)))
+    # each worker is stopped after sending a random number of e-mails (at most 8,800 in all)
+    spans = [rng.randrange(100, 2200) for _ in stops]
 
     producer = await RawClient.connect(node.worker_address)
     await producer.hello()
@@ -63,9 +72,10 @@ async def test_digest_survives_sigkill_and_sigterm(
     job_id = uuid.UUID((await producer.call("enqueue", {"jobs": [spec]}))["jobs"][0]["id"])
 
     options = ("--concurrency", "1", "--shutdown-timeout", "0.2")
-    for stop, point in zip(stops, points, strict=True):
+    for n, (stop, span) in enumerate(zip(stops, spans, strict=True)):
         worker = await spawn_worker(node, *options)
-        await _sent_at_least(sent, point, worker)
+        await _started(acked, n + 1, worker)  # this worker runs the job now ...
+        await _sent_at_least(sent, len(_lines(sent)) + span, worker)  # ... and sent `span` more
         worker.proc.send_signal(stop)
         await worker.wait(30)
         # whatever the node acknowledged is what the next attempt starts from (or later)
