@@ -266,6 +266,8 @@ async def test_progress_and_logs_reach_subscribers_on_every_node(
     a = await node_factory()
     b = await node_factory()
     sub = b.events.subscribe(job=None)
+    # events are published while somebody watches: node a learns it within a second
+    await wait_until(lambda: _truthy(a.events.watched), timeout=5)
     c, job = await _running(a, {"kind": "digest", "tenant": "acme"})
     await c.call("progress", _ref(job, counters={"emails": [5, 10]}))
     await c.call("log", _ref(job, lines=[[a.clock.now(), "info", "hello"]]))
@@ -284,8 +286,6 @@ async def test_progress_and_logs_reach_subscribers_on_every_node(
     assert progress["progress"]["emails"]["current"] == 5
     log_event = next(e for e in seen if e["type"] == "log")
     assert [x["message"] for x in log_event["lines"]] == ["hello"]
-    # state changes are published while somebody watches
-    await wait_until(lambda: _truthy(a.events.watched), timeout=5)
     await c.call("ack", {"jobs": [_ref(job)]})
 
     async def completed() -> bool:

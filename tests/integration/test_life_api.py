@@ -561,14 +561,14 @@ async def test_what_one_node_stores_reaches_a_stream_on_another(
     async with aiohttp.ClientSession(b.http_address) as http:
         async with stream(http, f"{JOBS}/{job['id']}/events") as sse:
             assert (await sse.event())[0] == "snapshot"
+            # events are published by `a` once it learns that somebody watches (within 1 s)
+            await wait_until(lambda: _truthy(a.events.watched), timeout=5)
             await c.call("progress", ref(job, counters={"emails": [5, 10]}))
             name, progress, _ = await sse.event()
             assert (name, progress["progress"]["emails"]["current"]) == ("progress", 5)
             await log_lines(c, job, a, "from a")
             name, logged, _ = await sse.event()
             assert (name, [x["message"] for x in logged["lines"]]) == ("log", ["from a"])
-            # state changes are published by `a` once it learns that somebody watches
-            await wait_until(lambda: _truthy(a.events.watched), timeout=5)
             await c.call("ack", {"jobs": [ref(job)]})
             assert await sse.event() == (
                 "state",

@@ -4,10 +4,12 @@ A node that stores an update publishes it on one Redis channel (a batch of event
 every node listens and hands each event to its local subscribers (HTTP streams), filtered by job,
 kind or tenant. Going through Redis even for local subscribers gives one order for everyone.
 
-Progress and log events are always published (one message per stored batch). State changes are
-published only while somebody watches: a node with subscribers keeps a short-lived Redis key set,
-and every node checks it once a second, so an idle cluster pays nothing for them on its hot path.
-A subscriber that cannot keep up loses events rather than slow the node: it is told how many.
+Events are published only while somebody watches: a node with subscribers keeps a short-lived
+Redis key set, and every node checks it once a second, so a cluster nobody watches pays nothing
+for events (nor decodes them: a node without subscribers ignores the channel's messages). A new
+watcher may miss up to a second of events from other nodes (a job's stream re-reads the job for
+that). A subscriber that cannot keep up loses events rather than slow the node: it is told how
+many.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from worcr_node.service import Service
@@ -92,7 +94,6 @@ class EventBus(Service):
         self._pending: list[Event] = []
         self._flushing = False
         self._wake = asyncio.Event()
-        self.on_event: Callable[[Event], None] = lambda event: None  # tests, metrics
 
     async def start(self) -> None:
         self.spawn(self._listen(), "listen")
@@ -102,7 +103,10 @@ class EventBus(Service):
     # -- producing -------------------------------------------------------------------------------
 
     def publish(self, events: Iterable[Event]) -> None:
-        """Queue events for the channel; sent as soon as the previous message is out."""
+        """Queue events for the channel (while somebody watches); sent as soon as the previous
+        message is out."""
+        if not self.watched:
+            return
         room = MAX_PENDING - len(self._pending)
         batch = list(events)
         if len(batch) > room:
@@ -113,7 +117,7 @@ class EventBus(Service):
             self._wake.set()
 
     def publish_states(self, changes: Iterable[tuple[str, str, str, str]]) -> None:
-        """(job id, new state, kind, tenant) changes, published only while somebody watches."""
+        """(job id, new state, kind, tenant) changes (not even built unless somebody watches)."""
         if self.watched:
             self.publish(
                 {"type": "state", "job": job, "state": state, "kind": kind, "tenant": tenant}
@@ -158,6 +162,8 @@ class EventBus(Service):
         await self.index.listen(self.index.events_channel, self._deliver, lambda: self.stopping)
 
     def _deliver(self, data: str) -> None:
+        if not self.subscribers:
+            return
         try:
             events = json.loads(data)
         except ValueError:
@@ -168,7 +174,6 @@ class EventBus(Service):
         for event in events:
             if not isinstance(event, dict):
                 continue
-            self.on_event(event)
             for sub in self.subscribers:
                 if sub.wants(event):
                     sub.offer(event)

@@ -126,7 +126,8 @@ class LifeStore:
                 [w.token for w in writes],
                 [_dumps(w.put) for w in writes],
                 max_bytes,
-            )
+            ),
+            relaxed=True,
         )
 
     async def log_insert_many(self, writes: Sequence[LogWrite], max_lines: int) -> list[StoredLine]:
@@ -155,7 +156,8 @@ class LifeStore:
                 ats,
                 levels,
                 messages,
-            )
+            ),
+            relaxed=True,
         )
         return [StoredLine(*r) for r in rows]
 

@@ -101,27 +101,45 @@ class PgStore:
         self._dsn = dsn
         self._pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
+        self._relaxed_pool: asyncpg.Pool | None = None
         self._known_lanes: set[str] = set()
 
     async def open(self) -> None:
-        self._pool = await asyncpg.create_pool(
+        self._pool = await self._make_pool(self._pool_size, {})
+        # Best-effort writes (progress, log lines) commit without waiting for their WAL flush:
+        # the next durable commit (an ack, a checkpoint) flushes them too, and a PostgreSQL crash
+        # can lose only the last fraction of a second of them, never corrupt anything.
+        self._relaxed_pool = await self._make_pool(
+            max(2, self._pool_size // 4), {"synchronous_commit": "off"}
+        )
+        async with self._pool.acquire() as conn:
+            await migrate(conn)
+
+    async def _make_pool(self, size: int, settings: dict[str, str]) -> asyncpg.Pool:
+        return await asyncpg.create_pool(
             self._dsn,
             min_size=1,
-            max_size=self._pool_size,
+            max_size=size,
             command_timeout=30,
             max_inactive_connection_lifetime=60,
             # Plan every execution for its parameters. A generic plan cached while worcr_jobs was
             # nearly empty (a hash join over every queued row for the batched claim) would make
             # each claim cost 50-100 ms once the table grows, until autovacuum's next ANALYZE
             # (up to a minute). Found by bench/fairness.py; planning costs far less than that.
-            server_settings={"plan_cache_mode": "force_custom_plan"},
+            server_settings={"plan_cache_mode": "force_custom_plan", **settings},
+            # The node keeps no session state on a pooled connection (no LISTEN, no cursors, no
+            # SET; the migration's session lock is released in a finally; transactions are
+            # always managed), so the default reset query on every release (RESET ALL,
+            # UNLISTEN *, ...) would be one wasted round trip per statement.
+            reset=_keep_session,
         )
-        async with self._pool.acquire() as conn:
-            await migrate(conn)
 
     async def close(self) -> None:
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
+        for name in ("_relaxed_pool", "_pool"):
+            pool = getattr(self, name)
+            if pool is None:
+                continue
+            setattr(self, name, None)
             try:
                 async with asyncio.timeout(5):  # close() waits for every connection's release
                     await pool.close()
@@ -129,22 +147,26 @@ class PgStore:
                 pool.terminate()
 
     @asynccontextmanager
-    async def _conn(self) -> AsyncIterator[asyncpg.Connection]:
-        if self._pool is None:
+    async def _conn(self, relaxed: bool = False) -> AsyncIterator[asyncpg.Connection]:
+        pool = self._relaxed_pool if relaxed else self._pool
+        if pool is None:
             raise StorageUnavailable("the store is not open")
         try:
-            async with self._pool.acquire(timeout=10) as conn:
+            async with pool.acquire(timeout=10) as conn:
                 yield conn
         except _UNAVAILABLE as exc:
             raise StorageUnavailable(f"PostgreSQL is unavailable: {exc}") from exc
 
-    async def run(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
-        """Run `fn` on a pooled connection. A deadlock victim is run again (its transaction was
+    async def run(
+        self, fn: Callable[[asyncpg.Connection], Awaitable[T]], *, relaxed: bool = False
+    ) -> T:
+        """Run `fn` on a pooled connection (`relaxed`: one whose commits do not wait for their
+        WAL flush, for best-effort writes). A deadlock victim is run again (its transaction was
         rolled back, and every write here is fenced or idempotent): writers of running jobs lock
         rows in id order, but a client may still interleave reports in other orders."""
         for attempt in range(_DEADLOCK_RETRIES):
             try:
-                async with self._conn() as conn:
+                async with self._conn(relaxed) as conn:
                     return await fn(conn)
             except asyncpg.DeadlockDetectedError:
                 if attempt == _DEADLOCK_RETRIES - 1:
@@ -458,6 +480,10 @@ class PgStore:
 
     async def ping(self) -> None:
         await self.run(lambda c: c.fetchval("SELECT 1"))
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """The pool's reset: nothing to undo (an open transaction is rolled back by asyncpg)."""
 
 
 def _insert_results(
