@@ -45,34 +45,32 @@ def decide_yield(job_id: uuid.UUID, token: int) -> FinishOutcome:
 
 def decide_lost_lease(row: Mapping[str, Any]) -> FinishOutcome:
     """A lease expired (worker gone): counts as an attempt; ready again unless none are left."""
-    attempt = int(row["attempt"])
-    final = attempt >= int(row["max_attempts"])
-    return FinishOutcome(
-        row["id"],
-        int(row["lease_token"]),
-        JobState.DEAD if final else JobState.QUEUED,
-        None,
-        0,
-        "lease_expired",
-        "lease expired: the worker stopped sending heartbeats",
-        None,
-    )
+    return _lost(row, "lease_expired", "lease expired: the worker stopped sending heartbeats")
 
 
 def decide_revoked(row: Mapping[str, Any], max_run_time: float, grace: float) -> FinishOutcome:
     """An attempt ran past its maximum run time and did not yield when asked: the lease is
     revoked. Counts as an attempt (a job that never yields cannot run forever); ready again,
     with its checkpoints, unless none are left."""
-    attempt = int(row["attempt"])
-    final = attempt >= int(row["max_attempts"])
+    return _lost(
+        row,
+        "timed_out",
+        f"maximum run time of {max_run_time:g} s reached and the worker did not yield within"
+        f" {grace:g} s: lease revoked",
+    )
+
+
+def _lost(row: Mapping[str, Any], outcome: str, error: str) -> FinishOutcome:
+    """An attempt the worker did not end: it counts; the job is ready again, or dead after its
+    last attempt."""
+    final = int(row["attempt"]) >= int(row["max_attempts"])
     return FinishOutcome(
         row["id"],
         int(row["lease_token"]),
         JobState.DEAD if final else JobState.QUEUED,
         None,
         0,
-        "timed_out",
-        f"maximum run time of {max_run_time:g} s reached and the worker did not yield within"
-        f" {grace:g} s: lease revoked",
+        outcome,
+        error,
         None,
     )

@@ -228,7 +228,7 @@ class Session:
             frame = wire.response(msgid, None, result)
         except RemoteError as exc:
             frame = wire.response(msgid, exc.to_wire(), None)
-        except SpecError as exc:
+        except (SpecError, LifeError) as exc:
             frame = wire.response(msgid, _bad(str(exc)).to_wire(), None)
         except RateLimitError as exc:
             frame = wire.response(msgid, RemoteError(exc.code, exc.message).to_wire(), None)
@@ -577,6 +577,11 @@ def _attempt(s: Session, p: dict[str, Any]) -> tuple[uuid.UUID, int]:
     return refs[0]["_uuid"], refs[0]["token"]
 
 
+def _life(s: Session) -> JobLife:
+    assert s.hub.life is not None  # set by the node before it listens
+    return s.hub.life
+
+
 def _check_written(out: Written, job_id: uuid.UUID, what: str, limit: int) -> None:
     if out == Written.STALE:
         raise RemoteError(
@@ -589,37 +594,24 @@ def _check_written(out: Written, job_id: uuid.UUID, what: str, limit: int) -> No
 
 async def on_checkpoint(s: Session, p: dict[str, Any]) -> dict[str, Any]:
     job_id, token = _attempt(s, p)
-    try:
-        put, drop = parse_checkpoints(p.get("values"), s.hub.limits)
-        seq = parse_seq(p.get("seq"))
-    except LifeError as exc:
-        raise _bad(str(exc)) from None
-    assert s.hub.life is not None
-    out = await s.hub.life.checkpoint(job_id, token, put, drop, seq)
+    put, drop = parse_checkpoints(p.get("values"), s.hub.limits)
+    out = await _life(s).checkpoint(job_id, token, put, drop, parse_seq(p.get("seq")))
     _check_written(out, job_id, "checkpoints", s.hub.limits.max_checkpoints)
     return {}
 
 
 async def on_progress(s: Session, p: dict[str, Any]) -> dict[str, Any]:
     job_id, token = _attempt(s, p)
-    try:
-        put = parse_progress(p.get("counters"), s.hub.clock.now(), s.hub.limits)
-    except LifeError as exc:
-        raise _bad(str(exc)) from None
-    assert s.hub.life is not None
-    out = await s.hub.life.progress(job_id, token, put)
+    put = parse_progress(p.get("counters"), s.hub.clock.now(), s.hub.limits)
+    out = await _life(s).progress(job_id, token, put)
     _check_written(out, job_id, "progress counters", s.hub.limits.max_progress)
     return {}
 
 
 async def on_log(s: Session, p: dict[str, Any]) -> dict[str, Any]:
     job_id, token = _attempt(s, p)
-    try:
-        lines = parse_log_lines(p.get("lines"), s.hub.clock.now(), s.hub.limits)
-    except LifeError as exc:
-        raise _bad(str(exc)) from None
-    assert s.hub.life is not None
-    stored = await s.hub.life.log(job_id, token, lines)
+    lines = parse_log_lines(p.get("lines"), s.hub.clock.now(), s.hub.limits)
+    stored = await _life(s).log(job_id, token, lines)
     if stored is None:
         raise RemoteError(
             ErrorCode.STALE_TOKEN,
