@@ -20,7 +20,7 @@ from worcr.wire import ErrorCode
 from worcr_node.dispatch.dispatcher import Dispatcher
 from worcr_node.dispatch.policy import PolicyStore
 from worcr_node.http.dispatch_api import add_dispatch_routes
-from worcr_node.http.errors import ApiError, error_response, json_body, path_job_id
+from worcr_node.http.errors import ApiError, error_response, json_body, path_id
 from worcr_node.http.explain_api import add_explain_route
 from worcr_node.http.life_api import add_life_routes
 from worcr_node.http.limits_api import add_limits_routes
@@ -81,7 +81,7 @@ class Api:
         return web.json_response(out[0] if single else {"jobs": out}, status=status)
 
     async def get(self, request: web.Request) -> web.Response:
-        job_id = path_job_id(request)
+        job_id = path_id(request)
         row = await self.m.store.job_get(job_id)
         if row is None:
             raise ApiError(404, ErrorCode.NOT_FOUND, f"no job {job_id}")
@@ -115,7 +115,7 @@ class Api:
         return web.json_response({"jobs": jobs, "next_cursor": next_cursor})
 
     async def cancel(self, request: web.Request) -> web.Response:
-        job_id = path_job_id(request)
+        job_id = path_id(request)
         changed, previous = await self.m.cancel(job_id)
         if previous == "missing":
             raise ApiError(404, ErrorCode.NOT_FOUND, f"no job {job_id}")
@@ -126,7 +126,7 @@ class Api:
         return web.json_response({"id": str(job_id), "state": "cancelled", "previous": previous})
 
     async def retry(self, request: web.Request) -> web.Response:
-        job_id = path_job_id(request)
+        job_id = path_id(request)
         if not await self.m.retry_now(job_id):
             row = await self.m.store.job_get(job_id)
             if row is None:

@@ -8,7 +8,6 @@ stores each change and bumps the policy version, and every node's `PolicyWatcher
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import asyncpg
@@ -18,17 +17,9 @@ from worcr.wire import ErrorCode
 from worcr_node.dispatch.fairness import FairnessError, parse_fairness, parse_tenant_weight
 from worcr_node.dispatch.policy import PolicyStore, RuleConflict
 from worcr_node.dispatch.rules import RuleError, parse_rule
-from worcr_node.http.errors import ApiError, bad_request, json_body
+from worcr_node.http.errors import ApiError, bad_request, json_body, path_id
 
 __all__ = ["DispatchApi", "add_dispatch_routes"]
-
-
-def _rule_id(request: web.Request) -> uuid.UUID:
-    raw = request.match_info["id"]
-    try:
-        return uuid.UUID(raw)
-    except ValueError:
-        raise bad_request(f"{raw[:64]!r} is not a rule id") from None
 
 
 def _render_tenant(row: asyncpg.Record) -> dict[str, Any]:
@@ -60,14 +51,14 @@ class DispatchApi:
         return web.json_response(rule.to_json(), status=201)
 
     async def rule_get(self, request: web.Request) -> web.Response:
-        rule_id = _rule_id(request)
+        rule_id = path_id(request, "rule")
         rule = await self.store.rule(rule_id)
         if rule is None:
             raise ApiError(404, ErrorCode.NOT_FOUND, f"no rule {rule_id}")
         return web.json_response(rule.to_json())
 
     async def rule_replace(self, request: web.Request) -> web.Response:
-        rule_id = _rule_id(request)
+        rule_id = path_id(request, "rule")
         body = await json_body(request)
         try:
             rule = await self.store.rule_replace(parse_rule(body, str(rule_id)))
@@ -80,7 +71,7 @@ class DispatchApi:
         return web.json_response(rule.to_json())
 
     async def rule_delete(self, request: web.Request) -> web.Response:
-        rule_id = _rule_id(request)
+        rule_id = path_id(request, "rule")
         if not await self.store.rule_delete(rule_id):
             raise ApiError(404, ErrorCode.NOT_FOUND, f"no rule {rule_id}")
         return web.Response(status=204)

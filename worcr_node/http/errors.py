@@ -48,10 +48,10 @@ async def json_body(request: web.Request) -> Any:
     raise bad_request(why)
 
 
-def path_job_id(request: web.Request) -> uuid.UUID:
-    """The job id in the route's `{id}`; a 400 if it is not a UUID."""
+def path_id(request: web.Request, what: str = "job") -> uuid.UUID:
+    """The UUID in the route's `{id}` (a job's, a rule's: `what`); a 400 if it is not one."""
     raw = request.match_info["id"]
     try:
         return uuid.UUID(raw)
     except ValueError:
-        raise bad_request(f"{raw[:64]!r} is not a job id") from None
+        raise bad_request(f"{raw[:64]!r} is not a {what} id") from None

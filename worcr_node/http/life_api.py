@@ -23,7 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from worcr.wire import ErrorCode
-from worcr_node.http.errors import ApiError, bad_request, json_body, path_job_id
+from worcr_node.http.errors import ApiError, bad_request, json_body, path_id
 from worcr_node.http.render import render_job, render_result
 from worcr_node.life.events import EventBus, Subscription
 from worcr_node.manager import JobManager
@@ -185,20 +185,20 @@ class LifeApi:
     # -- progress, result, logs --------------------------------------------------------------------
 
     async def progress(self, request: web.Request) -> web.Response:
-        row = await self._row(path_job_id(request))
+        row = await self._row(path_id(request))
         job = render_job(row)
         return web.json_response(
             {"id": job["id"], "state": job["state"], "progress": job["progress"] or {}}
         )
 
     async def result(self, request: web.Request) -> web.Response:
-        row = await self._row(path_job_id(request))
+        row = await self._row(path_id(request))
         return web.json_response(
             {"id": str(row["id"]), "state": row["state"], "result": render_result(row)}
         )
 
     async def logs(self, request: web.Request) -> web.Response:
-        job_id = path_job_id(request)
+        job_id = path_id(request)
         _refuse_unknown(request, ("attempt", "after", "limit"))
         attempt = _int_param(request, "attempt", 1, MAX_INT4)
         after = _int_param(request, "after", 0, MAX_INT8) or 0
@@ -211,7 +211,7 @@ class LifeApi:
     # -- event streams -----------------------------------------------------------------------------
 
     async def job_events(self, request: web.Request) -> web.StreamResponse:
-        job_id = path_job_id(request)
+        job_id = path_id(request)
         _refuse_unknown(request, ())
         stream = self._subscribe(request, job=str(job_id))
         try:
