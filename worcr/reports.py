@@ -5,8 +5,9 @@ is touched on the worker's event loop; handler threads come in through `call_soo
 
 - A checkpoint is a request answered once the value is durable in PostgreSQL; it is sent in a
   task of its own (shielded), so a handler cancelled while waiting for it does not lose it.
-- Progress is coalesced: only the latest value of each counter is sent, one request at a time, so
-  a loop that reports every item costs a request per round trip, not per item.
+- Progress is coalesced: only the latest value of each counter is sent, one request at a time and
+  at most one every `PROGRESS_INTERVAL` (a progress bar needs no more), so a loop that reports
+  every item costs ten requests a second, not one per item; `flush` sends the last value at once.
 - Log lines are buffered and sent in batches of up to `max_log_batch` lines and about 256 KiB.
   A line is cut at `max_log_line` characters. Lines are dropped (and counted) when more than
   `MAX_PENDING_LINES` wait, once the node says the attempt reached its line cap, once the attempt
@@ -35,6 +36,7 @@ LIMITS = Limits()  # defaults are readable on an instance only: Limits has __slo
 
 log = logging.getLogger(__name__)
 
+PROGRESS_INTERVAL = 0.1  # seconds between two progress requests of one job (flush: at once)
 MAX_PENDING_LINES = 10_000  # lines waiting to be sent, per job, before new ones are dropped
 BATCH_CHARS = 256 << 10  # characters of text per `log` request (well under the frame limit)
 _CUT = "...(truncated)"
@@ -52,6 +54,7 @@ class JobReports:
         self._tasks: set[asyncio.Future[Any]] = set()
         self._progress: dict[str, list[Any]] = {}
         self._progress_task: asyncio.Task[None] | None = None
+        self._hurry: asyncio.Event | None = None  # set by flush: send pending progress now
         self._lines: list[list[Any]] = []
         self._log_task: asyncio.Task[None] | None = None
 
@@ -96,10 +99,21 @@ class JobReports:
             while self._progress and not self.stale:
                 counters, self._progress = self._progress, {}
                 await self._send("progress", {"counters": counters})
+                if self._progress and not self.stale:
+                    await self._pause()
         finally:
             self._progress_task = None
             if self.stale:
                 self._progress.clear()
+
+    async def _pause(self) -> None:
+        """Wait PROGRESS_INTERVAL before the next progress request, unless a flush hurries it."""
+        hurry = self._hurry = self._hurry or asyncio.Event()
+        try:
+            async with asyncio.timeout(PROGRESS_INTERVAL):
+                await hurry.wait()
+        except TimeoutError:
+            pass
 
     # -- log lines --------------------------------------------------------------------------------
 
@@ -153,6 +167,9 @@ class JobReports:
 
     async def flush(self) -> None:
         """Wait until everything reported so far is answered (bound it with a timeout)."""
+        if self._hurry is None:
+            self._hurry = asyncio.Event()
+        self._hurry.set()
         while self._tasks:
             await asyncio.wait(list(self._tasks))
 

@@ -211,3 +211,20 @@ async def test_checkpoints_are_numbered_per_attempt() -> None:
     assert [p["seq"] for _, p in link.sent] == [1, 2]
     link.answer()
     await asyncio.gather(first, second)
+
+
+async def test_progress_requests_are_spaced_unless_a_flush_hurries_them() -> None:
+    link = HeldLink()
+    reports = JobReports(link, "j1", 7)  # type: ignore[arg-type]
+    reports.progress("items", 1, 10)
+    await link.next_request()
+    reports.progress("items", 2, 10)
+    link.answer()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert len(link.sent) == 1  # the next one waits PROGRESS_INTERVAL ...
+    flushed = asyncio.create_task(reports.flush())
+    _, params = await link.next_request()  # ... or until the job's end flushes it
+    assert params["counters"] == {"items": [2, 10]}
+    link.answer()
+    await flushed
