@@ -126,7 +126,10 @@ class PgStore:
             # nearly empty (a hash join over every queued row for the batched claim) would make
             # each claim cost 50-100 ms once the table grows, until autovacuum's next ANALYZE
             # (up to a minute). Found by bench/fairness.py; planning costs far less than that.
-            server_settings={"plan_cache_mode": "force_custom_plan", **settings},
+            # No JIT: the node's statements are short, and a cost estimate inflated by a table
+            # too small for autovacuum to ever analyze (worcr_kinds) made PostgreSQL compile the
+            # run-time duty's query every second (~0.5 s of CPU for 5 ms of work).
+            server_settings={"plan_cache_mode": "force_custom_plan", "jit": "off", **settings},
             # The node keeps no session state on a pooled connection (no LISTEN, no cursors, no
             # SET; the migration's session lock is released in a finally; transactions are
             # always managed), so the default reset query on every release (RESET ALL,

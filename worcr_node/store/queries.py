@@ -469,17 +469,23 @@ DELETE FROM worcr_logs WHERE ctid = ANY(ARRAY(
 # to yield: mark them asked. Each branch reads a small partial index. Returns (id, token).
 RUN_TIME_ASK_YIELD = """
 WITH due AS (
-    SELECT j.id FROM worcr_kinds k
-    JOIN worcr_jobs j ON j.kind = k.kind AND j.state = 'running'
-     AND j.started_at <= now() - make_interval(secs => k.max_run_time)
-    WHERE k.max_run_time IS NOT NULL AND j.max_run_time IS NULL AND j.yield_asked_at IS NULL
+    SELECT d.id FROM worcr_kinds k
+    CROSS JOIN LATERAL (
+        SELECT j.id FROM worcr_jobs j
+        WHERE j.kind = k.kind AND j.state = 'running'
+          AND j.started_at <= now() - make_interval(secs => k.max_run_time)
+          AND j.max_run_time IS NULL AND j.yield_asked_at IS NULL
+        LIMIT $1
+    ) d
+    WHERE k.max_run_time IS NOT NULL
     UNION
     SELECT j.id FROM worcr_jobs j
     WHERE j.state = 'running' AND j.max_run_time IS NOT NULL AND j.yield_asked_at IS NULL
       AND j.started_at <= now() - make_interval(secs => j.max_run_time)
 ), locked AS (
-    SELECT j.id FROM worcr_jobs j JOIN due ON due.id = j.id
-    WHERE j.state = 'running' AND j.yield_asked_at IS NULL
+    SELECT j.id FROM worcr_jobs j
+    WHERE j.id = ANY(ARRAY(SELECT id FROM due))
+      AND j.state = 'running' AND j.yield_asked_at IS NULL
     ORDER BY j.id
     LIMIT $1
     FOR UPDATE OF j SKIP LOCKED
