@@ -92,6 +92,7 @@ def prepare_worker(
     token: str | None = None,
     threads: int | None = None,
     shutdown_timeout: float | None = None,
+    yield_timeout: float | None = None,
 ) -> Worker:
     """`load_worker` plus the command-line overrides."""
     worker = load_worker(module_name)
@@ -103,6 +104,7 @@ def prepare_worker(
         token=token,
         threads=threads,
         shutdown_timeout=shutdown_timeout,
+        yield_timeout=yield_timeout,
     )
     log.info(
         "worker %s: kinds %s, nodes %s, concurrency %d, capacity %d",
@@ -130,6 +132,13 @@ def parser(prog: str = "worcr worker") -> argparse.ArgumentParser:
     p.add_argument("--tags", default=env("WORCR_TAGS"), help="comma-separated worker tags")
     p.add_argument("--token", default=env("WORCR_TOKEN"), help="worker token (env WORCR_TOKEN)")
     p.add_argument("--shutdown-timeout", type=float, default=None, metavar="SECONDS")
+    p.add_argument(
+        "--yield-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="how long a job the node asks to yield has to stop at a safe point (default 5)",
+    )
     p.add_argument("--log-level", default=env("WORCR_LOG_LEVEL", "INFO"))
     return p
 
@@ -153,6 +162,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "worcr worker") -> int:
             token=args.token,
             threads=args.threads,
             shutdown_timeout=args.shutdown_timeout,
+            yield_timeout=args.yield_timeout,
         )
     except (ImportError, LookupError, ValueError, TypeError) as exc:
         print(f"worcr worker: cannot start: {exc}", file=sys.stderr)

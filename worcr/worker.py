@@ -134,6 +134,7 @@ class Worker:
         token: str | None = None,
         threads: int | None = None,
         shutdown_timeout: float | None = None,
+        yield_timeout: float | None = None,
     ) -> None:
         """Change settings before `run` (None keeps a setting); the CLI overrides with it."""
         if self._running():
@@ -158,6 +159,10 @@ class Worker:
         self.shutdown_timeout = (
             shutdown_timeout if shutdown_timeout is not None else self.shutdown_timeout
         )
+        if yield_timeout is not None:
+            if yield_timeout < 0:
+                raise ValueError(f"yield_timeout must be >= 0, got {yield_timeout}")
+            self.yield_timeout = yield_timeout
 
     @property
     def prefetch(self) -> int:

@@ -73,9 +73,12 @@ def test_worker_attribute_wins_and_takes_module_level_handlers(modules: Path) ->
         def shared(ctx): ...
     """,
     )
-    worker = prepare_worker("jobs_worker", nodes="n1:1,n2:2", concurrency=5, tags=None)
+    worker = prepare_worker(
+        "jobs_worker", nodes="n1:1,n2:2", concurrency=5, tags=None, yield_timeout=1.5
+    )
     assert worker.registry.kinds() == ["mine", "shared"]
     assert (worker.tags, worker.concurrency, worker.nodes) == (["gpu"], 5, ["n1:1", "n2:2"])
+    assert worker.yield_timeout == 1.5
 
 
 def test_module_colon_attribute(modules: Path) -> None:
