@@ -91,7 +91,7 @@ def _stale(job_id: str) -> dict[str, Any]:
 
 
 class Hub:
-    """What sessions share: the manager, the dispatcher, the node's sessions by job id."""
+    """What sessions share: the manager, the dispatcher, the node's sessions."""
 
     def __init__(
         self,
@@ -115,14 +115,13 @@ class Hub:
         self.remove_consumer = remove_consumer
         self.wake_dispatch = wake_dispatch
         self.sessions: set[Session] = set()
-        self.holder: dict[str, Session] = {}  # job id -> session holding it
         self.shutting_down = False
         self.rate: RateLimiter | None = None  # set by the node
         self.life: JobLife | None = None  # set by the node
 
     def _holders(self, jobs: Sequence[tuple[str, int]]) -> dict[Session, list[dict[str, Any]]]:
-        """The sessions holding these attempts. Every session is searched, not only the job's
-        latest holder: the job may have been dispatched again meanwhile, here, to another."""
+        """The sessions holding these attempts (by id and token: the job may have been dispatched
+        again meanwhile, here, to another session)."""
         wanted = dict(jobs)
         by_session: dict[Session, list[dict[str, Any]]] = {}
         for s in self.sessions:
@@ -261,9 +260,6 @@ class Session:
         self.open = False
         self.hub.sessions.discard(self)
         self.hub.remove_consumer(self)
-        for job_id in self.held_jobs:
-            if self.hub.holder.get(job_id) is self:
-                del self.hub.holder[job_id]
         for t in self._tasks:
             t.cancel()
 
@@ -283,7 +279,6 @@ class Session:
             size += weight
             jid = str(j.id)
             self.held_jobs[jid] = (j.token, j.reserve_for)
-            self.hub.holder[jid] = self
             job: dict[str, Any] = {
                 "id": jid,
                 "token": j.token,
@@ -304,9 +299,7 @@ class Session:
 
     def forget(self, job_id: str) -> None:
         self.reporting.discard(job_id)
-        if self.held_jobs.pop(job_id, None) is not None:
-            if self.hub.holder.get(job_id) is self:
-                del self.hub.holder[job_id]
+        self.held_jobs.pop(job_id, None)
 
     def heartbeat(self) -> None:
         if not self.held_jobs:
@@ -394,7 +387,6 @@ async def on_hello(s: Session, p: dict[str, Any]) -> dict[str, Any]:
     s.authenticated = True
     for ref in refs:  # adopted: their leases are extended at once and on every heartbeat
         s.held_jobs[ref["id"]] = (ref["token"], float(ref.get("reserve_for") or 60.0))
-        hub.holder[ref["id"]] = s
     if refs:
         s.heartbeat()
     if capacity:
