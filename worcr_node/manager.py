@@ -262,12 +262,12 @@ class JobManager:
         asked: end them (re-dispatched with their checkpoints), tell their workers to stop."""
         why = {(i[0], i[1]): i[2:] for i in items}
         token_of = {i[0]: i[1] for i in items}
-        revoked: list[str] = []
+        revoked: list[tuple[str, int]] = []
 
         def stop_local(moved: Sequence[Moved]) -> None:
             # Before the jobs are ready again (and perhaps dispatched to another worker here).
-            revoked.extend(f"{r[0]}:{token_of[r[0]]}" for r in moved)
-            self.on_cancel([(str(r[0]), token_of[r[0]]) for r in moved], "max_run_time")
+            revoked.extend((str(r[0]), token_of[r[0]]) for r in moved)
+            self.on_cancel(revoked, "max_run_time")
 
         await self._finish(
             [(i[0], i[1]) for i in items],
@@ -281,18 +281,16 @@ class JobManager:
             await self._broadcast_cancel(revoked, "max_run_time", local=False)
         return len(revoked)
 
-    async def _broadcast_cancel(self, refs: Sequence[str], reason: str, local: bool = True) -> None:
-        """Tell the workers holding these "id:token" attempts (on any node) to stop them."""
+    async def _broadcast_cancel(
+        self, attempts: Sequence[tuple[str, int]], reason: str, local: bool = True
+    ) -> None:
+        """Tell the workers holding these (job id, token) attempts (on any node) to stop them."""
         try:
-            await self.index.publish_cancel(refs, reason)
+            await self.index.publish_cancel([f"{jid}:{token}" for jid, token in attempts], reason)
         except IndexUnavailable:
-            log.warning("cancel of %d attempt(s) not broadcast (Redis unavailable)", len(refs))
+            log.warning("cancel of %d attempt(s) not broadcast (Redis unavailable)", len(attempts))
         if local:
-            pairs = []
-            for ref in refs:
-                job_id, _, token = ref.partition(":")
-                pairs.append((job_id, int(token)))
-            self.on_cancel(pairs, reason)
+            self.on_cancel(attempts, reason)
 
     # -- time-driven -------------------------------------------------------------------------------
 
@@ -325,7 +323,7 @@ class JobManager:
         if previous == JobState.RUNNING:
             self.on_done({job_id})
             await self._release([str(job_id)])
-            await self._broadcast_cancel([f"{job_id}:{token}"], "cancelled")
+            await self._broadcast_cancel([(str(job_id), token)], "cancelled")
         return True, previous
 
     async def retry_now(self, job_id: uuid.UUID) -> bool:
