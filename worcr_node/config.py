@@ -46,6 +46,8 @@ class Config:
     lane_window: int = 500
     window_budget: int = 100_000  # job ids in all lane windows together (Redis memory bound)
     db_pool_size: int = 8
+    function_time_ms: int = 50  # CPU time one function call may take
+    function_memory_mb: int = 32  # memory of one function's sandbox
     limits: Limits = field(default_factory=Limits)
 
     def with_(self, **changes: object) -> Config:
@@ -78,6 +80,10 @@ class Config:
             lane_window=_int(env, "WORCR_LANE_WINDOW", base.lane_window, 10, 100_000),
             window_budget=_int(env, "WORCR_WINDOW_BUDGET", base.window_budget, 1000, 10_000_000),
             db_pool_size=_int(env, "WORCR_DB_POOL", base.db_pool_size, 2, 200),
+            function_time_ms=_int(env, "WORCR_FUNCTION_TIME_MS", base.function_time_ms, 1, 10_000),
+            function_memory_mb=_int(
+                env, "WORCR_FUNCTION_MEMORY_MB", base.function_memory_mb, 1, 4096
+            ),
         )
 
 

@@ -16,12 +16,15 @@ import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import msgpack
 
 from worcr_node.clock import Clock
 from worcr_node.dispatch.dispatcher import MISFILED, Dispatcher
 from worcr_node.dispatch.rules import TagSet
+from worcr_node.jobspec import Partition
+from worcr_node.limits.compiled import CompiledLimits
 from worcr_node.limits.model import LimitType
 from worcr_node.limits.usage import prune_usage_index
 from worcr_node.manager import JobManager
@@ -52,6 +55,7 @@ class Duties(Service):
         leases_every: float = 0.2,
         expire_every: float = 1.0,
         split_every: float = 0.5,
+        discard_every: float = 1.0,
         usage_every: float = 60.0,
         reconcile_every: float = 5.0,
         epoch_every: float = 0.5,
@@ -69,6 +73,7 @@ class Duties(Service):
             "leases": leases_every,
             "expire": expire_every,
             "split": split_every,
+            "discard": discard_every,
             "usage": usage_every,
             "reconcile": reconcile_every,
             "epoch": epoch_every,
@@ -84,6 +89,7 @@ class Duties(Service):
             "leases": self.expire_leases,
             "expire": self.manager.expire_due,
             "split": self.split_lanes,
+            "discard": self.discard,
             "usage": self.prune_usage,
             "reconcile": self.reconcile,
             "epoch": self.check_epoch,
@@ -168,8 +174,9 @@ class Duties(Service):
             have = info.partition or {}
             if paths and not all(p in have for p in paths):
                 ready = await self.store.lane_split(
-                    lane, info.kind, info.tenant, tags, info.weight, paths
-                )
+                    lane, info.kind, info.tenant, tags, info.weight,
+                    _partitioner(self.dispatcher.limits, paths, info.kind, info.tenant, tags),
+                )  # fmt: skip
                 await self.index.lane_reset(lane)
                 if ready:
                     await self.index.mark_ready(list(ready))
@@ -180,6 +187,21 @@ class Duties(Service):
             self.dispatcher.misfiled.discard(lane)
             self.dispatcher.unpark(MISFILED + lane, None)
         return moved
+
+    async def discard(self) -> int:
+        """Load shedding: cancel the queued jobs of ready lanes a discard rule takes (new jobs
+        of such lanes are refused at enqueue). Returns jobs cancelled."""
+        lanes = self.dispatcher.lanes_to_discard()
+        if not lanes:
+            return 0
+        n = await self.manager.discard_lanes(lanes)
+        for lane in lanes:
+            await self.index.lane_reset(lane)
+            self.dispatcher.forget_lane(lane)
+        if n:
+            log.info("load shedding: %d queued job(s) of %d lane(s) discarded", n, len(lanes),
+                     extra={"action": "discard"})  # fmt: skip
+        return n
 
     async def prune_usage(self) -> None:
         """Keep each limit's usage index bounded by the keys used lately."""
@@ -281,3 +303,15 @@ class Duties(Service):
         for c in self.dispatcher.consumers:
             out[c.worker_id] = TagSet(c.tags)
         return out
+
+
+def _partitioner(
+    limits: CompiledLimits, paths: tuple[str, ...], kind: str, tenant: str, tags: tuple[str, ...]
+) -> Callable[[Any, str], Partition]:
+    """What splits one waiting job's lane, from its args and id (lane split duty)."""
+    job = {"kind": kind, "tenant": tenant, "tags": list(tags)}
+
+    def partition(args: Any, job_id: str) -> Partition:
+        return limits.partition(paths, job, args, job_id)
+
+    return partition

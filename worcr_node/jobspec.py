@@ -10,7 +10,7 @@ import hashlib
 import math
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
@@ -22,7 +22,17 @@ from worcr.wire import Limits
 from worcr_node.limits.model import partition_for
 from worcr_node.state import JobState
 
-__all__ = ["Backoff", "NewJob", "SpecError", "lane_of", "parse_job_spec", "parse_time"]
+__all__ = [
+    "Backoff",
+    "NewJob",
+    "SpecError",
+    "lane_of",
+    "number_field",
+    "parse_job_spec",
+    "parse_time",
+    "tags_field",
+    "text_field",
+]
 
 DEFAULT_TENANT = "default"
 DEFAULT_MAX_ATTEMPTS = 25
@@ -81,6 +91,7 @@ class NewJob:
     client_id: bool  # the producer chose the id (idempotent enqueue)
     partition: Partition = ()
     max_run_time: float | None = None  # seconds; None: the kind's setting, if any
+    function_errors: list[dict[str, Any]] = field(default_factory=list)  # on_enqueue failures
 
 
 Partition = tuple[tuple[str, str], ...]  # (args path, value) pairs that split lanes
@@ -118,7 +129,7 @@ def parse_time(value: Any, field: str) -> float:
     raise SpecError(f"{field}: expected Unix seconds or an ISO 8601 time")
 
 
-def _text(spec: Mapping[str, Any], field: str, limit: int, default: str | None = None) -> str:
+def text_field(spec: Mapping[str, Any], field: str, limit: int, default: str | None = None) -> str:
     value = spec.get(field, default)
     if not isinstance(value, str) or not value:
         raise SpecError(f"{field}: expected a non-empty string")
@@ -129,7 +140,7 @@ def _text(spec: Mapping[str, Any], field: str, limit: int, default: str | None =
     return value
 
 
-def _number(spec: Mapping[str, Any], field: str, low: float, high: float) -> float | None:
+def number_field(spec: Mapping[str, Any], field: str, low: float, high: float) -> float | None:
     value = spec.get(field)
     if value is None:
         return None
@@ -142,7 +153,7 @@ def _number(spec: Mapping[str, Any], field: str, low: float, high: float) -> flo
     return float(value)
 
 
-def _tags(spec: Mapping[str, Any], limits: Limits) -> tuple[str, ...]:
+def tags_field(spec: Mapping[str, Any], limits: Limits) -> tuple[str, ...]:
     tags = spec.get("tags") or []
     if not isinstance(tags, list | tuple):
         raise SpecError("tags: expected a list of strings")
@@ -167,7 +178,7 @@ def _backoff(value: Any) -> Backoff | None:
     d = Backoff()
 
     def pick(field: str, low: float, high: float, default: float) -> float:
-        number = _number(value, field, low, high)
+        number = number_field(value, field, low, high)
         return default if number is None else number
 
     return Backoff(
@@ -183,7 +194,7 @@ def _when(spec: Mapping[str, Any], at: str, delta: str, now: float) -> float | N
         raise SpecError(f"{at} and {delta}: give one, not both")
     if spec.get(at) is not None:
         return parse_time(spec[at], at)
-    seconds = _number(spec, delta, 0.0, 10 * 365 * 86400.0)
+    seconds = number_field(spec, delta, 0.0, 10 * 365 * 86400.0)
     return None if seconds is None else now + seconds
 
 
@@ -214,8 +225,8 @@ def parse_job_spec(
     unknown = set(spec) - _KNOWN
     if unknown:
         raise SpecError(f"unknown field(s) {sorted(map(str, unknown))[:5]}")
-    kind = _text(spec, "kind", limits.max_kind_len)
-    tenant = _text(spec, "tenant", limits.max_tenant_len, DEFAULT_TENANT)
+    kind = text_field(spec, "kind", limits.max_kind_len)
+    tenant = text_field(spec, "tenant", limits.max_tenant_len, DEFAULT_TENANT)
     args = spec.get("args", [])
     try:
         packed = msgpack.packb(args, use_bin_type=True)
@@ -223,18 +234,18 @@ def parse_job_spec(
         raise SpecError(f"args: cannot be encoded ({exc})") from None
     if len(packed) > limits.max_args:
         raise SpecError(f"args: {len(packed)} bytes encoded, over the limit of {limits.max_args}")
-    tags = _tags(spec, limits)
-    weight = _number(spec, "weight", 1e-6, 1e6) or 1.0
+    tags = tags_field(spec, limits)
+    weight = number_field(spec, "weight", 1e-6, 1e6) or 1.0
     max_attempts = spec.get("max_attempts", DEFAULT_MAX_ATTEMPTS)
     if isinstance(max_attempts, bool) or not isinstance(max_attempts, int):
         raise SpecError("max_attempts: expected an integer")
     if not 1 <= max_attempts <= 1000:
         raise SpecError("max_attempts: must be from 1 to 1000")
-    reserve_for = _number(spec, "reserve_for", MIN_RESERVE_FOR, MAX_RESERVE_FOR)
-    max_run_time = _number(spec, "max_run_time", MIN_RUN_TIME, MAX_RUN_TIME)
+    reserve_for = number_field(spec, "reserve_for", MIN_RESERVE_FOR, MAX_RESERVE_FOR)
+    max_run_time = number_field(spec, "max_run_time", MIN_RUN_TIME, MAX_RUN_TIME)
     unique_key = spec.get("unique_key")
     if unique_key is not None:
-        unique_key = _text(spec, "unique_key", 256)
+        unique_key = text_field(spec, "unique_key", 256)
     run_at = _when(spec, "run_at", "run_in", now)
     expires_at = _when(spec, "expires_at", "expires_in", now)
     job_id, client_id = _id(spec)

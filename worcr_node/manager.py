@@ -20,7 +20,12 @@ import asyncpg
 from worcr.wire import Limits
 from worcr_node.batcher import Batcher
 from worcr_node.clock import Clock
-from worcr_node.jobspec import NewJob, PartitionPaths, SpecError, parse_job_spec
+from worcr_node.functions.enqueue import DISCARDED, apply_on_enqueue
+from worcr_node.functions.model import Hook
+from worcr_node.functions.retry import RetryHook
+from worcr_node.functions.runner import FunctionRunner
+from worcr_node.jobspec import NewJob, Partition, PartitionPaths, SpecError, lane_of, parse_job_spec
+from worcr_node.limits.model import partition_for
 from worcr_node.outcome import (
     Failure,
     decide_failure,
@@ -38,6 +43,9 @@ log = logging.getLogger(__name__)
 
 Ready = dict[str, list[tuple[int, uuid.UUID]]]
 StateChange = tuple[str, str, str, str]  # (job id, new state, kind, tenant)
+DISCARD_REASON = "discarded by load shedding: a discard rule (or shed function) took its lane"
+# (paths, job {kind, tenant, tags}, args, job id) -> the values that split the job's lane
+Partitioner = Callable[[Sequence[str], Mapping[str, Any], Any, str | None], Partition]
 
 
 class JobManager:
@@ -60,8 +68,16 @@ class JobManager:
         self.on_ready: Callable[[Mapping[str, int | None]], None] = lambda lanes: None
         # Called with ids of jobs that stopped running through this node (fewest_running counts).
         self.on_done: Callable[[Collection[uuid.UUID]], None] = lambda ids: None
-        # The args paths job limits split a (kind, tenant, tags) lane by (set with each policy).
+        # The args paths job limits split a (kind, tenant, tags) lane by (set with each policy),
+        # and what splits one job's lane (values of those paths, keys of limit_key functions).
         self.partition_paths: PartitionPaths = lambda kind, tenant, tags: ()
+        self.partition: Partitioner = lambda paths, job, args, job_id: partition_for(paths, args)
+        # Embedded functions (on_enqueue, retry); the dispatcher's runner, set by the node.
+        self.functions = FunctionRunner()
+        # "discard" / "hold" / None for a lane (kind, tenant, tags, weight): load-shedding rules.
+        self.shed: Callable[[str, str, str, tuple[str, ...], float], str | None] = lambda *lane: (
+            None
+        )
         # Some concurrency limit is in force: acks release units before their commit is flushed.
         self.early_release = False
         # Called with (job id, token) of running jobs that were cancelled, and why.
@@ -85,22 +101,50 @@ class JobManager:
 
     # -- enqueue ---------------------------------------------------------------------------------
 
-    def parse(self, specs: Sequence[Any]) -> list[NewJob]:
-        """Validate a batch of job specs; SpecError names the first bad one."""
+    def parse(self, specs: Sequence[Any]) -> list[NewJob | uuid.UUID]:
+        """Validate a batch of job specs and run the on_enqueue functions; SpecError names the
+        first bad (or rejected) one. The id of a job discarded (by a function or a discard
+        rule) stands in its place."""
         if not 1 <= len(specs) <= self.limits.max_batch:
             raise SpecError(f"jobs: expected 1 to {self.limits.max_batch} job specs")
         now = self.clock.now()
-        jobs = []
+        hooks = self.functions.has(Hook.ON_ENQUEUE)
+        jobs: list[NewJob | uuid.UUID] = []
         for i, spec in enumerate(specs):
             try:
-                jobs.append(parse_job_spec(spec, now, self.limits, self.partition_paths))
+                job: NewJob | None = parse_job_spec(spec, now, self.limits)
+                assert job is not None
+                job_id = job.id
+                if hooks:
+                    job = apply_on_enqueue(self.functions, job, spec.get("args", []), now,
+                                           self.limits)  # fmt: skip
+                if job is not None:
+                    job = self._place(job, spec.get("args", []))
             except SpecError as exc:
                 raise SpecError(f"jobs[{i}].{exc}") from None
+            jobs.append(job_id if job is None else job)
         return jobs
 
+    def _place(self, job: NewJob, args: Any) -> NewJob | None:
+        """Give the job its lane (split by what job limits key on); None if a discard rule
+        takes its lane."""
+        paths = self.partition_paths(job.kind, job.tenant, job.tags)
+        if paths:
+            view = {"kind": job.kind, "tenant": job.tenant, "tags": list(job.tags)}
+            job.partition = self.partition(paths, view, args, str(job.id))
+        job.lane = lane_of(job.kind, job.tenant, job.tags, job.weight, job.partition)
+        if self.shed(job.lane, job.kind, job.tenant, job.tags, job.weight) == "discard":
+            return None
+        return job
+
     async def enqueue(self, specs: Sequence[Any]) -> list[InsertResult]:
-        """Durable on return: the jobs are committed in PostgreSQL."""
-        return await self._enqueue.submit(self.parse(specs))
+        """Durable on return: the jobs are committed in PostgreSQL. A discarded job's result
+        has state "discarded" (it is not stored)."""
+        parsed = self.parse(specs)
+        jobs = [j for j in parsed if isinstance(j, NewJob)]
+        results = iter(await self._enqueue.submit(jobs) if jobs else [])
+        return [next(results) if isinstance(j, NewJob) else InsertResult(j, DISCARDED, False)
+                for j in parsed]  # fmt: skip
 
     async def _flush_enqueue(self, jobs: list[NewJob]) -> list[InsertResult]:
         results = await self.store.job_insert_many(jobs)
@@ -205,11 +249,17 @@ class JobManager:
     async def _flush_fail(self, items: list[Failure]) -> list[bool]:
         by_key = {(f.id, f.token): f for f in items}
         now = self.clock.now()
+        retry = RetryHook(self.functions) if self.functions.has(Hook.RETRY) else None
 
         def decide(row: asyncpg.Record) -> FinishOutcome:
-            return decide_failure(row, by_key[(row["id"], row["lease_token"])], now, self.rand())
+            f = by_key[(row["id"], row["lease_token"])]
+            return decide_failure(row, f, now, self.rand(), retry)
 
-        return await self._finish([(f.id, f.token) for f in items], decide, release=True)
+        done = await self._finish([(f.id, f.token) for f in items], decide, release=True,
+                                  full_rows=retry is not None)  # fmt: skip
+        if retry is not None and retry.errors:
+            await self.store.job_function_errors_add(retry.errors)
+        return done
 
     async def yield_(self, items: Sequence[tuple[uuid.UUID, int]]) -> list[bool]:
         return await self._yield.submit(items)
@@ -241,8 +291,9 @@ class JobManager:
         *,
         release: bool,
         before_ready: Callable[[Sequence[Moved]], None] | None = None,
+        full_rows: bool = False,
     ) -> list[bool]:
-        moved = await self.store.job_finish_many(items, decide)
+        moved = await self.store.job_finish_many(items, decide, full_rows)
         changed = {r[0] for r in moved}
         self.on_done(changed)
         self.on_states((str(r[0]), r[3], r[4], r[5]) for r in moved)
@@ -325,6 +376,16 @@ class JobManager:
             await self._release([str(job_id)])
             await self._broadcast_cancel([(str(job_id), token)], "cancelled")
         return True, previous
+
+    async def discard_lanes(self, lanes: Sequence[str], batch: int = 1000) -> int:
+        """Cancel the queued jobs of lanes a discard rule takes; returns how many."""
+        total = 0
+        while True:
+            rows = await self.store.lane_discard_queued(lanes, batch, DISCARD_REASON)
+            self.on_states((str(i), JobState.CANCELLED, kind, tenant) for i, kind, tenant in rows)
+            total += len(rows)
+            if len(rows) < batch:
+                return total
 
     async def retry_now(self, job_id: uuid.UUID) -> bool:
         row = await self.store.job_retry_now(job_id)

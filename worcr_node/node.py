@@ -19,6 +19,9 @@ from worcr_node.config import Config
 from worcr_node.dispatch.dispatcher import Dispatcher
 from worcr_node.dispatch.policy import Policy, PolicyStore, PolicyWatcher
 from worcr_node.duties import Duties
+from worcr_node.functions.errors import FunctionErrorLog
+from worcr_node.functions.runner import FunctionRunner
+from worcr_node.functions.sandbox import Limits as SandboxLimits
 from worcr_node.http.api import build_app
 from worcr_node.life.duties import LifeDuties
 from worcr_node.life.events import EventBus
@@ -52,6 +55,11 @@ class Node:
         self.manager = JobManager(
             self.store, self.index, config.node_id, self.clock, config.limits, rand
         )
+        self.function_errors = FunctionErrorLog(self.store, config.node_id)
+        self.functions = FunctionRunner(
+            SandboxLimits(config.function_time_ms / 1000, config.function_memory_mb << 20),
+            self.function_errors.record,
+        )
         self.dispatcher = Dispatcher(
             self.manager,
             self.store,
@@ -59,6 +67,7 @@ class Node:
             self.clock,
             3 * config.heartbeat_ms / 1000,
             config.window_budget,
+            self.functions,
         )
         self.policy_store = PolicyStore(self.store, self.index)
         self.duties = Duties(
@@ -96,8 +105,8 @@ class Node:
         self._cancel_listener = _CancelListener(self.index, self.hub)
         self.crashed = asyncio.Event()
         self._services: list[Service] = [
-            self.policy, self.events, self.dispatcher, self.duties, self.life_duties,
-            self._cancel_listener, self.tcp,
+            self.policy, self.events, self.function_errors, self.dispatcher, self.duties,
+            self.life_duties, self._cancel_listener, self.tcp,
         ]  # fmt: skip
         for s in self._services:
             s.on_crash = self._on_crash
@@ -116,7 +125,7 @@ class Node:
         for s in self._services:
             await s.start()
         app = build_app(self.manager, self.config.token, self.policy_store, self.dispatcher,
-                        self.life_store, self.events)  # fmt: skip
+                        self.life_store, self.events, self.functions)  # fmt: skip
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.http.host, self.config.http.port)

@@ -6,7 +6,7 @@ Kept free of I/O so the retry policy can be unit-tested with injected time and r
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,11 +26,25 @@ class Failure:
     retryable: bool
 
 
-def decide_failure(row: Mapping[str, Any], f: Failure, now: float, rand: float) -> FinishOutcome:
-    """A failed attempt: retrying after the backoff delay, or dead after the last attempt."""
+# (row, error, backtrace) -> seconds until the next attempt, False: give up, None: the backoff
+RetryFunction = Callable[[Mapping[str, Any], str, str | None], float | bool | None]
+
+
+def decide_failure(
+    row: Mapping[str, Any], f: Failure, now: float, rand: float, retry: RetryFunction | None = None
+) -> FinishOutcome:
+    """A failed attempt: retrying after the backoff delay (or the delay a retry function
+    chose), or dead after the last attempt (or when a retry function gives up)."""
     attempt = int(row["attempt"])
     if not f.retryable or attempt >= int(row["max_attempts"]):
         return FinishOutcome(f.id, f.token, JobState.DEAD, None, 0, "failed", f.error, f.backtrace)
+    chosen = None if retry is None else retry(row, f.error, f.backtrace)
+    if chosen is False:
+        error = f"{f.error} (a retry function gave up)"
+        return FinishOutcome(f.id, f.token, JobState.DEAD, None, 0, "failed", error, f.backtrace)
+    if isinstance(chosen, float | int) and not isinstance(chosen, bool):
+        return FinishOutcome(f.id, f.token, JobState.RETRYING, now + chosen, 0, "failed",
+                             f.error, f.backtrace)  # fmt: skip
     policy: Backoff = backoff_of(row["backoff"])
     run_at = now + policy.delay(attempt, rand)
     return FinishOutcome(

@@ -32,12 +32,16 @@ from worcr_node.dispatch.parking import Parking
 from worcr_node.dispatch.picker import ClassView
 from worcr_node.dispatch.policy import Policy
 from worcr_node.dispatch.rules import (
+    JOB_SIDE_ACTIONS,
+    Rule,
     TagSet,
     Verdict,
     evaluate,
     relevant_tags,
     worker_tag_relevance,
 )
+from worcr_node.functions.judge import Answer, LaneJudge
+from worcr_node.functions.runner import FunctionRunner
 from worcr_node.limits.compiled import CompiledLimits
 from worcr_node.manager import JobManager
 from worcr_node.service import Service
@@ -112,8 +116,10 @@ class Dispatcher(Service):
         clock: Clock,
         min_lease: float = 0.0,
         window_budget: int = 100_000,
+        functions: FunctionRunner | None = None,
     ) -> None:
         super().__init__()
+        self.functions = functions or FunctionRunner()
         self.min_lease = min_lease
         self.manager = manager
         self.store = store
@@ -138,7 +144,7 @@ class Dispatcher(Service):
         self.running_delta: Counter[str] = Counter()
         self._job_tenant: dict[Any, str] = {}
         # job limits
-        self.limits = CompiledLimits((), index.limit_keys)
+        self.limits = CompiledLimits((), index.limit_keys, self.functions)
         self.parking: Parking[ClassKey] = Parking(self._put_back, self.wake)
         # Concurrency limits whose running jobs have not been counted yet (new, or re-keyed):
         # their lanes wait (parked as REBUILDING) until the duties' recount says so.
@@ -146,7 +152,14 @@ class Dispatcher(Service):
         self._uncounted: set[str] = set()
         self.misfiled: set[str] = set()  # lanes to split (repartition duty)
         self.on_freed: Callable[[Collection[str]], None] = lambda keys: None
+        # embedded functions: answers cached per (lane, class) in the verdicts, shed per lane
+        self._uses_functions = False
+        self._shed_answers: dict[tuple[str, str], Answer] = {}
+        self._shed: dict[str, str | None] = {}  # lane -> "hold" | "discard" | None
+        self._shed_rules: tuple[Rule, ...] = ()  # enabled hold, discard and shed rules
         index.on_freed = self.freed
+        manager.functions = self.functions
+        manager.shed = self.shed
         manager.on_ready = self.lanes_ready
         manager.on_done = self.jobs_done
 
@@ -196,8 +209,15 @@ class Dispatcher(Service):
         """A new rule set, limit set or fairness setting: regroup workers into classes, rebuild
         the views, forget what was parked (limits may have changed: each lane is tried again)."""
         self.policy = policy
-        self.limits = CompiledLimits(policy.limits, self.index.limit_keys)
+        self.functions.set_functions(policy.functions)
+        self._uses_functions = any(r.function is not None for r in policy.rules)
+        self._shed_answers.clear()
+        self._shed.clear()
+        self._shed_rules = tuple(r for r in policy.rules
+                                 if r.enabled and r.action in JOB_SIDE_ACTIONS)  # fmt: skip
+        self.limits = CompiledLimits(policy.limits, self.index.limit_keys, self.functions)
         self.manager.partition_paths = self.limits.paths
+        self.manager.partition = self.limits.partition
         self.manager.early_release = self.limits.holds_units
         spaces = self.limits.concurrency_spaces()
         self._counted &= spaces
@@ -247,11 +267,53 @@ class Dispatcher(Service):
         for info in self.lanes.values():
             self._offer(cls, info)
 
-    def verdict(self, info: LaneInfo, kinds: frozenset[str], tags: TagSet) -> Verdict | None:
+    def verdict(
+        self, info: LaneInfo, kinds: frozenset[str], tags: TagSet, judge: LaneJudge | None = None
+    ) -> Verdict | None:
         """None if the class does not run the lane's kind at all."""
         if kinds and info.kind not in kinds:
             return None
-        return evaluate(self.policy.rules, info.kind, info.tenant, info.tags, tags)
+        if judge is None and self._uses_functions:
+            judge = self.judge(info, kinds, tags)
+        return evaluate(self.policy.rules, info.kind, info.tenant, info.tags, tags, judge)
+
+    def judge(self, info: LaneInfo, kinds: Collection[str], tags: TagSet) -> LaneJudge:
+        """Asks the function rules' functions about a (lane, worker class) pair."""
+        return LaneJudge(self.functions, info.lane, info.kind, info.tenant, info.tags.tags,
+                         info.weight, kinds, tags.tags, self._shed_answers)  # fmt: skip
+
+    def shed(
+        self, lane: str, kind: str, tenant: str, tags: Collection[str], weight: float
+    ) -> str | None:
+        """ "discard" or "hold" if load-shedding rules (hold, discard, shed) take the lane's
+        jobs, whatever the worker; cached per lane until the policy changes."""
+        if not self._shed_rules:
+            return None
+        if lane in self._shed:
+            return self._shed[lane]
+        tagset = TagSet(tags)
+        info = LaneInfo(lane, kind, tenant, tagset, weight)
+        judge = self.judge(info, (), TagSet(()))
+        v = evaluate(self._shed_rules, kind, tenant, tagset, TagSet(()), judge)
+        out = "discard" if v.discarded_by else "hold" if v.held_by else None
+        if len(self._shed) > 100_000:  # bounded; recomputed on demand
+            self._shed.clear()
+            self._shed_answers.clear()
+        self._shed[lane] = out
+        return out
+
+    def forget_lane(self, lane: str) -> None:
+        """A lane emptied behind the dispatcher's back (load shedding): it comes back with its
+        next ready job."""
+        self._drop_lane(lane)
+
+    def lanes_to_discard(self) -> list[str]:
+        """Ready lanes whose jobs discard rules take (the duties cancel their jobs)."""
+        return [
+            lane
+            for lane, i in self.lanes.items()
+            if self.shed(lane, i.kind, i.tenant, i.tags.tags, i.weight) == "discard"
+        ]
 
     def _offer(self, cls: _Class, info: LaneInfo) -> None:
         v = cls.verdicts.get(info.lane)

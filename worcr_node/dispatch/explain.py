@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from worcr_node.dispatch.dispatcher import Dispatcher, LaneInfo
-from worcr_node.dispatch.rules import TagSet, rule_matches
+from worcr_node.dispatch.rules import Rule, TagSet, Verdict, evaluate, rule_matches
+from worcr_node.functions.judge import LaneJudge
 
 __all__ = ["WorkerDesc", "explain"]
 
@@ -45,29 +46,23 @@ def explain(
     if not kind_ok:
         reasons.append(f"the worker does not run kind {lane.kind!r} (it runs "
                        f"{sorted(worker.kinds)})")  # fmt: skip
-    rules: list[dict[str, Any]] = []
-    factor = 1.0
-    forbidden = []
-    for rule in policy.rules:
-        why = rule_matches(rule, lane.kind, lane.tenant, lane.tags, wtags)
-        entry = {"id": rule.id, "name": rule.name, "action": rule.action, "enabled": rule.enabled,
-                 "matched": why is None and rule.enabled}  # fmt: skip
-        if rule.action == "multiply":
-            entry["factor"] = rule.factor
-        if not rule.enabled:
-            entry["why_not"] = "disabled"
-        elif why is not None:
-            entry["why_not"] = why
-        elif rule.action == "forbid":
-            forbidden.append(rule.name)
-        else:
-            factor *= rule.factor
-        rules.append(entry)
-    for name in forbidden:
-        reasons.append(f"forbidden by rule {name!r}")
+    judge = d.judge(lane, worker.kinds, wtags)
+    verdict = evaluate(policy.rules, lane.kind, lane.tenant, lane.tags, wtags, judge)
+    rules = [_rule(rule, lane, wtags, verdict, judge) for rule in policy.rules]
+    factor = verdict.factor
+    for r in verdict.forbidden_by:
+        what = "its match function answered false (or failed)" if r.action == "match" else ""
+        reasons.append(f"forbidden by rule {r.name!r}" + (f": {what}" if what else ""))
+    for r in verdict.held_by:
+        reasons.append(f"held by rule {r.name!r} (load shedding: the job waits until the rule "
+                       "is disabled or deleted)")  # fmt: skip
+    for r in verdict.discarded_by:
+        reasons.append(f"discarded by rule {r.name!r} (load shedding)")
+    for error in verdict.errors:
+        reasons.append(f"a function failed, its fallback was used: {error}")
     if job["state"] != "queued":
         reasons.append(f"the job is {job['state']}, not queued: nothing to dispatch now")
-    allowed = kind_ok and not forbidden
+    allowed = kind_ok and verdict.allowed
     return {
         "job": job,
         "worker": worker.to_json(),
@@ -79,10 +74,35 @@ def explain(
         "rule_factor": factor,
         "effective_weight": lane.weight * factor if allowed else None,
         "fairness": _fairness(d, lane, worker) if allowed else None,
-        "limits": _limits(d, lane, wtags, args),
+        "limits": _limits(d, lane, wtags, args, job.get("id")),
         "policy_version": policy.version,
         "node": d.manager.node_id,
     }
+
+
+def _rule(
+    rule: Rule, lane: LaneInfo, wtags: TagSet, verdict: Verdict, judge: LaneJudge
+) -> dict[str, Any]:
+    """One rule as explain shows it: matched or why not, and what its function answered."""
+    why = rule_matches(rule, lane.kind, lane.tenant, lane.tags, wtags)
+    entry = {"id": rule.id, "name": rule.name, "action": rule.action, "enabled": rule.enabled,
+             "matched": rule in verdict.matched}  # fmt: skip
+    if rule.function is not None:
+        entry["function"] = rule.function
+        answer = judge.answers.get(rule.id)
+        if answer is not None:
+            entry["answer"] = answer[0]
+            if answer[1] is not None:
+                entry["error"] = answer[1]
+    elif rule.action == "multiply":
+        entry["factor"] = rule.factor
+    if not rule.enabled:
+        entry["why_not"] = "disabled"
+    elif why is not None:
+        entry["why_not"] = why
+    elif rule.action == "shed" and rule not in verdict.matched:
+        entry["why_not"] = "its function did not shed the job"
+    return entry
 
 
 def _fairness(d: Dispatcher, lane: LaneInfo, worker: WorkerDesc) -> dict[str, Any]:
@@ -114,7 +134,9 @@ def _fairness(d: Dispatcher, lane: LaneInfo, worker: WorkerDesc) -> dict[str, An
     return out
 
 
-def _limits(d: Dispatcher, lane: LaneInfo, wtags: TagSet, args: Any) -> list[dict[str, Any]]:
+def _limits(
+    d: Dispatcher, lane: LaneInfo, wtags: TagSet, args: Any, job_id: str | None
+) -> list[dict[str, Any]]:
     """Every enabled job limit: whether it applies to this (job, worker), and with which key."""
     out: list[dict[str, Any]] = []
     for lim in d.limits.job:
@@ -122,7 +144,14 @@ def _limits(d: Dispatcher, lane: LaneInfo, wtags: TagSet, args: Any) -> list[dic
         entry: dict[str, Any] = {"name": lim.name, "type": lim.type.value, "limit": lim.limit,
                                  "applies": why is None}  # fmt: skip
         if why is None:
-            entry["key"] = lim.key.render(lane.kind, lane.tenant, lane.tags, args)
+            found = d.limits.key_of(lim, lane.kind, lane.tenant, lane.tags, args, job_id)
+            if found is None:
+                entry["applies"] = False
+                entry["why_not"] = "its limit_key function answered nothing for this job"
+            else:
+                entry["key"] = found[0]
+                if found[1] is not None:
+                    entry["limit"] = found[1]
         else:
             entry["why_not"] = why
         out.append(entry)

@@ -20,7 +20,9 @@ from typing import Any
 import asyncpg
 
 from worcr_node.dispatch.fairness import DEFAULT_SCOPE, Fairness, Strategy
-from worcr_node.dispatch.rules import MAX_RULES, Rule, RuleError, parse_rule
+from worcr_node.dispatch.rules import FUNCTION_ACTIONS, MAX_RULES, Rule, RuleError, parse_rule
+from worcr_node.functions.model import Function, Hook
+from worcr_node.functions.store import check_reference, function_from_row
 from worcr_node.limits.model import Limit, LimitError
 from worcr_node.limits.store import limit_from_row
 from worcr_node.service import Service
@@ -43,6 +45,7 @@ class Policy:
     rules: tuple[Rule, ...] = ()
     fairness: Fairness = field(default_factory=Fairness)
     limits: tuple[Limit, ...] = ()
+    functions: tuple[Function, ...] = ()
 
 
 def rule_from_row(r: asyncpg.Record) -> Rule:
@@ -54,7 +57,9 @@ def rule_from_row(r: asyncpg.Record) -> Rule:
         "match": json.loads(match) if isinstance(match, str) else match,
         "action": r["action"],
     }
-    if r["action"] == "multiply":
+    if r["function"] is not None:
+        body["function"] = r["function"]
+    elif r["action"] == "multiply":
         body["factor"] = r["factor"]
     return parse_rule(body, str(r["id"]))
 
@@ -75,9 +80,10 @@ class PolicyStore:
                 scopes = {r[0]: Strategy(r[1]) for r in await c.fetch(q.FAIRNESS_LIST)}
                 weights = {r[0]: float(r[1]) for r in await c.fetch(q.TENANT_WEIGHT_LIST)}
                 limits = [limit_from_row(r) for r in await c.fetch(q.LIMIT_LIST)]
+                functions = [function_from_row(r) for r in await c.fetch(q.FUNCTION_LIST)]
             default = scopes.pop(DEFAULT_SCOPE, Strategy.ROUND_ROBIN)
             return Policy(int(version), tuple(rules), Fairness(default, scopes, weights),
-                          tuple(limits))  # fmt: skip
+                          tuple(limits), tuple(functions))  # fmt: skip
 
         return await self.pg.run(read)
 
@@ -109,12 +115,14 @@ class PolicyStore:
             await c.execute(q.RULE_CREATE_LOCK)
             if await c.fetchval(q.RULE_COUNT) >= MAX_RULES:
                 raise RuleConflict(f"there are already {MAX_RULES} rules (the maximum)")
+            await _check_function(c, rule)
             return rule_from_row(await c.fetchrow(q.RULE_INSERT, *_rule_args(rule)))
 
         return await self._unique_name(fn, rule.name)  # type: ignore[no-any-return]
 
     async def rule_replace(self, rule: Rule) -> Rule | None:
         async def fn(c: asyncpg.Connection) -> Rule | None:
+            await _check_function(c, rule)
             row = await c.fetchrow(q.RULE_UPDATE, *_rule_args(rule))
             return None if row is None else rule_from_row(row)
 
@@ -158,7 +166,14 @@ class PolicyStore:
 
 def _rule_args(rule: Rule) -> tuple[Any, ...]:
     return (uuid.UUID(rule.id), rule.name, rule.description, rule.enabled,
-            json.dumps(rule.match_json()), rule.action, rule.factor)  # fmt: skip
+            json.dumps(rule.match_json()), rule.action, rule.factor, rule.function)  # fmt: skip
+
+
+async def _check_function(c: asyncpg.Connection, rule: Rule) -> None:
+    if rule.function is not None:
+        why = await check_reference(c, rule.function, (Hook(FUNCTION_ACTIONS[rule.action]),))
+        if why is not None:
+            raise RuleError(why)
 
 
 class PolicyWatcher(Service):
@@ -195,8 +210,8 @@ class PolicyWatcher(Service):
         if policy.version != self.policy.version:
             self.policy = policy
             self.on_change(policy)
-            log.info("dispatch policy v%d: %d rule(s), %d limit(s), fairness %s",
-                     policy.version, len(policy.rules), len(policy.limits),
+            log.info("dispatch policy v%d: %d rule(s), %d limit(s), %d function(s), fairness %s",
+                     policy.version, len(policy.rules), len(policy.limits), len(policy.functions),
                      policy.fairness.to_json(),
                      extra={"action": "policy"})  # fmt: skip
             return True

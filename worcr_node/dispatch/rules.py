@@ -1,9 +1,12 @@
 """Tag rules: what a rule is, how one is validated, and how rules judge a (lane, worker) pair.
 
 A rule matches on the job's kind, tenant and tags and on the worker's tags, and then either
-multiplies the job's weight by a factor or forbids the pair. Rules are stored in PostgreSQL
-(`store/queries.py`), managed over `/api/v1/rules`, and evaluated here, purely: the dispatcher
-evaluates each (lane, worker class) once and caches the verdict until the rules change.
+multiplies the job's weight by a factor (or by what a `weight` function answers), forbids the
+pair, lets a `match` function judge it, or sheds load: `hold` keeps the matching jobs waiting,
+`discard` cancels them, `shed` lets a function choose (functions/runner.py calls the functions).
+Rules are stored in PostgreSQL (`store/queries.py`), managed over `/api/v1/rules`, and evaluated
+here, purely: the dispatcher evaluates each (lane, worker class) once and caches the verdict until
+the rules change.
 
 Tag patterns: a plain tag matches itself; `key:*` matches any tag `key:<value>`. `same`/`differ`
 compare the values of `key:` tags on both sides (affinity and anti-affinity: `region:eu` jobs only
@@ -16,11 +19,16 @@ import math
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 __all__ = [
+    "ACTIONS",
+    "ALL_TAGS",
+    "FUNCTION_ACTIONS",
     "MAX_RULES",
+    "Judge",
     "Match",
+    "NoFunctions",
     "Rule",
     "RuleError",
     "TagSet",
@@ -41,8 +49,11 @@ MAX_TEXT = 128  # a tag, kind, tenant or key
 MAX_NAME = 128
 MAX_DESCRIPTION = 1024
 MAX_FACTOR = 1e6
-ACTIONS = ("multiply", "forbid")
-_RULE_FIELDS = frozenset({"name", "description", "enabled", "match", "action", "factor"})
+ACTIONS = ("multiply", "forbid", "match", "hold", "discard", "shed")
+JOB_SIDE_ACTIONS = ("hold", "discard", "shed")  # load shedding: judged on the job alone
+_RULE_FIELDS = frozenset({"name", "description", "enabled", "match", "action", "factor",
+                          "function"})  # fmt: skip
+ALL_TAGS = "\x00all"  # in a relevance's keys: every worker tag matters (functions see them all)
 _MATCH_FIELDS = frozenset({"kinds", "tenants", "job_tags", "worker_tags", "same", "differ"})
 _TAG_FIELDS = frozenset({"all", "any", "none"})
 
@@ -147,6 +158,7 @@ class Rule:
     differ: tuple[str, ...] = ()
     enabled: bool = True
     description: str = ""
+    function: str | None = None  # multiply (instead of factor), match, shed
 
     @property
     def match(self) -> Match:
@@ -165,7 +177,9 @@ class Rule:
             "match": self.match_json(),
             "action": self.action,
         }
-        if self.action == "multiply":
+        if self.function is not None:
+            out["function"] = self.function
+        elif self.action == "multiply":
             out["factor"] = self.factor
         return out
 
@@ -178,6 +192,31 @@ class Verdict:
     factor: float  # product of the matching multiply rules (1.0 if none)
     matched: tuple[Rule, ...]  # every enabled rule that matched, in rule order
     forbidden_by: tuple[Rule, ...]
+    held_by: tuple[Rule, ...] = ()  # load shedding: the lane's jobs wait
+    discarded_by: tuple[Rule, ...] = ()  # load shedding: the lane's jobs are cancelled
+    errors: tuple[str, ...] = ()  # functions that failed (their fallback was used)
+
+
+class Judge(Protocol):
+    """Calls the functions of function rules for one (lane, worker class) pair; each answer is
+    (value, error or None), the value being the hook's fallback on error."""
+
+    def weight(self, rule: Rule) -> tuple[float, str | None]: ...
+    def match(self, rule: Rule) -> tuple[bool, str | None]: ...
+    def shed(self, rule: Rule) -> tuple[str | None, str | None]: ...
+
+
+class NoFunctions:
+    """A judge for when no function can run: every function rule gets its hook's fallback."""
+
+    def weight(self, rule: Rule) -> tuple[float, str | None]:
+        return 1.0, None
+
+    def match(self, rule: Rule) -> tuple[bool, str | None]:
+        return False, None
+
+    def shed(self, rule: Rule) -> tuple[str | None, str | None]:
+        return None, None
 
 
 def rule_matches(
@@ -207,21 +246,56 @@ def rule_matches(
 
 
 def evaluate(
-    rules: Sequence[Rule], kind: str, tenant: str, job_tags: TagSet, worker_tags: TagSet
+    rules: Sequence[Rule],
+    kind: str,
+    tenant: str,
+    job_tags: TagSet,
+    worker_tags: TagSet,
+    judge: Judge | None = None,
 ) -> Verdict:
-    """Factors of matching multiply rules multiply; any matching forbid rule wins."""
+    """Factors of matching multiply rules multiply; any matching forbid rule (or match function
+    answering false) forbids; a matching hold or discard rule (or shed function answering so)
+    sheds the lane's jobs. Function rules are judged by `judge` (fallbacks without one)."""
+    judge = judge or NoFunctions()
     factor = 1.0
     matched: list[Rule] = []
     forbidden: list[Rule] = []
+    held: list[Rule] = []
+    discarded: list[Rule] = []
+    errors: list[str] = []
     for rule in rules:
         if not rule.enabled or rule_matches(rule, kind, tenant, job_tags, worker_tags) is not None:
             continue
-        matched.append(rule)
-        if rule.action == "forbid":
-            forbidden.append(rule)
+        action = rule.action
+        error = None
+        if action == "multiply":
+            if rule.function is None:
+                f = rule.factor
+            else:
+                f, error = judge.weight(rule)
+            factor *= f
+        elif action == "match":
+            allowed, error = judge.match(rule)
+            if not allowed:
+                forbidden.append(rule)
+        elif action == "shed":
+            shed, error = judge.shed(rule)
+            if shed is None:
+                if error is not None:
+                    errors.append(error)
+                continue  # the function did not shed: the rule did not apply
+            (held if shed == "hold" else discarded).append(rule)
+        elif action == "hold":
+            held.append(rule)
+        elif action == "discard":
+            discarded.append(rule)
         else:
-            factor *= rule.factor
-    return Verdict(not forbidden, factor, tuple(matched), tuple(forbidden))
+            forbidden.append(rule)
+        if error is not None:
+            errors.append(error)
+        matched.append(rule)
+    return Verdict(not (forbidden or held or discarded), factor, tuple(matched),
+                   tuple(forbidden), tuple(held), tuple(discarded), tuple(errors))  # fmt: skip
 
 
 def worker_tag_relevance(
@@ -232,6 +306,8 @@ def worker_tag_relevance(
     exact: set[str] = set()
     keys: set[str] = set()
     for r in rules:
+        if isinstance(r, Rule) and r.function is not None and r.action in ("multiply", "match"):
+            keys.add(ALL_TAGS)  # the function sees every worker tag
         for p in (*r.worker_tags.all, *r.worker_tags.any, *r.worker_tags.none):
             if p.endswith(":*"):
                 keys.add(p[:-2])
@@ -248,6 +324,8 @@ def relevant_tags(
     """The subset of a worker's tags that rules can tell apart: workers whose relevant tags are
     equal get the same verdict for every job, so they share one pick structure."""
     exact, keys = relevance
+    if ALL_TAGS in keys:
+        return frozenset(tags)
     return frozenset(t for t in tags if t in exact or t.partition(":")[0] in keys)
 
 
@@ -269,17 +347,21 @@ def parse_rule(body: Any, rule_id: str | None = None) -> Rule:
     if action not in ACTIONS:
         raise RuleError(f"action: expected one of {list(ACTIONS)}")
     factor = 1.0
-    if action == "multiply":
+    function = _function(body, action)
+    if action == "multiply" and function is None:
         raw = body.get("factor")
         if isinstance(raw, bool) or not isinstance(raw, int | float):
-            raise RuleError("factor: a multiply rule needs a number")
+            raise RuleError("factor: a multiply rule needs a number (or a weight function)")
         if not 0 < raw <= MAX_FACTOR or not math.isfinite(raw):  # compare first: huge ints
             raise RuleError(f"factor: expected a number > 0 and <= {MAX_FACTOR:g} "
                             "(use action 'forbid' to exclude a match)")  # fmt: skip
         factor = float(raw)
     elif "factor" in body:
-        raise RuleError("factor: only a multiply rule has a factor")
+        raise RuleError("factor: only a multiply rule without a function has a factor")
     m = parse_match(body.get("match", {}))
+    if action in JOB_SIDE_ACTIONS and (m.worker_tags.to_json() or m.same or m.differ):
+        raise RuleError(f"match: a {action} rule sheds jobs whatever the worker: match on kinds, "
+                        "tenants and job_tags only")  # fmt: skip
     return Rule(
         id=rule_id or str(uuid.uuid4()),
         name=name.strip(),
@@ -293,7 +375,28 @@ def parse_rule(body: Any, rule_id: str | None = None) -> Rule:
         worker_tags=m.worker_tags,
         same=m.same,
         differ=m.differ,
+        function=function,
     )
+
+
+FUNCTION_ACTIONS = {"multiply": "weight", "match": "match", "shed": "shed"}  # action -> hook
+
+
+def _function(body: Mapping[str, Any], action: str) -> str | None:
+    name = body.get("function")
+    if name is None:
+        if action in ("match", "shed"):
+            raise RuleError(f"function: a {action} rule needs the name of a "
+                            f"{FUNCTION_ACTIONS[action]} function")  # fmt: skip
+        return None
+    if action not in FUNCTION_ACTIONS:
+        raise RuleError(f"function: a {action} rule has no function (multiply, match and shed "
+                        "rules do)")  # fmt: skip
+    if not isinstance(name, str) or not name or len(name) > MAX_NAME:
+        raise RuleError("function: expected the name of a function")
+    if action == "multiply" and "factor" in body:
+        raise RuleError("factor: give a factor or a function, not both")
+    return name
 
 
 def parse_description_enabled(body: Mapping[str, Any]) -> tuple[str, bool]:

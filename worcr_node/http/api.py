@@ -19,9 +19,12 @@ from aiohttp import web
 from worcr.wire import ErrorCode
 from worcr_node.dispatch.dispatcher import Dispatcher
 from worcr_node.dispatch.policy import PolicyStore
+from worcr_node.functions.runner import FunctionRunner
+from worcr_node.functions.store import FunctionStore
 from worcr_node.http.dispatch_api import add_dispatch_routes
 from worcr_node.http.errors import ApiError, error_response, json_body, path_id
 from worcr_node.http.explain_api import add_explain_route
+from worcr_node.http.functions_api import add_functions_routes
 from worcr_node.http.life_api import add_life_routes
 from worcr_node.http.limits_api import add_limits_routes
 from worcr_node.http.render import render_attempt, render_job
@@ -53,12 +56,12 @@ def _middleware(token: str | None) -> Any:
         try:
             return await handler(request)
         except ApiError as exc:
-            return error_response(exc.status, exc.code, exc.message)
+            return error_response(exc.status, exc.code, exc.message, exc.details)
         except SpecError as exc:
             return error_response(400, ErrorCode.BAD_REQUEST, str(exc))
         except (StorageUnavailable, IndexUnavailable) as exc:
             return error_response(503, ErrorCode.UNAVAILABLE, f"storage unavailable, retry: {exc}",
-                          **{"Retry-After": "1"})  # fmt: skip
+                                  headers={"Retry-After": "1"})  # fmt: skip
         except web.HTTPRequestEntityTooLarge:
             return error_response(413, ErrorCode.BAD_REQUEST, f"body over {MAX_BODY} bytes")
 
@@ -161,6 +164,7 @@ def build_app(
     dispatcher: Dispatcher,
     life: LifeStore,
     events: EventBus,
+    functions: FunctionRunner | None = None,
 ) -> web.Application:
     app = web.Application(middlewares=[_middleware(token)], client_max_size=MAX_BODY)
     api = Api(manager)
@@ -175,4 +179,5 @@ def build_app(
     add_explain_route(app, dispatcher)
     add_limits_routes(app, policy, manager.index, lambda: dispatcher.limits)
     add_life_routes(app, manager, life, events)
+    add_functions_routes(app, FunctionStore(policy), functions or dispatcher.functions)
     return app

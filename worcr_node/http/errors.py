@@ -16,11 +16,14 @@ __all__ = ["ApiError", "bad_request", "error_response", "json_body"]
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, details: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.details = details or {}  # more fields of the error object (e.g. line, column)
 
 
 def bad_request(message: str) -> ApiError:
@@ -28,9 +31,17 @@ def bad_request(message: str) -> ApiError:
     return ApiError(400, ErrorCode.BAD_REQUEST, message)
 
 
-def error_response(status: int, code: str, message: str, **headers: str) -> web.Response:
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    details: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
     return web.json_response(
-        {"error": {"code": code, "message": message}}, status=status, headers=headers
+        {"error": {"code": code, "message": message, **(details or {})}},
+        status=status,
+        headers=headers,
     )
 
 

@@ -92,6 +92,8 @@ class LimitsApi:
             raise bad_request("id: the server picks a new limit's id; leave it out")
         try:
             created = await self.store.create(limit)
+        except LimitError as exc:  # e.g. its function does not exist
+            raise bad_request(str(exc)) from None
         except LimitConflict as exc:
             raise ApiError(409, ErrorCode.CONFLICT, str(exc)) from None
         return web.json_response(created.to_json(), status=201)
@@ -109,6 +111,8 @@ class LimitsApi:
                        f"({current.id}); leave it out or give the same")  # fmt: skip
         try:
             replaced = await self.store.replace(dataclasses.replace(limit, id=current.id))
+        except LimitError as exc:
+            raise bad_request(str(exc)) from None
         except LimitConflict as exc:
             raise ApiError(409, ErrorCode.CONFLICT, str(exc)) from None
         if replaced is None:  # deleted meanwhile

@@ -69,6 +69,7 @@ def render_job(row: Any) -> dict[str, Any]:
         "progress": _json(row["progress"]),
         "max_run_time": row["max_run_time"],
         "yield_asked_at": _time(row["yield_asked_at"]),
+        "function_errors": _json(row["function_errors"]) or [],
     }
 
 

@@ -39,6 +39,7 @@ from worcr_node.dispatch.rules import (
 )
 
 __all__ = [
+    "FUNCTION_PATH",
     "MAX_KEY_LEN",
     "MAX_LIMITS",
     "KeyTemplate",
@@ -67,8 +68,10 @@ _FIELD = re.compile(r"\{([^{}]*)\}")
 _PATH_SEGMENT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _TAG_KEY = re.compile(r"^[^\s:{}*]{1,128}$")
 _FIELDS = frozenset(
-    {"name", "description", "enabled", "scope", "type", "limit", "period", "burst", "key", "match"}
-)
+    {"name", "description", "enabled", "scope", "type", "limit", "period", "burst", "key", "match",
+     "function"}
+)  # fmt: skip
+FUNCTION_PATH = "fn:"  # + limit name: a partition entry holding the key a limit_key function gave
 
 
 class LimitError(ValueError):
@@ -217,12 +220,15 @@ class Limit:
     match: Match = field(default_factory=Match)
     enabled: bool = True
     description: str = ""
+    function: str | None = None  # a limit_key function computes the key (and limit) per job
 
     @property
     def shape(self) -> str:
-        """Names the limit's keyspace in Redis: a change of type, key template or match starts
-        fresh keys (the old counts mean something else); a change of the numbers keeps them."""
-        raw = json.dumps([self.scope, self.type, self.key.text, self.match.to_json()],
+        """Names the limit's keyspace in Redis: a change of type, key template, function or
+        match starts fresh keys (the old counts mean something else); a change of the numbers
+        (or of the function's code) keeps them."""
+        key = self.key.text if self.function is None else f"{{function:{self.function}}}"
+        raw = json.dumps([self.scope, self.type, key, self.match.to_json()],
                          sort_keys=True)  # fmt: skip
         return hashlib.blake2b(raw.encode(), digest_size=4).hexdigest()
 
@@ -245,6 +251,8 @@ class Limit:
             "limit": self.limit,
             "key": self.key.text,
         }
+        if self.function is not None:
+            out["function"] = self.function
         if self.type != LimitType.CONCURRENCY:
             out["period"] = self.period
         if self.type == LimitType.TOKEN_BUCKET:
@@ -264,10 +272,12 @@ def partition_paths(
         if (
             lim.scope == Scope.JOB
             and lim.enabled
-            and lim.key.args_paths
+            and (lim.key.args_paths or lim.function is not None)
             and lim.match.job_side(kind, tenant, tags) is None
         ):
             paths.update(lim.key.args_paths)
+            if lim.function is not None:
+                paths.add(FUNCTION_PATH + lim.name)
     return tuple(sorted(paths))
 
 
@@ -305,6 +315,7 @@ def parse_limit(body: Any, limit_id: str | None = None) -> Limit:
     if not template.isprintable() or not storable(template):
         raise LimitError("key: must not contain control characters or unpaired surrogates")
     key = KeyTemplate.parse(template)
+    function = _function(body, scope, template)
     if scope == Scope.RATE:
         if body.get("match"):
             raise LimitError("match: a rate limit is acquired by name by a running job; only job "
@@ -327,7 +338,21 @@ def parse_limit(body: Any, limit_id: str | None = None) -> Limit:
         match=match,
         enabled=enabled,
         description=description,
+        function=function,
     )
+
+
+def _function(body: Mapping[str, Any], scope: Scope, template: str) -> str | None:
+    function = body.get("function")
+    if function is not None:
+        if not isinstance(function, str) or not function or len(function) > MAX_NAME:
+            raise LimitError("function: expected the name of a limit_key function")
+        if scope != Scope.JOB:
+            raise LimitError("function: only a job limit computes its key with a function (a "
+                             "rate limit's key is given by the running job)")  # fmt: skip
+        if template:
+            raise LimitError("key: give a key template or a function, not both")
+    return function
 
 
 def _period_burst(body: Mapping[str, Any], ltype: LimitType, limit: int) -> tuple[float, int]:

@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from worcr_node.limits.model import MAX_LIMITS, Limit, parse_limit
+from worcr_node.functions.model import Hook
+from worcr_node.functions.store import check_reference
+from worcr_node.limits.model import MAX_LIMITS, Limit, LimitError, parse_limit
 from worcr_node.store import queries as q
 
 if TYPE_CHECKING:
@@ -45,13 +47,22 @@ def limit_from_row(r: asyncpg.Record) -> Limit:
     m = json.loads(match) if isinstance(match, str) else match
     if m:
         body["match"] = m
+    if r["function"] is not None:
+        body["function"] = r["function"]
     return parse_limit(body, str(r["id"]))
 
 
 def _args(limit: Limit) -> tuple[Any, ...]:
     return (uuid.UUID(limit.id), limit.name, limit.description, limit.enabled,
             limit.scope.value, limit.type.value, limit.limit, limit.period, limit.burst,
-            limit.key.text, json.dumps(limit.match.to_json()))  # fmt: skip
+            limit.key.text, json.dumps(limit.match.to_json()), limit.function)  # fmt: skip
+
+
+async def _check_function(c: asyncpg.Connection, limit: Limit) -> None:
+    if limit.function is not None:
+        why = await check_reference(c, limit.function, (Hook.LIMIT_KEY,))
+        if why is not None:
+            raise LimitError(why)
 
 
 class LimitStore:
@@ -75,12 +86,14 @@ class LimitStore:
             await c.execute(q.LIMIT_CREATE_LOCK)
             if await c.fetchval(q.LIMIT_COUNT) >= MAX_LIMITS:
                 raise LimitConflict(f"there are already {MAX_LIMITS} limits (the maximum)")
+            await _check_function(c, limit)
             return limit_from_row(await c.fetchrow(q.LIMIT_INSERT, *_args(limit)))
 
         return await self._unique_name(fn, limit.name)  # type: ignore[no-any-return]
 
     async def replace(self, limit: Limit) -> Limit | None:
         async def fn(c: asyncpg.Connection) -> Limit | None:
+            await _check_function(c, limit)
             row = await c.fetchrow(q.LIMIT_UPDATE, *_args(limit))
             return None if row is None else limit_from_row(row)
 

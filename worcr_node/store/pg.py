@@ -20,7 +20,6 @@ import asyncpg
 import msgpack
 
 from worcr_node.jobspec import Backoff, NewJob, Partition, lane_of
-from worcr_node.limits.model import partition_for
 from worcr_node.state import JobState
 from worcr_node.store import queries as q
 from worcr_node.store.migrate import migrate
@@ -216,6 +215,10 @@ class PgStore:
                     }
                 rows = await conn.fetch(q.JOB_INSERT_MANY, *cols)
                 inserted = {r[0]: r[1] for r in rows}
+                noted = [j for j in jobs if j.function_errors and j.id in inserted]
+                if noted:
+                    await conn.execute(q.JOB_FUNCTION_ERRORS_ADD, [j.id for j in noted],
+                                       [json.dumps(j.function_errors) for j in noted])  # fmt: skip
                 existing: dict[uuid.UUID, str] = {}
                 by_key: dict[str, tuple[uuid.UUID, str]] = {}
                 if len(inserted) < len(jobs):
@@ -278,6 +281,7 @@ class PgStore:
         self,
         items: Sequence[tuple[uuid.UUID, int]],
         decide: Callable[[asyncpg.Record], FinishOutcome],
+        full_rows: bool = False,
     ) -> list[Moved]:
         """End running attempts other than by completion.
 
@@ -289,8 +293,9 @@ class PgStore:
         async def tx(conn: asyncpg.Connection) -> list[Moved]:
             async with conn.transaction():
                 rows = await conn.fetch(
-                    q.JOB_LOCK_RUNNING, [i[0] for i in items], [i[1] for i in items]
-                )
+                    q.JOB_LOCK_RUNNING_FULL if full_rows else q.JOB_LOCK_RUNNING,
+                    [i[0] for i in items], [i[1] for i in items],
+                )  # fmt: skip
                 if not rows:
                     return []
                 outs = [decide(r) for r in rows]
@@ -308,6 +313,12 @@ class PgStore:
             return [(r[0], r[1], r[2], r[3], r[4], r[5]) for r in moved]
 
         return await self.run(tx)
+
+    async def job_function_errors_add(self, errors: dict[uuid.UUID, list[dict[str, Any]]]) -> None:
+        """Append function failures to jobs' `function_errors` (the latest 20 kept)."""
+        ids = list(errors)
+        texts = [json.dumps(errors[i]) for i in ids]
+        await self.run(lambda c: c.execute(q.JOB_FUNCTION_ERRORS_ADD, ids, texts), relaxed=True)
 
     async def job_running_tokens(self, ids: Sequence[uuid.UUID]) -> list[tuple[uuid.UUID, int]]:
         rows = await self.run(lambda c: c.fetch(q.JOB_RUNNING_TOKENS, ids))
@@ -393,11 +404,12 @@ class PgStore:
         tenant: str,
         tags: tuple[str, ...],
         weight: float,
-        paths: Sequence[str],
+        partition: Callable[[Any, str], Partition],
         batch: int = 1000,
     ) -> dict[str, int]:
-        """Move the waiting jobs of a lane to lanes split by the values of `paths` in their args;
-        returns {new lane: jobs moved there that are ready now}. One transaction per batch."""
+        """Move the waiting jobs of a lane to lanes split by `partition(args, job id)` (values
+        of args paths, keys of limit_key functions); returns {new lane: jobs moved there that
+        are ready now}. One transaction per batch."""
         ready: dict[str, int] = {}
 
         async def tx(conn: asyncpg.Connection) -> int:
@@ -409,7 +421,7 @@ class PgStore:
                 moves: list[str] = []
                 for r in rows:
                     args = msgpack.unpackb(r["args"], raw=False, strict_map_key=False)
-                    part = partition_for(paths, args)
+                    part = partition(args, str(r["id"]))
                     new = lane_of(kind, tenant, tags, weight, part)
                     targets[new] = part
                     moves.append(new)
@@ -430,6 +442,13 @@ class PgStore:
         while await self.run(tx) == batch:
             pass
         return ready
+
+    async def lane_discard_queued(
+        self, lanes: Sequence[str], limit: int, reason: str
+    ) -> list[tuple[uuid.UUID, str, str]]:
+        """Cancel up to `limit` queued jobs of `lanes` (load shedding); (id, kind, tenant)."""
+        rows = await self.run(lambda c: c.fetch(q.LANE_DISCARD_QUEUED, lanes, limit, reason))
+        return [(r[0], r[1], r[2]) for r in rows]
 
     async def running_by_tenant(self) -> dict[str, int]:
         rows = await self.run(lambda c: c.fetch(q.RUNNING_BY_TENANT))

@@ -11,7 +11,7 @@ _JOB_COLS = (
     "id, state, kind, args, tags, tenant, weight, lane, run_at, expires_at, max_attempts, backoff,"
     " unique_key, reserve_for, attempt, lease_token, worker_id, node_id, result, last_error,"
     " enqueued_at, admitted_at, started_at, finished_at, updated_at, checkpoints, progress,"
-    " max_run_time, yield_asked_at"
+    " max_run_time, yield_asked_at, function_errors"
 )
 
 LANE_INSERT_MANY = """
@@ -86,6 +86,17 @@ WITH u AS (
     FROM done
 )
 SELECT id, kind, tenant FROM done
+"""
+
+# The same with what a retry function sees of the job.
+JOB_LOCK_RUNNING_FULL = """
+SELECT j.id, j.lease_token, j.attempt, j.max_attempts, j.backoff, j.expires_at, j.kind, j.tenant,
+       j.tags, j.args
+FROM worcr_jobs j JOIN unnest($1::uuid[], $2::int8[]) AS u(id, token)
+  ON j.id = u.id AND j.lease_token = u.token
+WHERE j.state = 'running'
+ORDER BY j.id
+FOR UPDATE OF j
 """
 
 # Rows of running attempts, locked, for failure handling computed in Python.
@@ -247,21 +258,23 @@ def job_list(state: bool, kind: bool, tenant: bool, cursor: bool) -> str:
 POLICY_VERSION = "SELECT version FROM worcr_dispatch_version"
 POLICY_BUMP = "UPDATE worcr_dispatch_version SET version = version + 1 RETURNING version"
 
-_RULE_COLS = "id, name, description, enabled, match, action, factor, created_at, updated_at"
+_RULE_COLS = (
+    "id, name, description, enabled, match, action, factor, function, created_at, updated_at"
+)
 RULE_LIST = f"SELECT {_RULE_COLS} FROM worcr_rules ORDER BY created_at, id"
 RULE_GET = f"SELECT {_RULE_COLS} FROM worcr_rules WHERE id = $1"
 RULE_COUNT = "SELECT count(*) FROM worcr_rules"
 # Serializes rule creation, so concurrent creates cannot pass the rule limit together.
 RULE_CREATE_LOCK = "SELECT pg_advisory_xact_lock(x'776F7263722D72'::bigint)"  # "worcr-r"
 RULE_INSERT = f"""
-INSERT INTO worcr_rules (id, name, description, enabled, match, action, factor)
-VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7)
+INSERT INTO worcr_rules (id, name, description, enabled, match, action, factor, function)
+VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8)
 RETURNING {_RULE_COLS}
 """
 RULE_UPDATE = f"""
 UPDATE worcr_rules
 SET name = $2, description = $3, enabled = $4, match = $5::jsonb, action = $6, factor = $7,
-    updated_at = now()
+    function = $8, updated_at = now()
 WHERE id = $1
 RETURNING {_RULE_COLS}
 """
@@ -290,7 +303,7 @@ RUNNING_BY_TENANT = "SELECT tenant, count(*) FROM worcr_jobs WHERE state = 'runn
 
 _LIMIT_COLS = (
     "id, name, description, enabled, scope, type, max_units, period, burst, key_template, match,"
-    " created_at, updated_at"
+    " function, created_at, updated_at"
 )
 LIMIT_LIST = f"SELECT {_LIMIT_COLS} FROM worcr_limits ORDER BY created_at, id"
 LIMIT_GET = f"SELECT {_LIMIT_COLS} FROM worcr_limits WHERE id = $1"
@@ -299,14 +312,14 @@ LIMIT_COUNT = "SELECT count(*) FROM worcr_limits"
 LIMIT_CREATE_LOCK = "SELECT pg_advisory_xact_lock(x'776F7263722D6C'::bigint)"  # "worcr-l"
 LIMIT_INSERT = f"""
 INSERT INTO worcr_limits (id, name, description, enabled, scope, type, max_units, period, burst,
-                          key_template, match)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb)
+                          key_template, match, function)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb, $12)
 RETURNING {_LIMIT_COLS}
 """
 LIMIT_UPDATE = f"""
 UPDATE worcr_limits
 SET name = $2, description = $3, enabled = $4, scope = $5, type = $6, max_units = $7, period = $8,
-    burst = $9, key_template = $10, match = $11::jsonb, updated_at = now()
+    burst = $9, key_template = $10, match = $11::jsonb, function = $12, updated_at = now()
 WHERE id = $1
 RETURNING {_LIMIT_COLS}
 """
@@ -531,4 +544,96 @@ SELECT id, lease_token, attempt, at, level, message FROM (
     LIMIT $3
 ) AS tail
 ORDER BY id
+"""
+
+# -- embedded functions (functions/store.py) -------------------------------------------------------
+
+_FUNCTION_COLS = (
+    "name, version, language, hook, source, description, enabled, match, created_at, updated_at"
+)
+FUNCTION_LIST = f"SELECT {_FUNCTION_COLS} FROM worcr_functions ORDER BY name"
+FUNCTION_GET = f"SELECT {_FUNCTION_COLS} FROM worcr_functions WHERE name = $1"
+FUNCTION_GET_FOR_UPDATE = f"SELECT {_FUNCTION_COLS} FROM worcr_functions WHERE name = $1 FOR UPDATE"
+FUNCTION_COUNT = "SELECT count(*) FROM worcr_functions"
+FUNCTION_CREATE_LOCK = "SELECT pg_advisory_xact_lock(x'776F7263722D66'::bigint)"  # "worcr-f"
+# Insert or replace the current version ($2 = the next version number).
+FUNCTION_PUT = f"""
+INSERT INTO worcr_functions (name, version, language, hook, source, description, enabled, match)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb)
+ON CONFLICT (name) DO UPDATE
+SET version = EXCLUDED.version, language = EXCLUDED.language, hook = EXCLUDED.hook,
+    source = EXCLUDED.source, description = EXCLUDED.description, enabled = EXCLUDED.enabled,
+    match = EXCLUDED.match, updated_at = now()
+RETURNING {_FUNCTION_COLS}
+"""
+FUNCTION_VERSION_ADD = """
+INSERT INTO worcr_function_versions (name, version, language, hook, source, description, enabled,
+                                     match)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb)
+"""
+FUNCTION_NEXT_VERSION = (
+    "SELECT coalesce(max(version), 0) + 1 FROM worcr_function_versions WHERE name = $1"
+)
+FUNCTION_DELETE = "DELETE FROM worcr_functions WHERE name = $1 RETURNING name"
+FUNCTION_VERSIONS = """
+SELECT name, version, language, hook, source, description, enabled, match, created_at,
+       created_at AS updated_at
+FROM worcr_function_versions WHERE name = $1 ORDER BY version DESC LIMIT $2
+"""
+FUNCTION_VERSION_GET = """
+SELECT name, version, language, hook, source, description, enabled, match, created_at,
+       created_at AS updated_at
+FROM worcr_function_versions WHERE name = $1 AND version = $2
+"""
+# Who refers to a function: rules and limits, by name (a function in use cannot be deleted nor
+# change its hook).
+FUNCTION_USERS = """
+SELECT 'rule' AS what, name FROM worcr_rules WHERE function = $1
+UNION ALL
+SELECT 'limit', name FROM worcr_limits WHERE function = $1
+ORDER BY 1, 2
+"""
+FUNCTION_HOOK = "SELECT hook FROM worcr_functions WHERE name = $1 FOR SHARE"
+FUNCTION_ERROR_INSERT_MANY = """
+INSERT INTO worcr_function_errors (name, version, hook, kind, message, job_id, lane, node_id,
+                                   repeats, at)
+SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::text[], $6::uuid[],
+                     $7::text[], $8::text[], $9::int[], $10::timestamptz[])
+"""
+FUNCTION_ERRORS = """
+SELECT id, name, version, hook, kind, message, job_id, lane, node_id, repeats, at
+FROM worcr_function_errors
+WHERE name = $1 AND ($2::bigint IS NULL OR id < $2)
+ORDER BY id DESC
+LIMIT $3
+"""
+FUNCTION_ERRORS_PRUNE = (
+    "DELETE FROM worcr_function_errors WHERE at < now() - make_interval(secs => $1)"
+)
+# Errors of functions that ran for jobs, onto the jobs (the latest 20 kept).
+JOB_FUNCTION_ERRORS_ADD = """
+UPDATE worcr_jobs j
+SET function_errors = (
+    SELECT jsonb_agg(e ORDER BY n) FROM (
+        SELECT e, n FROM jsonb_array_elements(coalesce(j.function_errors, '[]'::jsonb) || u.errs)
+             WITH ORDINALITY AS x(e, n)
+        ORDER BY n DESC LIMIT 20
+    ) AS kept
+)
+FROM unnest($1::uuid[], $2::jsonb[]) AS u(id, errs)
+WHERE j.id = u.id
+"""
+
+# Load shedding: cancel up to $2 queued jobs of lanes a discard rule takes.
+LANE_DISCARD_QUEUED = """
+WITH picked AS (
+    SELECT id FROM worcr_jobs
+    WHERE lane = ANY($1::text[]) AND state = 'queued'
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE worcr_jobs j
+SET state = 'cancelled', finished_at = now(), updated_at = now(), last_error = $3
+FROM picked WHERE j.id = picked.id
+RETURNING j.id, j.kind, j.tenant
 """

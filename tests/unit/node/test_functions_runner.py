@@ -1,0 +1,222 @@
+"""The function runner (compile once per version, checks, fallbacks, the breaker), function rules
+in `evaluate`, and the on_enqueue answer rules: pure, against the real sandboxes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from worcr_node.functions.sandbox import Limits
+
+from worcr.wire import Limits as WireLimits
+from worcr_node.dispatch.rules import TagSet, evaluate, parse_rule, relevant_tags
+from worcr_node.dispatch.rules import worker_tag_relevance as relevance
+from worcr_node.functions.enqueue import apply_on_enqueue
+from worcr_node.functions.judge import LaneJudge
+from worcr_node.functions.model import FunctionError, Hook, parse_function
+from worcr_node.functions.runner import (
+    TRIP_AFTER,
+    Failure,
+    FunctionRunner,
+    check_enqueue,
+    check_factor,
+    check_limit_key,
+    check_retry,
+    check_shed,
+)
+from worcr_node.jobspec import SpecError, parse_job_spec
+
+JOB = {"kind": "k", "tenant": "t", "tags": ["premium"], "weight": 1.0}
+WORKER = {"kinds": [], "tags": ["gpu"]}
+
+
+def runner(*functions: tuple[str, str, str, str], record: Any = None) -> FunctionRunner:
+    r = FunctionRunner(Limits(time=0.05, memory=8 << 20), record)
+    r.set_functions([parse_function({"language": lang, "hook": hook, "source": src}, name,
+                                    version=1) for name, lang, hook, src in functions])  # fmt: skip
+    return r
+
+
+def test_a_function_is_compiled_once_per_version() -> None:
+    r = runner(("w", "lua", "weight", "n = (n or 0) + 1\nfunction weight() return n end"))
+    assert [r.weight("w", JOB, WORKER).value for _ in range(3)] == [1.0, 1.0, 1.0]
+    same = parse_function({"language": "lua", "hook": "weight", "source": "x"}, "w", version=1)
+    r.set_functions([same])  # same (name, version): the compiled code is kept
+    assert r.weight("w", JOB, WORKER).value == 1.0
+    newer = parse_function(
+        {"language": "lua", "hook": "weight", "source": "function weight() return 3 end"},
+        "w",
+        version=2,
+    )
+    r.set_functions([newer])
+    assert r.weight("w", JOB, WORKER).value == 3.0
+
+
+@pytest.mark.parametrize(
+    ("source", "kind", "words"),
+    [
+        ("function weight() error('nope') end", "error", "nope"),
+        ("function weight() return 'heavy' end", "result", "number"),
+        ("function weight() return 0 end", "result", "> 0"),
+        ("function weight() return 1e7 end", "result", "1e+06"),
+        ("function weight() return 0/0 end", "result", "number"),
+        ("function weight() while true do end end", "timeout", ""),
+        ("function weight( return 1 end", "compile", "line 1"),
+    ],
+)
+def test_a_failing_weight_falls_back_to_one_and_is_recorded(
+    source: str, kind: str, words: str
+) -> None:
+    seen: list[tuple[Failure, str | None, str | None]] = []
+    r = runner(
+        ("w", "lua", "weight", source), record=lambda f, job, lane: seen.append((f, job, lane))
+    )
+    out = r.weight("w", JOB, WORKER, lane="L")
+    assert out.value == 1.0
+    assert out.failure is not None
+    assert (out.failure.kind, out.failure.function, out.failure.hook) == (kind, "w", "weight")
+    assert words in out.failure.message
+    assert seen == [(out.failure, None, "L")]
+
+
+def test_missing_or_wrong_hook_functions_fall_back() -> None:
+    r = runner(("m", "lua", "match", "function match() return true end"))
+    assert r.weight("m", JOB, WORKER).failure.kind == "missing"  # type: ignore[union-attr]
+    assert r.weight("gone", JOB, WORKER).value == 1.0
+    assert r.match("gone", JOB, WORKER).value is False  # a match rule fails closed
+    assert r.match("m", JOB, WORKER).value is True
+
+
+def test_the_breaker_trips_after_capped_failures_in_a_row() -> None:
+    r = runner(("w", "javascript", "weight", "function weight() { for(;;){} }"))
+    kinds = [r.weight("w", JOB, WORKER).failure.kind for _ in range(TRIP_AFTER + 3)]  # type: ignore[union-attr]
+    assert kinds == ["timeout"] * TRIP_AFTER + ["tripped"] * 3
+    assert r.calls == TRIP_AFTER  # tripped calls never reach the sandbox
+
+
+def test_result_checks() -> None:
+    assert check_factor(2) == 2.0
+    assert check_shed(None) is None
+    assert check_shed("hold") == "hold"
+    with pytest.raises(ValueError, match="hold"):
+        check_shed("later")
+    assert check_limit_key("k") == ("k", None)
+    assert check_limit_key(42) == ("42", None)
+    assert check_limit_key({"key": "k", "limit": 3}) == ("k", 3)
+    assert check_limit_key(None) is None
+    for bad in ({"key": "k", "limit": 0}, {"key": "k", "limit": 2.5}, {"k": 1}, "", "x" * 300):
+        with pytest.raises(ValueError, match=r"key|limit|field"):
+            check_limit_key(bad)
+    assert check_retry(5) == 5.0
+    assert check_retry(False) is False
+    assert check_retry(None) is None
+    for bad in (-1, True, "5", float("inf"), 1e12):
+        with pytest.raises(ValueError, match="seconds"):
+            check_retry(bad)
+    assert check_enqueue({}) == {}
+    with pytest.raises(ValueError, match="the job"):
+        check_enqueue([1])
+
+
+def test_function_rules_in_evaluate() -> None:
+    r = runner(
+        ("w", "lua", "weight", "function weight(job, worker) return #worker.tags + 1 end"),
+        ("m", "javascript", "match", "function match(job, w) { return w.tags.includes('gpu') }"),
+        ("s", "lua", "shed", "function shed(job) if job.tenant == 't' then return 'hold' end end"),
+    )
+    rules = [
+        parse_rule({"name": "w", "action": "multiply", "function": "w"}),
+        parse_rule({"name": "m", "action": "match", "function": "m"}),
+    ]
+    tags = TagSet(["premium"])
+    gpu = LaneJudge(r, "L", "k", "t", ["premium"], 1.0, (), ["gpu"])
+    v = evaluate(rules, "k", "t", tags, TagSet(["gpu"]), gpu)
+    assert (v.allowed, v.factor, v.errors) == (True, 2.0, ())
+    assert gpu.answers == {rules[0].id: (2.0, None), rules[1].id: (True, None)}
+    cpu = LaneJudge(r, "L", "k", "t", ["premium"], 1.0, (), ["cpu", "x"])
+    v = evaluate(rules, "k", "t", tags, TagSet(["cpu", "x"]), cpu)
+    assert (v.allowed, v.factor, v.forbidden_by) == (False, 3.0, (rules[1],))
+    shed = [parse_rule({"name": "s", "action": "shed", "function": "s"})]
+    v = evaluate(shed, "k", "t", tags, TagSet(()), LaneJudge(r, "L", "k", "t", [], 1.0))
+    assert (v.allowed, v.held_by) == (False, (shed[0],))
+    v = evaluate(shed, "k", "u", tags, TagSet(()), LaneJudge(r, "L2", "k", "u", [], 1.0))
+    assert (v.allowed, v.matched) == (True, ())  # the function did not shed: no effect
+    # without a judge, function rules get their fallbacks
+    v = evaluate(rules, "k", "t", tags, TagSet(["gpu"]))
+    assert (v.allowed, v.factor) == (False, 1.0)
+
+
+def test_function_rules_make_every_worker_tag_relevant() -> None:
+    static = parse_rule({"name": "s", "action": "forbid", "match": {"worker_tags": {"all": ["a"]}}})
+    fn = parse_rule({"name": "f", "action": "multiply", "function": "w"})
+    assert relevant_tags(["a", "host:1"], relevance([static])) == {"a"}
+    assert relevant_tags(["a", "host:1"], relevance([static, fn])) == {"a", "host:1"}
+
+
+def test_rule_validation_with_functions() -> None:
+    for body, words in [
+        ({"name": "r", "action": "match"}, "match function"),
+        ({"name": "r", "action": "shed"}, "shed function"),
+        ({"name": "r", "action": "forbid", "function": "f"}, "no function"),
+        ({"name": "r", "action": "multiply", "function": "f", "factor": 2}, "not both"),
+        ({"name": "r", "action": "multiply", "function": 5}, "name of a function"),
+        ({"name": "r", "action": "discard", "match": {"same": ["region"]}}, "whatever"),
+    ]:
+        with pytest.raises(ValueError, match=words):
+            parse_rule(body)
+
+
+def test_function_validation() -> None:
+    ok = {"language": "lua", "hook": "retry", "source": "x", "match": {"kinds": ["a"]}}
+    assert parse_function(ok, "f").match.kinds == frozenset({"a"})
+    for body, words in [
+        ({**ok, "language": "ruby"}, "language"),
+        ({**ok, "hook": "when"}, "hook"),
+        ({**ok, "source": "  "}, "source"),
+        ({**ok, "source": "\ud800"}, "surrogates"),
+        ({**ok, "name": "other"}, "differs"),
+        ({**ok, "hook": "weight"}, "only on_enqueue and retry"),
+    ]:
+        with pytest.raises(FunctionError, match=words):
+            parse_function(body, "f")
+    with pytest.raises(FunctionError, match="name"):
+        parse_function(ok, "9 lives")
+
+
+def _job(**spec: Any) -> Any:
+    return parse_job_spec({"kind": "k", **spec}, 1000.0, WireLimits())
+
+
+def test_on_enqueue_answers() -> None:
+    r = runner(
+        (
+            "a",
+            "lua",
+            "on_enqueue",
+            """
+function on_enqueue(job)
+  local a = job.args
+  if a.discard then return {discard = true} end
+  if a.reject then return {reject = a.reject} end
+  if a.tags then return {tags = a.tags, weight = 3} end
+  if a.later then return {run_at = job.enqueued_at + a.later} end
+  if a.bad then return {tags = {1, 2}} end
+end""",
+        )
+    )
+    assert apply_on_enqueue(r, _job(), {"discard": True}, 1000.0, WireLimits()) is None
+    with pytest.raises(SpecError, match="rejected by function 'a': no"):
+        apply_on_enqueue(r, _job(), {"reject": "no"}, 1000.0, WireLimits())
+    job = apply_on_enqueue(r, _job(), {"tags": ["b", "a", "a"]}, 1000.0, WireLimits())
+    assert job is not None
+    assert (job.tags, job.weight) == (("a", "b"), 3.0)
+    job = apply_on_enqueue(r, _job(), {"later": 60}, 1000.0, WireLimits())
+    assert job is not None
+    assert (job.run_at, job.state) == (1060.0, "scheduled")
+    job = apply_on_enqueue(r, _job(tags=["x"]), {"bad": True}, 1000.0, WireLimits())
+    assert job is not None
+    assert job.tags == ("x",)  # unchanged
+    (error,) = job.function_errors
+    assert (error["function"], error["kind"]) == ("a", "result")
+    assert "tags" in error["message"]
+    assert Hook.ON_ENQUEUE in {f.hook for f in r.functions.values()}

@@ -1,0 +1,1 @@
+"""User functions (hooks): their model, the sandboxes that run them, and the runner."""

@@ -1,0 +1,116 @@
+"""The on_enqueue hook: functions that change, refuse or drop a new job before it is stored.
+
+`JobManager.parse` calls `apply_on_enqueue` for each validated job spec when some enabled
+on_enqueue function exists. Each function whose `match` selects the job runs in name order and
+sees the job as the previous one left it. A function answers nothing (keep the job), the job or a
+table of the fields to change (`tags`, `tenant`, `weight`, `run_at`, `expires_at`; the other job
+fields may be present and are ignored), `{reject = "why"}` (the enqueue fails with that reason)
+or `{discard = true}` (the job is not stored; the producer sees state "discarded"). A change is
+validated like a job spec; a function that fails or answers something invalid leaves the job as
+it was, and the error is stored with the job (`function_errors`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from worcr.wire import Limits
+from worcr_node.dispatch.rules import TagSet
+from worcr_node.functions.model import Hook
+from worcr_node.functions.runner import Failure, FunctionRunner
+from worcr_node.functions.views import plain
+from worcr_node.jobspec import NewJob, SpecError, number_field, parse_time, tags_field, text_field
+from worcr_node.state import JobState
+
+__all__ = ["DISCARDED", "apply_on_enqueue", "job_view"]
+
+DISCARDED = "discarded"
+_CHANGES = frozenset({"tags", "tenant", "weight", "run_at", "expires_at"})
+_READ_ONLY = frozenset({"id", "kind", "args", "enqueued_at", "max_attempts", "unique_key"})
+_ANSWERS = frozenset({"reject", "discard"})
+
+
+def job_view(job: NewJob, args: Any, now: float) -> dict[str, Any]:
+    return {
+        "id": str(job.id),
+        "kind": job.kind,
+        "tenant": job.tenant,
+        "tags": list(job.tags),
+        "weight": job.weight,
+        "args": plain(args),
+        "run_at": job.run_at,
+        "expires_at": job.expires_at,
+        "enqueued_at": now,
+        "max_attempts": job.max_attempts,
+        "unique_key": job.unique_key,
+    }
+
+
+def apply_on_enqueue(
+    runner: FunctionRunner, job: NewJob, args: Any, now: float, limits: Limits
+) -> NewJob | None:
+    """The job as the on_enqueue functions leave it (in place), or None if one discarded it.
+    SpecError if one rejected it. Failures are appended to `job.function_errors`."""
+    for fn in runner.for_jobs(Hook.ON_ENQUEUE, job.kind, job.tenant, TagSet(job.tags)):
+        outcome = runner.on_enqueue(fn, job_view(job, args, now), str(job.id))
+        if outcome.failure is not None:
+            job.function_errors.append(outcome.failure.to_json())
+            continue
+        answer = outcome.value
+        if answer is None:
+            continue
+        try:
+            verdict = _apply(job, answer, now, limits)
+        except SpecError as exc:
+            failure = Failure(fn.name, fn.version, fn.hook, "result", str(exc))
+            runner.record(failure, str(job.id), None)
+            job.function_errors.append(failure.to_json())
+            continue
+        if verdict == "discard":
+            return None
+        if verdict is not None:
+            raise SpecError(f"rejected by function {fn.name!r}: {verdict}")
+    return job
+
+
+def _apply(job: NewJob, answer: dict[str, Any], now: float, limits: Limits) -> str | None:
+    """Validate all of an answer, then change the job; "discard", a reject reason, or None."""
+    unknown = set(answer) - _CHANGES - _READ_ONLY - _ANSWERS
+    if unknown:
+        raise SpecError(f"unknown field(s) {sorted(unknown)}: a function may change "
+                        f"{sorted(_CHANGES)}, or answer reject or discard")  # fmt: skip
+    verdict = _verdict(answer)
+    if verdict is not None:
+        return verdict
+    changes: dict[str, Any] = {}
+    if "tags" in answer:
+        raw = answer["tags"]
+        changes["tags"] = tags_field({"tags": [] if raw == {} else raw}, limits)
+    if "tenant" in answer:
+        changes["tenant"] = text_field(answer, "tenant", limits.max_tenant_len)
+    if "weight" in answer:
+        changes["weight"] = number_field(answer, "weight", 1e-6, 1e6) or job.weight
+    for name in ("run_at", "expires_at"):
+        if answer.get(name) is not None:
+            changes[name] = parse_time(answer[name], name)
+    for name, value in changes.items():
+        setattr(job, name, value)
+    if "run_at" in changes:
+        job.state = JobState.SCHEDULED if job.run_at is not None and job.run_at > now \
+            else JobState.QUEUED  # fmt: skip
+    return None
+
+
+def _verdict(answer: dict[str, Any]) -> str | None:
+    """ "discard", a reject reason, or None (the answer changes the job, or not)."""
+    reject = answer.get("reject")
+    if reject is not None and reject is not False:
+        if reject is True:
+            return "no reason given"
+        if not isinstance(reject, str):
+            raise SpecError("reject: expected a reason (a string) or true")
+        return reject[:500] or "no reason given"
+    discard = answer.get("discard")
+    if discard is not None and not isinstance(discard, bool):
+        raise SpecError("discard: expected true or false")
+    return "discard" if discard else None

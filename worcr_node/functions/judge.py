@@ -1,0 +1,70 @@
+"""The functions of function rules, asked about one (lane, worker class) pair.
+
+`dispatch/rules.evaluate` takes a `Judge`; the dispatcher builds a `LaneJudge` when it computes a
+verdict it has not cached yet, so a weight or match function runs once per lane and worker class
+per policy version, and a shed function once per lane (`shed_cache`, shared by all classes).
+Explain reads the answers (`answers`) to show what each function said.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, MutableMapping
+from typing import Any
+
+from worcr_node.dispatch.rules import Rule
+from worcr_node.functions.runner import FunctionRunner, Outcome
+from worcr_node.functions.views import lane_view, worker_view
+
+__all__ = ["LaneJudge"]
+
+Answer = tuple[Any, str | None]
+
+
+class LaneJudge:
+    def __init__(
+        self,
+        runner: FunctionRunner,
+        lane: str,
+        kind: str,
+        tenant: str,
+        tags: Collection[str],
+        weight: float,
+        worker_kinds: Collection[str] = (),
+        worker_tags: Collection[str] = (),
+        shed_cache: MutableMapping[tuple[str, str], Answer] | None = None,
+    ) -> None:
+        self.runner = runner
+        self.lane = lane
+        self.job = lane_view(kind, tenant, tags, weight)
+        self.worker = worker_view(worker_kinds, worker_tags)
+        self.shed_cache = {} if shed_cache is None else shed_cache
+        self.answers: dict[str, Answer] = {}  # rule id -> (value, error)
+
+    def _answer(self, rule: Rule, outcome: Outcome) -> Answer:
+        answer = (outcome.value, None if outcome.failure is None else str(outcome.failure))
+        self.answers[rule.id] = answer
+        return answer
+
+    def weight(self, rule: Rule) -> tuple[float, str | None]:
+        assert rule.function is not None
+        value, error = self._answer(
+            rule, self.runner.weight(rule.function, self.job, self.worker, self.lane)
+        )
+        return float(value), error
+
+    def match(self, rule: Rule) -> tuple[bool, str | None]:
+        assert rule.function is not None
+        value, error = self._answer(
+            rule, self.runner.match(rule.function, self.job, self.worker, self.lane)
+        )
+        return bool(value), error
+
+    def shed(self, rule: Rule) -> tuple[str | None, str | None]:
+        assert rule.function is not None
+        key = (self.lane, rule.id)
+        answer = self.shed_cache.get(key)
+        if answer is None:
+            outcome = self.runner.shed(rule.function, self.job, self.lane)
+            answer = self.shed_cache[key] = self._answer(rule, outcome)
+        self.answers[rule.id] = answer
+        return answer[0], answer[1]

@@ -1,0 +1,615 @@
+"""Compiles and calls user functions written in Lua 5.4 (lupa), in a sandbox.
+
+The runner in worcr_node/functions/ calls these on the event loop thread, through
+`sandbox.compile_function`. Each compiled function owns one Lua state (`LuaRuntime`, capped at
+`Limits.memory` bytes by lupa's allocator), built by `_PRELUDE` below:
+
+* The user's code is loaded in text mode only (precompiled bytecode is refused) into its own
+  environment table holding: assert, error, ipairs, next, pairs, pcall, xpcall, select, tonumber,
+  tostring, type, unpack, rawequal, rawlen, rawget, rawset, setmetatable, getmetatable, math,
+  string (no dump), table, utf8, os.time/clock/date/difftime, and _G (the environment itself).
+  Not there: io, the rest of os, require, package, debug, load*, dofile, collectgarbage,
+  coroutine, print, python. The shared string metatable's __index is the sandbox's string table.
+  Nothing Python ever enters the state: arguments are copied into fresh Lua tables on each call,
+  so Lua code cannot reach a Python object (and `attribute_filter` refuses every attribute).
+* CPU cap: a count hook (every `HOOK_COUNT` VM instructions, installed before the user's code
+  runs) raises an error once the process CPU time (`os.clock`, i.e. C `clock()`: all threads of
+  the process count) passes the call's deadline, and keeps raising until the call has unwound;
+  pcall/xpcall re-raise it, so `while true do pcall(f) end` ends too.
+* __gc metamethods are refused (a finalizer would run outside any call), so no user code runs
+  between calls.
+* A timeout or memory error poisons the state: the next call rebuilds it from the source.
+
+What the hook cannot interrupt is C code: one library call runs to its end. The library calls with
+unbounded or superlinear cost are replaced: string.find/match/gmatch/gsub refuse a (pattern,
+subject) pair whose worst case (backtracking) exceeds `PATTERN_BUDGET` steps; string.rep with an
+empty string and separator returns at once (the C loop would spin n times); table.insert, remove,
+move and concat are written in Lua (the C versions loop up to a __len answer); table.sort without
+a comparator uses a Lua one. What remains are linear C operations on values the memory cap allows
+(comparing, concatenating, copying strings of up to a few MiB): each takes at most milliseconds,
+but between two hook runs (HOOK_COUNT instructions) a loop can do a few hundred of them, so a
+hostile function can overrun its CPU cap by up to about a second with the default 32 MiB cap.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import lupa.lua54 as lupa
+
+from worcr_node.functions.sandbox import (
+    MAX_DEPTH,
+    MAX_STRING,
+    MAX_VALUES,
+    CallError,
+    CompileError,
+    Limits,
+    end_of_source,
+    missing_entry,
+    token_column,
+)
+
+__all__ = ["HOOK_COUNT", "PATTERN_BUDGET", "LuaFunction", "compile_lua"]
+
+HOOK_COUNT = 1000  # VM instructions between two CPU-time checks
+PATTERN_BUDGET = 20_000_000  # worst-case matcher steps allowed for one pattern call
+_ERROR_CHARS = 2000  # an error message is cut there
+_INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
+
+# The privileged side. Runs first in a fresh state; everything it keeps is local (upvalues), so
+# the user's code, which only ever sees `env`, cannot reach it. Returns compile(source, entry) and
+# invoke(...), both of which the Python side calls.
+_PRELUDE = r"""
+local BUDGET, HOOK_COUNT, MAX_DEPTH, MAX_VALUES, MAX_STRING, PATTERN_BUDGET = ...
+local type, next, select, error, pcall, xpcall, tostring, tonumber =
+      type, next, select, error, pcall, xpcall, tostring, tonumber
+local rawget, rawset, rawequal, rawlen, setmetatable, getmetatable =
+      rawget, rawset, rawequal, rawlen, setmetatable, getmetatable
+local load, math_type, math_tointeger = load, math.type, math.tointeger
+local huge, maxinteger = math.huge, math.maxinteger
+local clock, sethook = os.clock, debug.sethook
+local s_byte, s_find, s_format, s_gsub, s_match, s_gmatch, s_rep, s_sub =
+      string.byte, string.find, string.format, string.gsub, string.match, string.gmatch,
+      string.rep, string.sub
+local t_concat, t_sort, t_unpack = table.concat, table.sort, table.unpack
+local utf8_len = utf8.len
+
+-- the CPU cap ------------------------------------------------------------------------------------
+local TIMEOUT = setmetatable({}, {__tostring = function() return "time limit exceeded" end})
+local deadline, fired = huge, false
+
+sethook(function()
+  if clock() > deadline then
+    fired = true
+    error(TIMEOUT, 0)
+  end
+end, "", HOOK_COUNT)
+
+local function rethrow(ok, ...)
+  if fired then error(TIMEOUT, 0) end  -- a timeout caught by the user's pcall goes on unwinding
+  return ok, ...
+end
+local function safe_pcall(f, ...) return rethrow(pcall(f, ...)) end
+local function safe_xpcall(f, handler, ...) return rethrow(xpcall(f, handler, ...)) end
+
+local function safe_setmetatable(t, mt)
+  if type(mt) == "table" and rawget(mt, "__gc") ~= nil then
+    error("__gc metamethods are not allowed in functions", 2)
+  end
+  return setmetatable(t, mt)
+end
+
+-- string: patterns with a bounded worst case --------------------------------------------------
+local function skip_set(p, i, n)  -- p:sub(i, i) == "[": the index after the closing "]"
+  i = i + 1
+  if s_byte(p, i) == 94 then i = i + 1 end  -- ^
+  if s_byte(p, i) == 93 then i = i + 1 end  -- a first "]" is a literal
+  while i <= n do
+    local c = s_byte(p, i)
+    if c == 37 then i = i + 2       -- %x
+    elseif c == 93 then return i + 1
+    else i = i + 1 end
+  end
+  return i
+end
+
+-- Upper bound on the matcher's steps: (start positions) x (backtracking paths) x (pattern size).
+-- Each *, +, - and %b, %1..%9 multiplies the paths by (subject length + 1), each ? by 2.
+local function pattern_cost(subject_len, p, plain, anchored_allowed)
+  local n, plen = subject_len, #p
+  local positions = n + 1
+  if plain then return positions * (plen + 1) end
+  local paths, i = 1, 1
+  if anchored_allowed and s_byte(p, 1) == 94 then positions, i = 1, 2 end
+  while i <= plen do
+    local c = s_byte(p, i)
+    local quantifiable = true
+    if c == 37 then  -- %
+      local d = s_byte(p, i + 1)
+      if d == 98 then paths, i, quantifiable = paths * (n + 1), i + 4, false      -- %bxy
+      elseif d == 102 then i, quantifiable = skip_set(p, i + 2, plen), false      -- %f[set]
+      elseif d and d >= 48 and d <= 57 then
+        paths, i, quantifiable = paths * (n + 1), i + 2, false                    -- %1
+      else i = i + 2 end
+    elseif c == 91 then i = skip_set(p, i, plen)                                  -- [set]
+    elseif c == 40 or c == 41 then i, quantifiable = i + 1, false                 -- ( )
+    else i = i + 1 end
+    if quantifiable then
+      local q = s_byte(p, i)
+      if q == 42 or q == 43 or q == 45 then paths, i = paths * (n + 1), i + 1
+      elseif q == 63 then paths, i = paths * 2, i + 1 end
+    end
+  end
+  return positions * paths * (plen + 1)
+end
+
+local function check_pattern(name, s, p, plain, anchored_allowed)
+  local ts, tp = type(s), type(p)
+  if (ts == "string" or ts == "number") and (tp == "string" or tp == "number") then
+    local n = #tostring(s)
+    local cost = pattern_cost(n, tostring(p), plain, anchored_allowed)
+    if not (cost <= PATTERN_BUDGET) then
+      error(s_format("string.%s: pattern too expensive for a %d-byte string (worst case)",
+                     name, n), 3)
+    end
+  end  -- anything else: the library function raises its usual error
+end
+
+local sandbox_string = {}
+for k, v in next, string do sandbox_string[k] = v end
+sandbox_string.dump = nil
+sandbox_string.find = function(s, p, init, plain)
+  check_pattern("find", s, p, plain, true)
+  return s_find(s, p, init, plain)
+end
+sandbox_string.match = function(s, p, init)
+  check_pattern("match", s, p, false, true)
+  return s_match(s, p, init)
+end
+sandbox_string.gmatch = function(s, p, init)
+  check_pattern("gmatch", s, p, false, false)
+  return s_gmatch(s, p, init)
+end
+sandbox_string.gsub = function(s, p, repl, n)
+  check_pattern("gsub", s, p, false, true)
+  return s_gsub(s, p, repl, n)
+end
+sandbox_string.rep = function(s, n, sep)
+  local ts, tsep = type(s), type(sep)
+  if (ts == "string" or ts == "number") and (sep == nil or tsep == "string" or tsep == "number")
+     and #tostring(s) + #tostring(sep or "") == 0 and tonumber(n) ~= nil then
+    return ""  -- the C loop would spin n times producing nothing
+  end
+  return s_rep(s, n, sep)
+end
+getmetatable("").__index = sandbox_string  -- ("x"):dump() finds nothing either
+
+-- table: the loops that follow #t (and __len) are written in Lua, so the hook sees them --------
+local function check_table(t, n, name)
+  if type(t) ~= "table" then
+    error(s_format("bad argument #%d to '%s' (table expected, got %s)", n, name, type(t)), 3)
+  end
+end
+local function check_integer(v, n, name)
+  local iv = math_tointeger(type(v) == "string" and tonumber(v) or v)
+  if iv == nil then
+    error(s_format("bad argument #%d to '%s' (number has no integer representation)", n, name),
+          3)
+  end
+  return iv
+end
+
+local function t_insert(t, ...)
+  check_table(t, 1, "insert")
+  local nargs = select("#", ...)
+  local e = #t + 1
+  if nargs == 1 then
+    t[e] = (...)
+    return
+  elseif nargs ~= 2 then
+    error("wrong number of arguments to 'insert'", 2)
+  end
+  local pos, v = ...
+  pos = check_integer(pos, 2, "insert")
+  if pos < 1 or pos > e then error("bad argument #2 to 'insert' (position out of bounds)", 2) end
+  for i = e, pos + 1, -1 do t[i] = t[i - 1] end
+  t[pos] = v
+end
+
+local function t_remove(t, pos)
+  check_table(t, 1, "remove")
+  local size = #t
+  if pos == nil then pos = size else pos = check_integer(pos, 2, "remove") end
+  if pos ~= size and (pos < 1 or pos > size + 1) then
+    error("bad argument #2 to 'remove' (position out of bounds)", 2)
+  end
+  local v = t[pos]
+  while pos < size do
+    t[pos] = t[pos + 1]
+    pos = pos + 1
+  end
+  t[pos] = nil
+  return v
+end
+
+local function t_move(a1, f, e, t, a2)
+  f = check_integer(f, 2, "move")
+  e = check_integer(e, 3, "move")
+  t = check_integer(t, 4, "move")
+  if a2 == nil then a2 = a1 end
+  check_table(a1, 1, "move")
+  check_table(a2, 5, "move")
+  if e >= f then
+    if not (f > 0 or e < maxinteger + f) then
+      error("bad argument #3 to 'move' (too many elements to move)", 2)
+    end
+    local n = e - f + 1
+    if t > maxinteger - n + 1 then error("bad argument #4 to 'move' (destination wrap around)", 2) end
+    if t > e or t <= f or a1 ~= a2 then
+      for i = 0, n - 1 do a2[t + i] = a1[f + i] end
+    else
+      for i = n - 1, 0, -1 do a2[t + i] = a1[f + i] end
+    end
+  end
+  return a2
+end
+
+local function t_concat_safe(t, sep, i, j)
+  check_table(t, 1, "concat")
+  if sep == nil then sep = "" end
+  i = i == nil and 1 or check_integer(i, 3, "concat")
+  j = j == nil and #t or check_integer(j, 4, "concat")
+  local parts, n = {}, 0
+  for k = i, j do
+    local v = t[k]
+    local tv = type(v)
+    if tv == "string" then parts[n + 1] = v
+    elseif tv == "number" then parts[n + 1] = tostring(v)
+    else
+      error(s_format("invalid value (at index %d) in table for 'concat'", k), 2)
+    end
+    n = n + 1
+  end
+  return t_concat(parts, sep)
+end
+
+local function less(a, b) return a < b end
+local function t_sort_safe(t, comp)
+  return t_sort(t, comp == nil and less or comp)
+end
+
+local sandbox_table = {}
+for k, v in next, table do sandbox_table[k] = v end
+sandbox_table.insert, sandbox_table.remove, sandbox_table.move = t_insert, t_remove, t_move
+sandbox_table.concat, sandbox_table.sort = t_concat_safe, t_sort_safe
+
+local function copy(t)
+  local c = {}
+  for k, v in next, t do c[k] = v end
+  return c
+end
+
+local env = {
+  assert = assert, error = error, ipairs = ipairs, next = next, pairs = pairs,
+  pcall = safe_pcall, xpcall = safe_xpcall, select = select, tonumber = tonumber,
+  tostring = tostring, type = type, unpack = t_unpack, rawequal = rawequal, rawlen = rawlen,
+  rawget = rawget, rawset = rawset, setmetatable = safe_setmetatable,
+  getmetatable = getmetatable, math = copy(math), string = sandbox_string,
+  table = sandbox_table, utf8 = copy(utf8),
+  os = {time = os.time, clock = os.clock, date = os.date, difftime = os.difftime},
+}
+env._G = env
+
+-- nothing of the host is needed past this point
+for _, name in next, {"io", "os", "debug", "package", "require", "load", "loadfile", "dofile",
+                      "collectgarbage", "coroutine", "python", "print", "warn"} do
+  _G[name] = nil
+end
+
+-- results ------------------------------------------------------------------------------------
+local ESCAPES = {['"'] = '\\"', ["\\"] = "\\\\"}
+for b = 0, 31 do ESCAPES[string.char(b)] = s_format("\\u%04x", b) end
+ESCAPES["\127"] = "\\u007f"
+
+local function check_string(s)
+  if #s > MAX_STRING then error("a string longer than 1 MiB", 0) end
+  if not utf8_len(s) then error("a string that is not valid UTF-8", 0) end
+end
+
+local function quote(s)
+  check_string(s)
+  return '"' .. s_gsub(s, '[%c"\\]', ESCAPES) .. '"'
+end
+
+local function number_text(v)
+  if math_type(v) == "integer" then return s_format("%d", v) end
+  if v ~= v then return "NaN" end
+  if v == huge then return "Infinity" end
+  if v == -huge then return "-Infinity" end
+  local s = s_format("%.17g", v)
+  if not s_find(s, "[.eE]") then s = s .. ".0" end  -- stays a float in Python
+  return s
+end
+
+-- JSON text for a table; errors (strings) say why it cannot be brought back
+local function encode(root)
+  local out, n, count, path = {}, 0, 0, {}
+  local function put(s) n = n + 1; out[n] = s end
+  local function enc(v, depth)
+    count = count + 1
+    if count > MAX_VALUES then error(s_format("more than %d values", MAX_VALUES), 0) end
+    local tv = type(v)
+    if tv == "string" then put(quote(v))
+    elseif tv == "number" then put(number_text(v))
+    elseif tv == "boolean" then put(v and "true" or "false")
+    elseif tv == "table" then
+      if depth > MAX_DEPTH then error(s_format("nested deeper than %d levels", MAX_DEPTH), 0) end
+      if path[v] then error("a table that contains itself", 0) end
+      path[v] = true
+      local size, maxkey, strings, integers = 0, 0, false, false
+      for k in next, v do
+        size = size + 1
+        if size > MAX_VALUES then error(s_format("more than %d values", MAX_VALUES), 0) end
+        local tk = type(k)
+        if tk == "string" then strings = true
+        elseif math_type(k) == "integer" and k >= 1 then
+          integers = true
+          if k > maxkey then maxkey = k end
+        else
+          error("a table key that is neither a string nor a positive integer (" .. tk .. ")", 0)
+        end
+      end
+      if size == 0 then put("{}")
+      elseif strings and integers then
+        error("a table with both string and integer keys", 0)
+      elseif integers then
+        if maxkey ~= size then error("a table whose integer keys are not 1..n", 0) end
+        put("[")
+        for i = 1, size do
+          if i > 1 then put(",") end
+          enc(rawget(v, i), depth + 1)
+        end
+        put("]")
+      else
+        put("{")
+        local first = true
+        for k, x in next, v do
+          if not first then put(",") end
+          first = false
+          put(quote(k))
+          put(":")
+          enc(x, depth + 1)
+        end
+        put("}")
+      end
+      path[v] = nil
+    elseif tv == "nil" then put("null")
+    else error("a " .. tv .. " value", 0) end
+  end
+  enc(root, 1)
+  return t_concat(out)
+end
+
+local function message(e)
+  local te = type(e)
+  if te == "string" then return #e > 2000 and s_sub(e, 1, 2000) or e end
+  if te == "number" or te == "boolean" or te == "nil" then return tostring(e) end
+  return "(error object is a " .. te .. " value)"
+end
+
+local entry_fn = nil
+
+-- Every return is (tag, text), but for numbers, booleans and nil: the value itself.
+local function compile(source, entry)
+  local chunk, err = load(source, "=function", "t", env)
+  if not chunk then return "syntax", err end
+  fired = false
+  deadline = clock() + BUDGET
+  local ok, e = pcall(chunk)
+  deadline = huge
+  if fired then fired = false; return "timeout", "" end
+  if not ok then
+    if e == "not enough memory" then return "memory", e end
+    return "error", message(e)
+  end
+  local fn = rawget(env, entry)
+  if type(fn) ~= "function" then return "missing", "" end
+  entry_fn = fn
+  return "ok", ""
+end
+
+local function finish(ok, r)
+  if not ok then
+    deadline = huge
+    if fired then fired = false; return "t", "" end
+    if r == "not enough memory" then return "m", r end
+    return "e", message(r)
+  end
+  local tr = type(r)
+  if tr == "number" or tr == "boolean" or tr == "nil" then
+    deadline = huge
+    return r
+  end
+  local ok2, tag, text = pcall(function()
+    if tr == "string" then check_string(r); return "s", r end
+    if tr == "table" then return "j", encode(r) end
+    error("a " .. tr .. " value", 0)
+  end)
+  deadline = huge
+  if fired then fired = false; return "t", "" end
+  if not ok2 then
+    if tag == "not enough memory" then return "m", tag end
+    return "r", message(tag)
+  end
+  return tag, text
+end
+
+local function invoke(...)
+  fired = false
+  deadline = clock() + BUDGET
+  return finish(pcall(entry_fn, ...))
+end
+
+return compile, invoke
+"""
+
+
+def _deny(obj: Any, name: Any, is_setting: bool) -> Any:
+    raise AttributeError("Python attributes are not available to functions")
+
+
+class LuaFunction:
+    """A Lua function compiled in its own state. Not thread-safe (one caller at a time)."""
+
+    language = "lua"
+
+    def __init__(self, source: str, entry: str, limits: Limits) -> None:
+        self._source = source
+        self._entry = entry
+        self._limits = limits
+        self._lua: Any = None
+        self._invoke: Any = None
+        self._broken = False  # a timeout or memory error: rebuild before the next call
+        self._closed = False
+        self._build()
+
+    def _build(self) -> None:
+        self._lua = self._invoke = None
+        try:
+            lua = lupa.LuaRuntime(
+                register_eval=False,
+                register_builtins=False,
+                unpack_returned_tuples=False,
+                max_memory=self._limits.memory,
+                attribute_filter=_deny,
+                encoding=None,
+            )
+            compile_, invoke = lua.execute(
+                _PRELUDE,
+                float(self._limits.time),
+                HOOK_COUNT,
+                MAX_DEPTH,
+                MAX_VALUES,
+                MAX_STRING,
+                PATTERN_BUDGET,
+            )
+            tag, text = compile_(self._source.encode(), self._entry.encode())
+        except lupa.LuaMemoryError:
+            raise CompileError("the memory cap was hit while compiling") from None
+        except lupa.LuaError:  # the hook fired in the prelude's own code: a tiny time cap
+            raise CompileError("the top-level code exceeded the CPU time cap") from None
+        tag = tag.decode()
+        if tag == "syntax":
+            raise _syntax_error(self._source, _text(text))
+        if tag == "timeout":
+            raise CompileError("the top-level code exceeded the CPU time cap")
+        if tag == "memory":
+            raise CompileError("the top-level code exceeded the memory cap")
+        if tag == "error":
+            line, msg = _split_location(_text(text))
+            raise CompileError(msg, line)
+        if tag == "missing":
+            raise missing_entry(self._entry)
+        self._lua, self._invoke = lua, invoke
+
+    def call(self, *args: Any) -> Any:
+        if self._closed:
+            raise CallError("error", "the function was closed")
+        if self._broken or self._invoke is None:
+            try:
+                self._build()
+            except CompileError as exc:
+                raise CallError("error", f"rebuilding after a timeout: {exc}") from None
+            self._broken = False
+        lua = self._lua
+        try:
+            lua_args = [_to_lua(lua, a, 0) for a in args]
+            out = self._invoke(*lua_args)
+        except lupa.LuaMemoryError:
+            self._broken = True
+            raise CallError("memory", "the memory cap was hit") from None
+        except lupa.LuaError:  # the hook fired in the privileged code right after the call
+            self._broken = True
+            raise CallError("timeout", "the CPU time cap was hit") from None
+        if type(out) is not tuple:
+            return out  # a number, a boolean or nil: lupa converted it
+        tag, text = out
+        if tag == b"s":
+            return text.decode()
+        if tag == b"j":
+            return json.loads(text)
+        if tag == b"e":
+            raise CallError("error", _text(text))
+        if tag == b"r":
+            raise CallError("result", "cannot return " + _text(text))
+        self._broken = True
+        if tag == b"t":
+            raise CallError("timeout", f"the CPU time cap ({self._limits.time:g} s) was hit")
+        raise CallError("memory", f"the memory cap ({self._limits.memory} bytes) was hit")
+
+    def close(self) -> None:
+        self._closed = True
+        self._lua = self._invoke = None
+
+
+def compile_lua(source: str, entry: str, limits: Limits) -> LuaFunction:
+    return LuaFunction(source, entry, limits)
+
+
+def _to_lua(lua: Any, value: Any, depth: int) -> Any:
+    """A JSON-like Python value as a fresh Lua value (tables built here, never wrapped objects)."""
+    kind = type(value)
+    if kind is str:
+        return value.encode()
+    if value is None or kind is bool or kind is float:
+        return value
+    if isinstance(value, str):
+        return str(value).encode()
+    if isinstance(value, int):
+        value = int(value)
+        return value if _INT_MIN <= value <= _INT_MAX else float(value)
+    if isinstance(value, float):
+        return float(value)
+    if depth >= MAX_DEPTH:
+        raise ValueError(f"an argument is nested deeper than {MAX_DEPTH} levels")
+    if isinstance(value, list | tuple):
+        return lua.table_from([_to_lua(lua, v, depth + 1) for v in value])
+    if isinstance(value, dict):
+        items = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise TypeError(f"argument keys must be strings, not {type(k).__name__}")
+            items[k.encode()] = _to_lua(lua, v, depth + 1)
+        return lua.table_from(items)
+    raise TypeError(f"cannot pass a {type(value).__name__} to a function")
+
+
+def _text(raw: Any) -> str:
+    text = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
+    return text[:_ERROR_CHARS]
+
+
+def _split_location(message: str) -> tuple[int | None, str]:
+    """("function:3: boom") -> (3, "boom"); messages without the chunk prefix unchanged."""
+    prefix = "function:"
+    if message.startswith(prefix):
+        number, sep, rest = message[len(prefix) :].partition(": ")
+        if sep and number.isdigit():
+            return int(number), rest
+    return None, message
+
+
+def _syntax_error(source: str, message: str) -> CompileError:
+    line, msg = _split_location(message)
+    if line is None:  # e.g. "attempt to load a binary chunk (mode is 't')"
+        return CompileError(msg)
+    column = None
+    near = msg.rfind(" near ")
+    if near >= 0:
+        token = msg[near + len(" near ") :]
+        if token == "<eof>":
+            line, column = end_of_source(source)
+        elif len(token) >= 2 and token[0] == "'" and token[-1] == "'":
+            column = token_column(source, line, token[1:-1])
+    return CompileError(msg, line, column)

@@ -1,0 +1,318 @@
+"""Calls the policy's functions at their hooks: compiled once per version, checked, contained.
+
+The `PolicyWatcher` hands every new policy's functions to `FunctionRunner.set_functions`; code of
+a (name, version) already compiled is kept, so a change to one function recompiles that one only.
+Each hook method converts its inputs to plain values (`views.py`), calls the sandbox
+(`sandbox.py`: CPU-time and memory caps per call), checks the result's type and range, and on any
+failure returns the hook's documented fallback together with the error, which is also handed to
+the error log (`errors.py`: PostgreSQL, `GET /api/v1/functions/{name}/errors`).
+
+A function that keeps hitting its CPU or memory cap is *tripped* (`TRIP_AFTER` such failures in a
+row): for `TRIP_FOR` seconds its calls fail at once with kind "tripped", so a broken function
+costs the node a few capped calls, not one per job. All calls run on the event loop thread; the
+dispatcher's own caches (a verdict per lane and worker class) keep dispatch-time calls rare.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from worcr_node.dispatch.rules import TagSet
+from worcr_node.functions.model import Function, Hook
+from worcr_node.functions.sandbox import (
+    CallError,
+    Compiled,
+    CompileError,
+    Limits,
+    SandboxError,
+    compile_function,
+)
+
+__all__ = [
+    "CHECKS",
+    "TRIP_AFTER",
+    "TRIP_FOR",
+    "Failure",
+    "FunctionRunner",
+    "Outcome",
+    "Recorder",
+]
+
+log = logging.getLogger(__name__)
+
+TRIP_AFTER = 3  # timeouts or memory errors in a row
+TRIP_FOR = 10.0  # seconds
+MAX_FACTOR = 1e6
+MAX_RETRY_DELAY = 30 * 86400.0
+MAX_KEY = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """One failed call: which function, and what went wrong."""
+
+    function: str
+    version: int
+    hook: str
+    kind: str  # error | timeout | memory | result | tripped | compile | missing
+    message: str
+
+    def __str__(self) -> str:
+        return f"function {self.function!r} (v{self.version}, {self.hook}): {self.kind}: " \
+               f"{self.message}"  # fmt: skip
+
+    def to_json(self) -> dict[str, Any]:
+        return {"function": self.function, "version": self.version, "hook": self.hook,
+                "kind": self.kind, "message": self.message, "at": time.time()}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """A hook's answer: the value to use (the fallback when the call failed) and the failure."""
+
+    value: Any
+    failure: Failure | None = None
+    seconds: float = 0.0
+
+
+# (failure, job id or None, lane or None): where the error log takes failures
+Recorder = Callable[[Failure, str | None, str | None], None]
+
+
+class _Breaker:
+    __slots__ = ("heavy", "until")
+
+    def __init__(self) -> None:
+        self.heavy = 0  # timeouts / memory errors in a row
+        self.until = 0.0  # tripped until (monotonic)
+
+
+class FunctionRunner:
+    def __init__(self, limits: Limits | None = None, record: Recorder | None = None) -> None:
+        self.limits = limits or Limits()
+        self.record: Recorder = record or (lambda f, job, lane: None)
+        self.functions: dict[str, Function] = {}
+        self._hooks: set[Hook] = set()
+        self._compiled: dict[tuple[str, int], Compiled | CompileError] = {}
+        self._breakers: dict[tuple[str, int], _Breaker] = {}
+        self.calls = 0
+        self.failures = 0
+
+    # -- definitions -------------------------------------------------------------------------------
+
+    def set_functions(self, functions: Iterable[Function]) -> None:
+        """The functions of a new policy. Compiled code of unchanged versions is kept."""
+        self.functions = {f.name: f for f in functions}
+        self._hooks = {f.hook for f in self.functions.values() if f.enabled}
+        keep = {f.key for f in self.functions.values()}
+        for key in [k for k in self._compiled if k not in keep]:
+            code = self._compiled.pop(key)
+            self._breakers.pop(key, None)
+            if not isinstance(code, CompileError):
+                code.close()
+
+    def for_jobs(self, hook: Hook, kind: str, tenant: str, tags: TagSet) -> list[Function]:
+        """Enabled functions of a job hook (on_enqueue, retry) whose match selects the job, in
+        name order."""
+        return [f for f in sorted(self.functions.values(), key=lambda f: f.name)
+                if f.hook == hook and f.enabled
+                and f.match.job_side(kind, tenant, tags) is None]  # fmt: skip
+
+    def has(self, hook: Hook) -> bool:
+        """Some enabled function serves `hook` (cheap: asked once per batch)."""
+        return hook in self._hooks
+
+    def compile(self, fn: Function) -> Compiled:
+        """The compiled code of a function version (compiled on first use); CompileError."""
+        code = self._compiled.get(fn.key)
+        if code is None:
+            try:
+                code = compile_function(fn.language, fn.source, fn.hook.value, self.limits)
+            except CompileError as exc:
+                code = exc
+            self._compiled[fn.key] = code
+        if isinstance(code, CompileError):
+            raise code
+        return code
+
+    # -- calls -------------------------------------------------------------------------------------
+
+    def call(
+        self,
+        name: str,
+        hook: Hook,
+        args: tuple[Any, ...],
+        check: Callable[[Any], Any],
+        fallback: Any,
+        job: str | None = None,
+        lane: str | None = None,
+        fn: Function | None = None,
+    ) -> Outcome:
+        """Call function `name` (or `fn`, for a trial) at `hook`; `check` turns its raw result
+        into the hook's value or raises ValueError. Never raises."""
+        fn = fn or self.functions.get(name)
+        if fn is None or fn.hook != hook:
+            what = "does not exist" if fn is None else f"is a {fn.hook} function"
+            return self._failed(Failure(name, 0, hook, "missing", f"{name!r} {what}"),
+                                fallback, 0.0, job, lane)  # fmt: skip
+        breaker = self._breakers.setdefault(fn.key, _Breaker())
+        now = time.monotonic()
+        if breaker.until > now:
+            failure = Failure(fn.name, fn.version, hook, "tripped",
+                              f"hit its CPU or memory cap {TRIP_AFTER} times in a row; "
+                              f"calls skipped for {TRIP_FOR:g} s")  # fmt: skip
+            return self._failed(failure, fallback, 0.0, job, lane)
+        self.calls += 1
+        started = time.perf_counter()
+        try:
+            raw = self.compile(fn).call(*args)
+            value = check(raw)
+        except CompileError as exc:
+            failure = Failure(fn.name, fn.version, hook, "compile", str(exc))
+        except CallError as exc:
+            failure = Failure(fn.name, fn.version, hook, exc.kind, exc.message)
+            if exc.kind in ("timeout", "memory"):
+                breaker.heavy += 1
+                if breaker.heavy >= TRIP_AFTER:
+                    breaker.heavy = 0
+                    breaker.until = time.monotonic() + TRIP_FOR
+        except (ValueError, TypeError, SandboxError) as exc:
+            failure = Failure(fn.name, fn.version, hook, "result", str(exc))
+        else:
+            breaker.heavy = 0
+            return Outcome(value, None, time.perf_counter() - started)
+        return self._failed(failure, fallback, time.perf_counter() - started, job, lane)
+
+    def _failed(
+        self, failure: Failure, fallback: Any, seconds: float, job: str | None, lane: str | None
+    ) -> Outcome:
+        self.failures += 1
+        try:
+            self.record(failure, job, lane)
+        except Exception:  # the error log must never break a hook
+            log.exception("could not record a function failure")
+        return Outcome(fallback, failure, seconds)
+
+    # -- hooks -------------------------------------------------------------------------------------
+
+    def weight(self, name: str, job: Mapping[str, Any], worker: Mapping[str, Any],
+               lane: str | None = None) -> Outcome:  # fmt: skip
+        """A weight factor; fallback 1 (the rule has no effect)."""
+        return self.call(name, Hook.WEIGHT, (job, worker), check_factor, 1.0, lane=lane)
+
+    def match(self, name: str, job: Mapping[str, Any], worker: Mapping[str, Any],
+              lane: str | None = None) -> Outcome:  # fmt: skip
+        """True: allowed; fallback False (forbidden: a broken match rule fails closed, the jobs
+        wait for the fix rather than go to the wrong workers)."""
+        return self.call(name, Hook.MATCH, (job, worker), check_bool, False, lane=lane)
+
+    def shed(self, name: str, job: Mapping[str, Any], lane: str | None = None) -> Outcome:
+        """ "hold", "discard" or None; fallback None (a broken function sheds nothing)."""
+        return self.call(name, Hook.SHED, (job,), check_shed, None, lane=lane)
+
+    def limit_key(self, name: str, job: Mapping[str, Any], job_id: str | None) -> Outcome:
+        """(key, limit or None), or None if the limit does not apply to the job; fallback
+        ("!error", None): every job whose key failed shares one key, still limited."""
+        return self.call(name, Hook.LIMIT_KEY, (job,), check_limit_key, ("!error", None),
+                         job=job_id)  # fmt: skip
+
+    def retry(self, fn: Function, job: Mapping[str, Any], error: Mapping[str, Any],
+              attempt: int, job_id: str) -> Outcome:  # fmt: skip
+        """Seconds until the next attempt, False to give up, None for the job's backoff;
+        fallback None."""
+        return self.call(fn.name, Hook.RETRY, (job, error, attempt), check_retry, None,
+                         job=job_id, fn=fn)  # fmt: skip
+
+    def on_enqueue(self, fn: Function, job: Mapping[str, Any], job_id: str) -> Outcome:
+        """The function's raw answer, checked by the enqueue path (jobs/enqueue_hooks.py);
+        fallback None (the job as it was)."""
+        return self.call(fn.name, Hook.ON_ENQUEUE, (job,), check_enqueue, None, job=job_id,
+                         fn=fn)  # fmt: skip
+
+
+# -- result checks (pure; raise ValueError with what was expected) ---------------------------------
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def check_factor(value: Any) -> float:
+    if not _number(value) or not math.isfinite(value) or not 0 < value <= MAX_FACTOR:
+        raise ValueError(f"expected a number > 0 and <= {MAX_FACTOR:g}, got {_show(value)}")
+    return float(value)
+
+
+def check_bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {_show(value)}")
+    return value
+
+
+def check_shed(value: Any) -> str | None:
+    if value is None or value is False:
+        return None
+    if value in ("hold", "discard"):
+        return str(value)
+    raise ValueError(f'expected "hold", "discard" or nothing, got {_show(value)}')
+
+
+def check_limit_key(value: Any) -> tuple[str, int | None] | None:
+    if value is None or value is False:
+        return None
+    limit = None
+    if isinstance(value, dict):
+        unknown = set(value) - {"key", "limit"}
+        if unknown:
+            raise ValueError(f"unknown field(s) {sorted(unknown)}: expected {{key, limit}}")
+        limit = value.get("limit")
+        if limit is not None and (
+            not isinstance(limit, int | float) or isinstance(limit, bool)
+            or not 1 <= limit <= 1_000_000_000 or limit != int(limit)
+        ):  # fmt: skip
+            raise ValueError(f"limit: expected an integer from 1 to 1e9, got {_show(limit)}")
+        value = value.get("key")
+    if _number(value) and not isinstance(value, float):
+        value = str(value)
+    if not isinstance(value, str) or not value or len(value) > MAX_KEY:
+        raise ValueError(f"expected a key (a string of 1 to {MAX_KEY} characters) or "
+                         f"{{key, limit}}, got {_show(value)}")  # fmt: skip
+    return value, None if limit is None else int(limit)
+
+
+def check_retry(value: Any) -> float | bool | None:
+    if value is None or value is False:
+        return None if value is None else False
+    if not _number(value) or not math.isfinite(value) or not 0 <= value <= MAX_RETRY_DELAY:
+        raise ValueError(f"expected seconds from 0 to {MAX_RETRY_DELAY:g}, false to give up, "
+                         f"or nothing for the job's backoff; got {_show(value)}")  # fmt: skip
+    return float(value)
+
+
+def check_enqueue(value: Any) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ValueError(f"expected the job (changed), a table/object of changes or nothing; "
+                         f"got {_show(value)}")  # fmt: skip
+    return value
+
+
+CHECKS: dict[Hook, Callable[[Any], Any]] = {
+    Hook.WEIGHT: check_factor,
+    Hook.MATCH: check_bool,
+    Hook.SHED: check_shed,
+    Hook.LIMIT_KEY: check_limit_key,
+    Hook.RETRY: check_retry,
+    Hook.ON_ENQUEUE: check_enqueue,
+}
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
