@@ -28,12 +28,29 @@ RegExp.prototype.exec (backtracking) refuses (regexp, subject) pairs whose worst
 a string pattern refuse more than `SEARCH_BUDGET` character comparisons; Array.prototype methods
 refuse lengths over `MAX_LENGTH` (a sparse array or an array-like can claim 2^53 elements) and
 their methods that modify refuse array-likes; join, toLocaleString, concat, flat, flatMap are
-written in JS, sort without a comparator uses a JS one, and JSON.stringify without a replacer uses
-an identity one (so their loops poll). Every wrapper also checks a wall-clock deadline (twice the
-CPU budget) and throws once it has passed. What remains are linear C operations on values the
-memory cap allows (comparing or concatenating strings of a few MiB, BigInt arithmetic): each takes
-up to milliseconds, and a loop can run 10,000 of them between two interrupt checks, so a hostile
-function can overrun its CPU cap by seconds with the default 32 MiB cap.
+written in JS, sort without a comparator uses a JS one, String.raw too, and JSON.stringify
+without a replacer uses an identity one (so their loops poll). Every wrapper (and every
+String.prototype and typed array method) also checks a wall-clock deadline (three times the CPU
+budget, plus 20 ms) and throws once it has passed; the call then ends as a "timeout" whatever the
+code did with that exception.
+
+What remains are linear C operations on values the memory cap allows (comparing or concatenating
+strings of a few MiB, BigInt arithmetic up to ~0.5 s for one operation): each takes up to
+milliseconds, and a loop of bare operators runs 10,000 of them between two interrupt checks.
+Measured: `for (;;) if (s === t) n++` with two 8 MiB strings overruns a 50 ms cap by 5 s under
+the default 32 MiB cap; with 2 MiB strings (what an 8 MiB cap allows) by 0.5 s. Keep the memory
+cap of JS functions small if that matters.
+
+Not safe, and not fixable from here: QuickJS 2021-03-27 (what `quickjs` 1.19.4 embeds) can crash
+the process (SIGSEGV in build_backtrace/find_own_property, a use-after-free on its out-of-memory
+path; upstream bellard/quickjs#533, fixed in quickjs-ng by PR #1472) when a function exhausts its
+memory cap through many small allocations: `for (;;) a.push(new Array(1000).fill(0))` crashed
+the process within 5 to 30 calls at 4, 8, 16 and 32 MiB caps. Big failing allocations (a string
+or an array doubling) are handled. Only a fixed QuickJS, or JS functions in a child process,
+closes this.
+
+QuickJS throws `null` when it cannot even allocate the error object; a thrown null is therefore
+reported as a "memory" error (so is a function that really throws null).
 
 A "timeout" or "memory" error rebuilds the context on the next call (user state is lost), and so
 does a call from another thread than the one that built it (QuickJS measures its stack from the
@@ -88,13 +105,14 @@ const RangeErr = RangeError, TypeErr = TypeError;
 const wsHas = WeakSet.prototype.has, wsAdd = WeakSet.prototype.add;
 const AP = Arr.prototype, SP = String.prototype, RP = RE.prototype, JS = JSON;
 const TAP = getPrototypeOf(Uint8Array.prototype);
-const origJoin = AP.join, origConcat = AP.concat, origSort = AP.sort, origSlice = SP.slice;
+const origJoin = AP.join, origConcat = AP.concat, origSlice = SP.slice;
 const origIndexOf = SP.indexOf, origExec = RP.exec;
 const regexSource = getOwnPropertyDescriptor(RP, "source").get;
 const regexSticky = getOwnPropertyDescriptor(RP, "sticky").get;
 const symMatch = Sym.match, symReplace = Sym.replace, symSplit = Sym.split;
 const symSpreadable = Sym.isConcatSpreadable;
-const now = G.__date_clock;  // wall clock, microseconds
+const dateNow = Date.now;
+const now = G.__date_clock || (() => dateNow() * 1000);  // wall clock, microseconds
 delete G.__date_clock;
 
 const MAX_LENGTH = @MAX_LENGTH@, REGEX_BUDGET = @REGEX_BUDGET@, SEARCH_BUDGET = @SEARCH_BUDGET@;
@@ -463,12 +481,20 @@ function regexPaths(src, n) {
     else if (c === "?") { k = 1; i++; }
     else if (c === "{") {
       let j = i + 1, lo = 0, digits = 0;
-      while (j < L && src[j] >= "0" && src[j] <= "9") { lo = lo * 10 + (+src[j]); j++; digits++; }
+      while (j < L && src[j] >= "0" && src[j] <= "9") {
+        lo = lo * 10 + (+src[j]);
+        j++;
+        digits++;
+      }
       if (digits > 0 && src[j] === "}") { k = lo; i = j + 1; }
       else if (digits > 0 && src[j] === ",") {
         j++;
         let hi = 0, hiDigits = 0;
-        while (j < L && src[j] >= "0" && src[j] <= "9") { hi = hi * 10 + (+src[j]); j++; hiDigits++; }
+        while (j < L && src[j] >= "0" && src[j] <= "9") {
+          hi = hi * 10 + (+src[j]);
+          j++;
+          hiDigits++;
+        }
         if (src[j] === "}") { k = hiDigits > 0 ? hi : Infinity; i = j + 1; }
       }
     }
@@ -746,6 +772,8 @@ class JsFunction:
             raise self._compile_error(kit, str(exc)) from None
         except UnicodeError:
             pass  # the completion value was a string Python cannot hold: irrelevant
+        except ValueError:  # the binding passes the source as a C string
+            raise CompileError("the source contains a NUL character") from None
         name = self._entry
         try:
             fn = ctx.eval(f"typeof {name} === 'function' ? {name} : null")
@@ -783,31 +811,30 @@ class JsFunction:
             out = self._caller(text)
         except quickjs.JSException as exc:
             return self._failed(str(exc))
-        if out is None or type(out) is bool:
+        kind = type(out)
+        if out is None or kind is bool or kind is int:
             return out
-        if type(out) is float:
+        if kind is float:
             # as JSON would have it: integral numbers below 1e21 are written as integers
             return int(out) if out.is_integer() and abs(out) < 1e21 else out
-        if type(out) is int:
-            return out
-        if not isinstance(out, str) or not out:
+        if kind is not str or not out:
             raise CallError("result", "the sandbox answered something unexpected")
-        tag, body = out[0], out[1:]
-        if tag == "v":
-            return _decode(body)
-        if tag == "e":
-            if not body.startswith(_MEMORY):
-                raise CallError("error", _runtime_message(body))
-        elif tag == "r":
-            if not body.startswith("!"):
-                raise CallError("result", "cannot return " + body)
-            if not body.startswith(_MEMORY, 1):
-                message = _runtime_message(body[1:])
-                raise CallError("result", "reading the result raised " + message)
-        elif tag == "t":
-            self._broken = True
+        if out[0] == "v":
+            return _decode(out[1:])
+        return self._raise(out[0], out[1:])
+
+    def _raise(self, tag: str, body: str) -> Any:
+        """The caller's answer for a failed call: "e" error, "r" result, "t" timeout, "m" memory
+        (an error QuickJS raised for running out of memory counts as memory too)."""
+        if tag == "e" and not body.startswith(_MEMORY):
+            raise CallError("error", _runtime_message(body))
+        if tag == "r" and not body.startswith("!"):
+            raise CallError("result", "cannot return " + body)
+        if tag == "r" and not body.startswith(_MEMORY, 1):
+            raise CallError("result", "reading the result raised " + _runtime_message(body[1:]))
+        self._broken = True
+        if tag == "t":
             raise CallError("timeout", f"the CPU time cap ({self._limits.time:g} s) was hit")
-        self._broken = True  # "m", or an error saying QuickJS ran out of memory
         raise CallError("memory", f"the memory cap ({self._limits.memory} bytes) was hit")
 
     def _failed(self, text: str) -> Any:

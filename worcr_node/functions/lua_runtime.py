@@ -10,8 +10,14 @@ The runner in worcr_node/functions/ calls these on the event loop thread, throug
   string (no dump), table, utf8, os.time/clock/date/difftime, and _G (the environment itself).
   Not there: io, the rest of os, require, package, debug, load*, dofile, collectgarbage,
   coroutine, print, python. The shared string metatable's __index is the sandbox's string table.
-  Nothing Python ever enters the state: arguments are copied into fresh Lua tables on each call,
-  so Lua code cannot reach a Python object (and `attribute_filter` refuses every attribute).
+  Nothing Python ever enters the state: arguments cross as one flat table of strings, numbers
+  and booleans (`_flatten`) that the prelude turns into fresh Lua tables on each call, so Lua code
+  cannot reach a Python object (and `attribute_filter` refuses every attribute anyway).
+* Results come back as numbers, booleans, nil or a string as they are, tables as JSON text
+  written by the prelude with raw access only (no metamethod runs): a list when the keys are
+  exactly 1..n, a map when they are all strings, {} when empty; anything else (mixed keys,
+  functions, cycles, > 32 levels, > 10,000 values, a string over 1 MiB or not UTF-8) is a
+  "result" error. Runtime errors read like `function:3: attempt to index a nil value`.
 * CPU cap: a count hook (every `HOOK_COUNT` VM instructions, installed before the user's code
   runs) raises an error once the process CPU time (`os.clock`, i.e. C `clock()`: all threads of
   the process count) passes the call's deadline, and keeps raising until the call has unwound;
@@ -26,9 +32,13 @@ subject) pair whose worst case (backtracking) exceeds `PATTERN_BUDGET` steps; st
 empty string and separator returns at once (the C loop would spin n times); table.insert, remove,
 move and concat are written in Lua (the C versions loop up to a __len answer); table.sort without
 a comparator uses a Lua one. What remains are linear C operations on values the memory cap allows
-(comparing, concatenating, copying strings of up to a few MiB): each takes at most milliseconds,
-but between two hook runs (HOOK_COUNT instructions) a loop can do a few hundred of them, so a
-hostile function can overrun its CPU cap by up to about a second with the default 32 MiB cap.
+(comparing, concatenating, upper-casing strings of a few MiB): each takes up to a few
+milliseconds, and between two hook runs (HOOK_COUNT instructions) a loop can do a few hundred of
+them: measured, a hostile function overruns its CPU cap by up to about 0.5 s with the default
+32 MiB cap (a loop upper-casing a 4 MiB string), by a few tens of ms with 8 MiB.
+
+The count hook slows Lua code down (Lua traces every instruction while a count hook is set; about
+2x in a tight loop); a trivial call costs about 10 us, mostly turning the arguments into tables.
 """
 
 from __future__ import annotations
@@ -245,7 +255,9 @@ local function t_move(a1, f, e, t, a2)
       error("bad argument #3 to 'move' (too many elements to move)", 2)
     end
     local n = e - f + 1
-    if t > maxinteger - n + 1 then error("bad argument #4 to 'move' (destination wrap around)", 2) end
+    if t > maxinteger - n + 1 then
+      error("bad argument #4 to 'move' (destination wrap around)", 2)
+    end
     if t > e or t <= f or a1 ~= a2 then
       for i = 0, n - 1 do a2[t + i] = a1[f + i] end
     else
@@ -445,10 +457,40 @@ local function finish(ok, r)
   return tag, text
 end
 
-local function invoke(...)
+-- The arguments come flat, as one table of plain values (see _flatten): per value a tag and a
+-- payload: 0 nil, 1 a string / number / boolean, 2 a list of n values, 3 a map of n (key, value).
+local tokens, at = nil, 0
+local function read()
+  local tag, v = tokens[at + 1], tokens[at + 2]
+  at = at + 2
+  if tag == 1 then return v end
+  if tag == 0 then return nil end
+  local t = {}
+  if tag == 2 then
+    for k = 1, v do t[k] = read() end
+  else
+    for _ = 1, v do
+      at = at + 1
+      local key = tokens[at]
+      t[key] = read()
+    end
+  end
+  return t
+end
+
+local function invoke(nargs, flat)
   fired = false
   deadline = clock() + BUDGET
-  return finish(pcall(entry_fn, ...))
+  tokens, at = flat, 0
+  if nargs == 2 then
+    local a, b = read(), read()
+    tokens = nil
+    return finish(pcall(entry_fn, a, b))
+  end
+  local args = {}
+  for k = 1, nargs do args[k] = read() end
+  tokens = nil
+  return finish(pcall(entry_fn, t_unpack(args, 1, nargs)))
 end
 
 return compile, invoke
@@ -520,12 +562,14 @@ class LuaFunction:
             try:
                 self._build()
             except CompileError as exc:
-                raise CallError("error", f"rebuilding after a timeout: {exc}") from None
+                raise CallError("error", f"rebuilding the state: {exc}") from None
             self._broken = False
         lua = self._lua
         try:
-            lua_args = [_to_lua(lua, a, 0) for a in args]
-            out = self._invoke(*lua_args)
+            tokens: list[Any] = []
+            for a in args:
+                _flatten(a, tokens, 0)
+            out = self._invoke(len(args), lua.table_from(tokens))
         except lupa.LuaMemoryError:
             self._broken = True
             raise CallError("memory", "the memory cap was hit") from None
@@ -557,31 +601,51 @@ def compile_lua(source: str, entry: str, limits: Limits) -> LuaFunction:
     return LuaFunction(source, entry, limits)
 
 
-def _to_lua(lua: Any, value: Any, depth: int) -> Any:
-    """A JSON-like Python value as a fresh Lua value (tables built here, never wrapped objects)."""
+def _flatten(value: Any, out: list[Any], depth: int) -> None:
+    """Append a JSON-like Python value to `out` as (tag, payload) tokens for the prelude's invoke:
+    only strings (as bytes), numbers, booleans and None ever reach Lua, never a Python object."""
     kind = type(value)
     if kind is str:
-        return value.encode()
-    if value is None or kind is bool or kind is float:
-        return value
-    if isinstance(value, str):
-        return str(value).encode()
+        out += (1, value.encode())
+    elif kind is list:
+        if depth >= MAX_DEPTH:
+            raise ValueError(f"an argument is nested deeper than {MAX_DEPTH} levels")
+        out += (2, len(value))
+        for v in value:
+            _flatten(v, out, depth + 1)
+    elif kind is dict:
+        if depth >= MAX_DEPTH:
+            raise ValueError(f"an argument is nested deeper than {MAX_DEPTH} levels")
+        out += (3, len(value))
+        for k, v in value.items():
+            if type(k) is not str:
+                raise TypeError(f"argument keys must be strings, not {type(k).__name__}")
+            out.append(k.encode())
+            _flatten(v, out, depth + 1)
+    elif value is None:
+        out += (0, 0)
+    elif kind is bool or kind is float:
+        out += (1, value)
+    elif kind is int:
+        out += (1, value if _INT_MIN <= value <= _INT_MAX else float(value))
+    else:
+        _flatten(_plain(value), out, depth)
+
+
+def _plain(value: Any) -> Any:
+    """Subclasses (IntEnum, OrderedDict, tuple...) as the plain types; TypeError for the rest."""
+    if isinstance(value, bool):
+        return bool(value)
     if isinstance(value, int):
-        value = int(value)
-        return value if _INT_MIN <= value <= _INT_MAX else float(value)
+        return int(value)
     if isinstance(value, float):
         return float(value)
-    if depth >= MAX_DEPTH:
-        raise ValueError(f"an argument is nested deeper than {MAX_DEPTH} levels")
-    if isinstance(value, list | tuple):
-        return lua.table_from([_to_lua(lua, v, depth + 1) for v in value])
+    if isinstance(value, str):
+        return str(value)
     if isinstance(value, dict):
-        items = {}
-        for k, v in value.items():
-            if not isinstance(k, str):
-                raise TypeError(f"argument keys must be strings, not {type(k).__name__}")
-            items[k.encode()] = _to_lua(lua, v, depth + 1)
-        return lua.table_from(items)
+        return dict(value)
+    if isinstance(value, list | tuple):
+        return list(value)
     raise TypeError(f"cannot pass a {type(value).__name__} to a function")
 
 
