@@ -40,6 +40,7 @@ HOSTILE: dict[str, dict[str, list[str]]] = {
             "function weight(job, worker) { while (true) {} }",
             "function weight() { const a = []; for (;;) a.push(new Array(1e6).fill(1)); }",
             "function weight() { let s = 'x'; for (;;) s = s + s; }",
+            "function weight() { const a = []; for (;;) a.push(new Array(1000).fill(0)); }",
             "function weight() { return require('fs').readFileSync('/etc/passwd') }",
             "function weight() { return std.loadFile('/etc/passwd') }",
             "function weight() { Object.prototype.toJSON = () => 5; "

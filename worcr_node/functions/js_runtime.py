@@ -723,10 +723,12 @@ return function kit(fn) {
 """
 )
 
-_FRAME = re.compile(r"^\s*at (.*?) \(<input>(?::(\d+))?\)\s*$")
-_SYNTAX_AT = re.compile(r"^\s*at <input>:(\d+)\s*$")
+# quickjs-ng writes "at f (<input>:LINE:COLUMN)" and "at <input>:LINE:COLUMN"
+_FRAME = re.compile(r"^\s*at (.*?) \(<input>(?::(\d+))?(?::\d+)?\)\s*$")
+_SYNTAX_AT = re.compile(r"^\s*at <input>:(\d+)(?::(\d+))?\s*$")
 _QUOTED_TOKEN = re.compile(r"unexpected token(?: in expression)?: '(.*)'$")
-_MEMORY = "InternalError: out of memory"
+# QuickJS (quickjs-ng) runs out of memory, or refuses a string past its maximum length (2^30)
+_MEMORY = ("InternalError: out of memory", "InternalError: string too long")
 
 
 class JsFunction:
@@ -830,7 +832,7 @@ class JsFunction:
             raise CallError("error", _runtime_message(body))
         if tag == "r" and not body.startswith("!"):
             raise CallError("result", "cannot return " + body)
-        if tag == "r" and not body.startswith(_MEMORY, 1):
+        if tag == "r" and not body[1:].startswith(_MEMORY):
             raise CallError("result", "reading the result raised " + _runtime_message(body[1:]))
         self._broken = True
         if tag == "t":
@@ -934,11 +936,11 @@ def _compile_error(source: str, text: str) -> CompileError:
         assert m is not None
         line: int | None = int(m.group(1))
         message = first[len("SyntaxError: ") :]
-        column = None
+        column = None if m.group(2) is None else int(m.group(2))
         token = _QUOTED_TOKEN.search(message)
         if message == "unexpected end of input" or (token and token.group(1) == ""):
             line, column = end_of_source(source)
-        elif token:
+        elif token and column is None:
             column = token_column(source, line or 0, token.group(1))
         return CompileError(message, line, column)
     return CompileError(first[:_ERROR_CHARS], _user_line(stack_lines))

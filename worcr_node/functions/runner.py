@@ -8,8 +8,10 @@ failure returns the hook's documented fallback together with the error, which is
 the error log (`errors.py`: PostgreSQL, `GET /api/v1/functions/{name}/errors`).
 
 A function that keeps hitting its CPU or memory cap is *tripped* (`TRIP_AFTER` such failures in a
-row): for `TRIP_FOR` seconds its calls fail at once with kind "tripped", so a broken function
-costs the node a few capped calls, not one per job. All calls run on the event loop thread; the
+row, or one call that ran `OVERRUN` times past the CPU cap, which the engines check only every so
+many operations): its calls fail at once with kind "tripped" for `TRIP_FOR` seconds, doubled for
+each trip in a row (at most `MAX_TRIP`), so a broken function costs the node a few capped calls,
+not one per job. All calls run on the event loop thread; the
 dispatcher's own caches (a verdict per lane and worker class) keep dispatch-time calls rare.
 """
 
@@ -46,7 +48,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 TRIP_AFTER = 3  # timeouts or memory errors in a row
-TRIP_FOR = 10.0  # seconds
+TRIP_FOR = 10.0  # seconds, doubled for each trip in a row
+MAX_TRIP = 600.0
+OVERRUN = 5  # a call that took this many times the CPU cap trips its function at once
 MAX_FACTOR = 1e6
 MAX_RETRY_DELAY = 30 * 86400.0
 MAX_KEY = 256
@@ -85,11 +89,25 @@ Recorder = Callable[[Failure, str | None, str | None], None]
 
 
 class _Breaker:
-    __slots__ = ("heavy", "until")
+    __slots__ = ("heavy", "trips", "until")
 
     def __init__(self) -> None:
         self.heavy = 0  # timeouts / memory errors in a row
+        self.trips = 0  # trips in a row (no good call between them): each lasts twice as long
         self.until = 0.0  # tripped until (monotonic)
+
+    def heavy_failure(self, overran: bool) -> None:
+        """A call hit a cap; `overran`: it ran far past the CPU cap (an engine checks its cap
+        only every so many operations: a loop of operations on huge values overruns it), so
+        the function is tripped at once."""
+        self.heavy += 1
+        if self.heavy >= TRIP_AFTER or overran:
+            self.heavy = 0
+            self.until = time.monotonic() + min(MAX_TRIP, TRIP_FOR * 2**self.trips)
+            self.trips += 1
+
+    def ok(self) -> None:
+        self.heavy = self.trips = 0
 
 
 class FunctionRunner:
@@ -164,11 +182,12 @@ class FunctionRunner:
         now = time.monotonic()
         if breaker.until > now:
             failure = Failure(fn.name, fn.version, hook, "tripped",
-                              f"hit its CPU or memory cap {TRIP_AFTER} times in a row; "
-                              f"calls skipped for {TRIP_FOR:g} s")  # fmt: skip
+                              "kept hitting its CPU or memory cap; calls skipped for "
+                              f"{breaker.until - now:.0f} s more")  # fmt: skip
             return self._failed(failure, fallback, 0.0, job, lane)
         self.calls += 1
         started = time.perf_counter()
+        cpu = time.process_time()
         try:
             raw = self.compile(fn).call(*args)
             value = check(raw)
@@ -177,14 +196,13 @@ class FunctionRunner:
         except CallError as exc:
             failure = Failure(fn.name, fn.version, hook, exc.kind, exc.message)
             if exc.kind in ("timeout", "memory"):
-                breaker.heavy += 1
-                if breaker.heavy >= TRIP_AFTER:
-                    breaker.heavy = 0
-                    breaker.until = time.monotonic() + TRIP_FOR
+                # CPU time, like the cap (a loaded machine stretches wall time, not this)
+                took = time.process_time() - cpu
+                breaker.heavy_failure(took > OVERRUN * self.limits.time)
         except (ValueError, TypeError, SandboxError) as exc:
             failure = Failure(fn.name, fn.version, hook, "result", str(exc))
         else:
-            breaker.heavy = 0
+            breaker.ok()
             return Outcome(value, None, time.perf_counter() - started)
         return self._failed(failure, fallback, time.perf_counter() - started, job, lane)
 

@@ -3,10 +3,10 @@ in `evaluate`, and the on_enqueue answer rules: pure, against the real sandboxes
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
-from worcr_node.functions.sandbox import Limits
 
 from worcr.wire import Limits as WireLimits
 from worcr_node.dispatch.rules import TagSet, evaluate, parse_rule, relevant_tags
@@ -15,15 +15,20 @@ from worcr_node.functions.enqueue import apply_on_enqueue
 from worcr_node.functions.judge import LaneJudge
 from worcr_node.functions.model import FunctionError, Hook, parse_function
 from worcr_node.functions.runner import (
+    MAX_TRIP,
+    OVERRUN,
     TRIP_AFTER,
+    TRIP_FOR,
     Failure,
     FunctionRunner,
+    _Breaker,
     check_enqueue,
     check_factor,
     check_limit_key,
     check_retry,
     check_shed,
 )
+from worcr_node.functions.sandbox import Limits
 from worcr_node.jobspec import SpecError, parse_job_spec
 
 JOB = {"kind": "k", "tenant": "t", "tags": ["premium"], "weight": 1.0}
@@ -92,6 +97,42 @@ def test_the_breaker_trips_after_capped_failures_in_a_row() -> None:
     kinds = [r.weight("w", JOB, WORKER).failure.kind for _ in range(TRIP_AFTER + 3)]  # type: ignore[union-attr]
     assert kinds == ["timeout"] * TRIP_AFTER + ["tripped"] * 3
     assert r.calls == TRIP_AFTER  # tripped calls never reach the sandbox
+
+
+def test_a_call_far_past_the_cap_trips_at_once() -> None:
+    """QuickJS checks its interrupt every ~10,000 operations: comparing two 2 MiB strings in a
+    loop runs far past a 20 ms cap (~1 ms a comparison). One such call trips the function."""
+    source = """function weight() {
+      const s = 'x'.repeat(2 << 20), t = 'x'.repeat(2 << 20);
+      let n = 0; for (;;) { if (s === t) n++ }
+    }"""
+    r = FunctionRunner(Limits(time=0.02, memory=16 << 20))
+    r.set_functions([parse_function({"language": "javascript", "hook": "weight",
+                                     "source": source}, "w", 1)])  # fmt: skip
+    first = r.weight("w", JOB, WORKER)
+    assert first.failure is not None
+    assert first.failure.kind == "timeout"
+    assert first.seconds > OVERRUN * 0.02, first.seconds
+    assert r.weight("w", JOB, WORKER).failure.kind == "tripped"  # type: ignore[union-attr]
+    assert r.calls == 1
+
+
+def test_trips_in_a_row_last_twice_as_long_until_a_good_call() -> None:
+    b = _Breaker()
+    for _ in range(TRIP_AFTER - 1):
+        b.heavy_failure(overran=False)
+    assert b.until == 0.0  # not yet
+    b.heavy_failure(overran=False)
+    first = b.until - time.monotonic()
+    assert TRIP_FOR - 1 < first <= TRIP_FOR
+    b.heavy_failure(overran=True)
+    assert 2 * TRIP_FOR - 1 < b.until - time.monotonic() <= 2 * TRIP_FOR
+    for _ in range(20):
+        b.heavy_failure(overran=True)
+    assert b.until - time.monotonic() <= MAX_TRIP
+    b.ok()
+    b.heavy_failure(overran=True)
+    assert b.until - time.monotonic() <= TRIP_FOR
 
 
 def test_result_checks() -> None:
