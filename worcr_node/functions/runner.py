@@ -51,6 +51,8 @@ TRIP_AFTER = 3  # timeouts or memory errors in a row
 TRIP_FOR = 10.0  # seconds, doubled for each trip in a row
 MAX_TRIP = 600.0
 OVERRUN = 5  # a call that took this many times the CPU cap trips its function at once
+MAX_ANSWERS = 200_000  # remembered dispatch-time answers (then forgotten all at once)
+_PASSING = frozenset({"timeout", "memory", "tripped"})  # failures not remembered
 MAX_FACTOR = 1e6
 MAX_RETRY_DELAY = 30 * 86400.0
 MAX_KEY = 256
@@ -118,6 +120,8 @@ class FunctionRunner:
         self._hooks: set[Hook] = set()
         self._compiled: dict[tuple[str, int], Compiled | CompileError] = {}
         self._breakers: dict[tuple[str, int], _Breaker] = {}
+        # (name, version, hook, lane, worker class) -> answer, for weight, match and shed
+        self._answers: dict[tuple[Any, ...], Outcome] = {}
         self.calls = 0
         self.failures = 0
 
@@ -128,6 +132,8 @@ class FunctionRunner:
         self.functions = {f.name: f for f in functions}
         self._hooks = {f.hook for f in self.functions.values() if f.enabled}
         keep = {f.key for f in self.functions.values()}
+        if any((k[0], k[1]) not in keep for k in self._answers):
+            self._answers = {k: v for k, v in self._answers.items() if (k[0], k[1]) in keep}
         for key in [k for k in self._compiled if k not in keep]:
             code = self._compiled.pop(key)
             self._breakers.pop(key, None)
@@ -221,17 +227,45 @@ class FunctionRunner:
     def weight(self, name: str, job: Mapping[str, Any], worker: Mapping[str, Any],
                lane: str | None = None) -> Outcome:  # fmt: skip
         """A weight factor; fallback 1 (the rule has no effect)."""
-        return self.call(name, Hook.WEIGHT, (job, worker), check_factor, 1.0, lane=lane)
+        return self._remembered(name, Hook.WEIGHT, (job, worker), check_factor, 1.0, lane, worker)
 
     def match(self, name: str, job: Mapping[str, Any], worker: Mapping[str, Any],
               lane: str | None = None) -> Outcome:  # fmt: skip
         """True: allowed; fallback False (forbidden: a broken match rule fails closed, the jobs
         wait for the fix rather than go to the wrong workers)."""
-        return self.call(name, Hook.MATCH, (job, worker), check_bool, False, lane=lane)
+        return self._remembered(name, Hook.MATCH, (job, worker), check_bool, False, lane, worker)
 
     def shed(self, name: str, job: Mapping[str, Any], lane: str | None = None) -> Outcome:
         """ "hold", "discard" or None; fallback None (a broken function sheds nothing)."""
-        return self.call(name, Hook.SHED, (job,), check_shed, None, lane=lane)
+        return self._remembered(name, Hook.SHED, (job,), check_shed, None, lane, None)
+
+    def _remembered(
+        self,
+        name: str,
+        hook: Hook,
+        args: tuple[Any, ...],
+        check: Callable[[Any], Any],
+        fallback: Any,
+        lane: str | None,
+        worker: Mapping[str, Any] | None,
+    ) -> Outcome:
+        """A dispatch-time answer depends only on the function version, the lane (its id names
+        kind, tenant, tags and weight) and the worker class: it is remembered across policy
+        versions, so a change elsewhere in the policy does not call every function again for
+        every (lane, class). Failures that may pass (timeout, memory, tripped) are not."""
+        fn = self.functions.get(name)
+        if lane is None or fn is None:
+            return self.call(name, hook, args, check, fallback, lane=lane)
+        wkey = None if worker is None else (tuple(worker["kinds"]), tuple(worker["tags"]))
+        key = (name, fn.version, hook, lane, wkey)
+        out = self._answers.get(key)
+        if out is None:
+            out = self.call(name, hook, args, check, fallback, lane=lane)
+            if out.failure is None or out.failure.kind not in _PASSING:
+                if len(self._answers) >= MAX_ANSWERS:
+                    self._answers.clear()
+                self._answers[key] = out
+        return out
 
     def limit_key(self, name: str, job: Mapping[str, Any], job_id: str | None) -> Outcome:
         """(key, limit or None), or None if the limit does not apply to the job; fallback

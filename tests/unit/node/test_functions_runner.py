@@ -84,6 +84,22 @@ def test_a_failing_weight_falls_back_to_one_and_is_recorded(
     assert seen == [(out.failure, None, "L")]
 
 
+def test_dispatch_answers_are_remembered_per_version_lane_and_worker_class() -> None:
+    r = runner(("w", "lua", "weight", "function weight(job, worker) return #worker.tags + 1 end"))
+    gpu, cpu = {"kinds": [], "tags": ["gpu"]}, {"kinds": [], "tags": ["a", "b"]}
+    assert [r.weight("w", JOB, w, lane="L").value for w in (gpu, cpu, gpu, cpu)] == [2, 3, 2, 3]
+    assert r.weight("w", JOB, gpu, lane="L2").value == 2
+    assert r.calls == 3  # (L, gpu), (L, cpu), (L2, gpu)
+    same = parse_function({"language": "lua", "hook": "weight", "source": "x"}, "w", version=1)
+    r.set_functions([same])  # another policy version, same function version: still remembered
+    assert r.weight("w", JOB, gpu, lane="L").value == 2
+    assert r.calls == 3
+    body = {"language": "lua", "hook": "weight", "source": "function weight() return 7 end"}
+    r.set_functions([parse_function(body, "w", version=2)])
+    assert r.weight("w", JOB, gpu, lane="L").value == 7
+    assert r.calls == 4
+
+
 def test_missing_or_wrong_hook_functions_fall_back() -> None:
     r = runner(("m", "lua", "match", "function match() return true end"))
     assert r.weight("m", JOB, WORKER).failure.kind == "missing"  # type: ignore[union-attr]
