@@ -258,8 +258,11 @@ class Duties(Service):
                 running.append((jid, float(r["reserve_for"])))
                 tags = TagSet(r["tags"])
                 args = msgpack.unpackb(r["args"], raw=False, strict_map_key=False)
+                part = r["partition"]
+                part = json.loads(part) if isinstance(part, str) else part
                 mine = [(c, 1) for c in limits.for_job(r["kind"], r["tenant"], tags, args,
-                                                       workers.get(r["worker_id"]))]  # fmt: skip
+                                                       workers.get(r["worker_id"]), part,
+                                                       jid)]  # fmt: skip
                 for item in r["holds"]:  # limit id, key (any text), units
                     limit_id, rest = item.split("\x1f", 1)
                     key, units = rest.rsplit("\x1f", 1)

@@ -34,7 +34,14 @@ from worcr_node.outcome import (
     decide_yield,
 )
 from worcr_node.state import JobState
-from worcr_node.store.pg import ClaimedJob, FinishOutcome, InsertResult, Moved, PgStore
+from worcr_node.store.pg import (
+    ClaimedJob,
+    FinishOutcome,
+    InsertResult,
+    Moved,
+    PgStore,
+    StorageUnavailable,
+)
 from worcr_node.store.redis_index import IndexUnavailable, RedisIndex
 
 __all__ = ["JobManager", "SpecError"]
@@ -258,7 +265,10 @@ class JobManager:
         done = await self._finish([(f.id, f.token) for f in items], decide, release=True,
                                   full_rows=retry is not None)  # fmt: skip
         if retry is not None and retry.errors:
-            await self.store.job_function_errors_add(retry.errors)
+            try:  # a record for the operator: the failures themselves are committed already
+                await self.store.job_function_errors_add(retry.errors)
+            except StorageUnavailable as exc:
+                log.warning("retry function errors not stored on their jobs: %s", exc)
         return done
 
     async def yield_(self, items: Sequence[tuple[uuid.UUID, int]]) -> list[bool]:

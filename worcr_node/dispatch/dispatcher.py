@@ -57,6 +57,7 @@ MAX_CLAIM = 100
 MAX_LANES_PER_CLAIM = 8  # lanes one worker's claim may draw from when lanes run short
 MIN_WINDOW = 16
 REGISTRY_EVERY = 10  # seconds between refreshes of this node's workers in the registry
+DOUBT_EVERY = 2  # seconds between second looks at verdicts built on a passing failure
 MISFILED = "\x00misfiled:"  # + lane, park key: the lane is not split by an args path a limit
 # keys on (its jobs were enqueued before the limit): the duties split it (Duties.split_lanes)
 REBUILDING = "\x00rebuilding"  # park key: Redis lost its data, limits wait for the rebuild
@@ -157,6 +158,9 @@ class Dispatcher(Service):
         self._shed_answers: dict[tuple[str, str], Answer] = {}
         self._shed: dict[str, str | None] = {}  # lane -> "hold" | "discard" | None
         self._shed_rules: tuple[Rule, ...] = ()  # enabled hold, discard and shed rules
+        # (class, lane) verdicts built on a fallback for a failure that may pass (a function
+        # timed out, ran out of memory, was tripped): judged again every DOUBT_EVERY seconds
+        self._doubtful: dict[tuple[ClassKey, str], bool] = {}  # -> its own call hit the cap
         index.on_freed = self.freed
         manager.functions = self.functions
         manager.shed = self.shed
@@ -213,6 +217,7 @@ class Dispatcher(Service):
         self._uses_functions = any(r.function is not None for r in policy.rules)
         self._shed_answers.clear()
         self._shed.clear()
+        self._doubtful.clear()
         self._shed_rules = tuple(r for r in policy.rules
                                  if r.enabled and r.action in JOB_SIDE_ACTIONS)  # fmt: skip
         self.limits = CompiledLimits(policy.limits, self.index.limit_keys, self.functions)
@@ -296,6 +301,8 @@ class Dispatcher(Service):
         judge = self.judge(info, (), TagSet(()))
         v = evaluate(self._shed_rules, kind, tenant, tagset, TagSet(()), judge)
         out = "discard" if v.discarded_by else "hold" if v.held_by else None
+        if judge.doubtful:
+            return out  # not kept: asked again next time
         if len(self._shed) > 100_000:  # bounded; recomputed on demand
             self._shed.clear()
             self._shed_answers.clear()
@@ -318,10 +325,13 @@ class Dispatcher(Service):
     def _offer(self, cls: _Class, info: LaneInfo) -> None:
         v = cls.verdicts.get(info.lane)
         if v is None:
-            v = self.verdict(info, cls.key[0], cls.tags)
+            judge = self.judge(info, cls.key[0], cls.tags) if self._uses_functions else None
+            v = self.verdict(info, cls.key[0], cls.tags, judge)
             if v is None:
                 return
             cls.verdicts[info.lane] = v
+            if judge is not None and judge.doubtful:  # a function's fallback for a timeout...
+                self._doubtful[(cls.key, info.lane)] = judge.hit_cap
         if v.allowed and not self.parking.is_parked(cls.key, info.lane):
             head = self.heads.get(info.lane, 0)
             cls.view.add(info.lane, info.kind, info.tenant, info.weight * v.factor, head)
@@ -691,8 +701,29 @@ class Dispatcher(Service):
                     await self.resync()
                 if turns % REGISTRY_EVERY == 0 and self.consumers:
                     await self._register(self.consumers)
+                if turns % DOUBT_EVERY == 0 and self._doubtful:
+                    try:
+                        self.judge_again()
+                    except Exception:  # never let this end the loop
+                        log.exception("judging doubtful verdicts again failed")
             except IndexUnavailable:
                 pass
+
+    def judge_again(self) -> None:
+        """Verdicts built on a fallback for a failure that may pass are judged again (a tripped
+        function answers at once; one that works again restores its lanes)."""
+        doubtful, self._doubtful = self._doubtful, {}
+        # the pairs only tripped by others first: they get their answers while the breaker is
+        # closed, before the pairs whose calls hit the cap trip it again
+        for key, lane in sorted(doubtful, key=lambda pair: doubtful[pair]):
+            cls = self.classes.get(key)
+            info = self.lanes.get(lane)
+            if cls is None or info is None:
+                continue
+            cls.verdicts.pop(lane, None)
+            cls.view.remove(lane)
+            self._offer(cls, info)
+        self.wake()
 
     async def resync(self) -> None:
         """Adopt the cluster-wide ready set (covers missed pub/sub messages)."""

@@ -51,7 +51,10 @@ def apply_on_enqueue(
 ) -> NewJob | None:
     """The job as the on_enqueue functions leave it (in place), or None if one discarded it.
     SpecError if one rejected it. Failures are appended to `job.function_errors`."""
-    for fn in runner.for_jobs(Hook.ON_ENQUEUE, job.kind, job.tenant, TagSet(job.tags)):
+    for fn in runner.enabled(Hook.ON_ENQUEUE):
+        # matched against the job as the previous functions left it
+        if fn.match.job_side(job.kind, job.tenant, TagSet(job.tags)) is not None:
+            continue
         outcome = runner.on_enqueue(fn, job_view(job, args, now), str(job.id))
         if outcome.failure is not None:
             job.function_errors.append(outcome.failure.to_json())

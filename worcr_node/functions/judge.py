@@ -12,7 +12,7 @@ from collections.abc import Collection, MutableMapping
 from typing import Any
 
 from worcr_node.dispatch.rules import Rule
-from worcr_node.functions.runner import FunctionRunner, Outcome
+from worcr_node.functions.runner import PASSING, FunctionRunner, Outcome
 from worcr_node.functions.views import lane_view, worker_view
 
 __all__ = ["LaneJudge"]
@@ -39,9 +39,16 @@ class LaneJudge:
         self.worker = worker_view(worker_kinds, worker_tags)
         self.shed_cache = {} if shed_cache is None else shed_cache
         self.answers: dict[str, Answer] = {}  # rule id -> (value, error)
+        # some answer is a fallback for a failure that may pass (timeout, memory, tripped):
+        # the verdict should be asked again later rather than kept
+        self.doubtful = False
+        self.hit_cap = False  # ... and this pair's own call hit the cap (not just tripped)
 
     def _answer(self, rule: Rule, outcome: Outcome) -> Answer:
         answer = (outcome.value, None if outcome.failure is None else str(outcome.failure))
+        if outcome.failure is not None and outcome.failure.kind in PASSING:
+            self.doubtful = True
+            self.hit_cap = self.hit_cap or outcome.failure.kind != "tripped"
         self.answers[rule.id] = answer
         return answer
 
@@ -65,6 +72,8 @@ class LaneJudge:
         answer = self.shed_cache.get(key)
         if answer is None:
             outcome = self.runner.shed(rule.function, self.job, self.lane)
-            answer = self.shed_cache[key] = self._answer(rule, outcome)
+            answer = self._answer(rule, outcome)
+            if not self.doubtful:
+                self.shed_cache[key] = answer
         self.answers[rule.id] = answer
         return answer[0], answer[1]

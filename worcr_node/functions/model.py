@@ -100,7 +100,7 @@ class Function:
 
 
 def valid_name(name: Any) -> bool:
-    return isinstance(name, str) and len(name) <= MAX_NAME and bool(_NAME.match(name))
+    return isinstance(name, str) and len(name) <= MAX_NAME and bool(_NAME.fullmatch(name))
 
 
 def parse_function(body: Any, name: str, version: int = 0) -> Function:

@@ -7,11 +7,11 @@ Each hook method converts its inputs to plain values (`views.py`), calls the san
 failure returns the hook's documented fallback together with the error, which is also handed to
 the error log (`errors.py`: PostgreSQL, `GET /api/v1/functions/{name}/errors`).
 
-A function that keeps hitting its CPU or memory cap is *tripped* (`TRIP_AFTER` such failures in a
-row, or one call that ran `OVERRUN` times past the CPU cap, which the engines check only every so
-many operations): its calls fail at once with kind "tripped" for `TRIP_FOR` seconds, doubled for
-each trip in a row (at most `MAX_TRIP`), so a broken function costs the node a few capped calls,
-not one per job. All calls run on the event loop thread; the
+A function that keeps hitting its CPU or memory cap is *tripped* (`TRIP_AFTER` such failures
+among its last `WINDOW` calls, or one call that ran `OVERRUN` times past the CPU cap, which the
+engines check only every so many operations): its calls fail at once with kind "tripped" for
+`TRIP_FOR` seconds, doubled for each trip in a row (at most `MAX_TRIP`), so a broken function
+costs the node a few capped calls, not one per job. All calls run on the event loop thread; the
 dispatcher's own caches (a verdict per lane and worker class) keep dispatch-time calls rare.
 """
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +38,7 @@ from worcr_node.functions.sandbox import (
 
 __all__ = [
     "CHECKS",
+    "PASSING",
     "TRIP_AFTER",
     "TRIP_FOR",
     "Failure",
@@ -47,12 +49,13 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-TRIP_AFTER = 3  # timeouts or memory errors in a row
+TRIP_AFTER = 3  # timeouts or memory errors among the last WINDOW calls
+WINDOW = 20
 TRIP_FOR = 10.0  # seconds, doubled for each trip in a row
 MAX_TRIP = 600.0
 OVERRUN = 5  # a call that took this many times the CPU cap trips its function at once
 MAX_ANSWERS = 200_000  # remembered dispatch-time answers (then forgotten all at once)
-_PASSING = frozenset({"timeout", "memory", "tripped"})  # failures not remembered
+PASSING = frozenset({"timeout", "memory", "tripped"})  # failures not remembered
 MAX_FACTOR = 1e6
 MAX_RETRY_DELAY = 30 * 86400.0
 MAX_KEY = 256
@@ -91,25 +94,31 @@ Recorder = Callable[[Failure, str | None, str | None], None]
 
 
 class _Breaker:
-    __slots__ = ("heavy", "trips", "until")
+    """Trips a function after `TRIP_AFTER` cap hits among its last `WINDOW` calls (so one that
+    hits its cap on every other job trips too), or one far overrun. Each trip lasts twice the
+    previous one, until `WINDOW` calls in a row go well."""
+
+    __slots__ = ("recent", "trips", "until")
 
     def __init__(self) -> None:
-        self.heavy = 0  # timeouts / memory errors in a row
-        self.trips = 0  # trips in a row (no good call between them): each lasts twice as long
+        self.recent: deque[bool] = deque(maxlen=WINDOW)  # True: the call hit a cap
+        self.trips = 0
         self.until = 0.0  # tripped until (monotonic)
 
     def heavy_failure(self, overran: bool) -> None:
         """A call hit a cap; `overran`: it ran far past the CPU cap (an engine checks its cap
         only every so many operations: a loop of operations on huge values overruns it), so
         the function is tripped at once."""
-        self.heavy += 1
-        if self.heavy >= TRIP_AFTER or overran:
-            self.heavy = 0
+        self.recent.append(True)
+        if sum(self.recent) >= TRIP_AFTER or overran:
+            self.recent.clear()
             self.until = time.monotonic() + min(MAX_TRIP, TRIP_FOR * 2**self.trips)
             self.trips += 1
 
     def ok(self) -> None:
-        self.heavy = self.trips = 0
+        self.recent.append(False)
+        if len(self.recent) == WINDOW and not any(self.recent):
+            self.trips = 0
 
 
 class FunctionRunner:
@@ -118,6 +127,7 @@ class FunctionRunner:
         self.record: Recorder = record or (lambda f, job, lane: None)
         self.functions: dict[str, Function] = {}
         self._hooks: set[Hook] = set()
+        self._by_hook: dict[Hook, list[Function]] = {}
         self._compiled: dict[tuple[str, int], Compiled | CompileError] = {}
         self._breakers: dict[tuple[str, int], _Breaker] = {}
         # (name, version, hook, lane, worker class) -> answer, for weight, match and shed
@@ -131,6 +141,8 @@ class FunctionRunner:
         """The functions of a new policy. Compiled code of unchanged versions is kept."""
         self.functions = {f.name: f for f in functions}
         self._hooks = {f.hook for f in self.functions.values() if f.enabled}
+        self._by_hook = {h: [f for f in sorted(self.functions.values(), key=lambda f: f.name)
+                             if f.hook == h and f.enabled] for h in self._hooks}  # fmt: skip
         keep = {f.key for f in self.functions.values()}
         if any((k[0], k[1]) not in keep for k in self._answers):
             self._answers = {k: v for k, v in self._answers.items() if (k[0], k[1]) in keep}
@@ -143,9 +155,12 @@ class FunctionRunner:
     def for_jobs(self, hook: Hook, kind: str, tenant: str, tags: TagSet) -> list[Function]:
         """Enabled functions of a job hook (on_enqueue, retry) whose match selects the job, in
         name order."""
-        return [f for f in sorted(self.functions.values(), key=lambda f: f.name)
-                if f.hook == hook and f.enabled
-                and f.match.job_side(kind, tenant, tags) is None]  # fmt: skip
+        return [f for f in self._by_hook.get(hook, ())
+                if f.match.job_side(kind, tenant, tags) is None]  # fmt: skip
+
+    def enabled(self, hook: Hook) -> list[Function]:
+        """The enabled functions of a hook, in name order."""
+        return self._by_hook.get(hook, [])
 
     def has(self, hook: Hook) -> bool:
         """Some enabled function serves `hook` (cheap: asked once per batch)."""
@@ -261,7 +276,7 @@ class FunctionRunner:
         out = self._answers.get(key)
         if out is None:
             out = self.call(name, hook, args, check, fallback, lane=lane)
-            if out.failure is None or out.failure.kind not in _PASSING:
+            if out.failure is None or out.failure.kind not in PASSING:
                 if len(self._answers) >= MAX_ANSWERS:
                     self._answers.clear()
                 self._answers[key] = out
@@ -334,6 +349,8 @@ def check_limit_key(value: Any) -> tuple[str, int | None] | None:
     if not isinstance(value, str) or not value or len(value) > MAX_KEY:
         raise ValueError(f"expected a key (a string of 1 to {MAX_KEY} characters) or "
                          f"{{key, limit}}, got {_show(value)}")  # fmt: skip
+    if not value.isprintable():
+        raise ValueError(f"a key must not contain control characters, got {_show(value)}")
     return value, None if limit is None else int(limit)
 
 

@@ -115,7 +115,7 @@ class FunctionsApi:
     async def version(self, request: web.Request) -> web.Response:
         name = _name(request)
         raw = request.match_info["version"]
-        if not raw.isdigit() or len(raw) > 9:
+        if not (raw.isascii() and raw.isdigit()) or len(raw) > 9:
             raise bad_request(f"{raw[:20]!r} is not a version number")
         row = await self.store.version(name, int(raw))
         if row is None:
@@ -158,8 +158,9 @@ class FunctionsApi:
         except CompileError as exc:
             return _tried(fn, None, {"kind": "compile", "message": str(exc), "line": exc.line,
                                      "column": exc.column}, started)  # fmt: skip
+        raw: Any = None
+        called = time.perf_counter()
         try:
-            called = time.perf_counter()
             raw = code.call(*args)
             value = CHECKS[fn.hook](raw)
         except CallError as exc:
@@ -238,7 +239,7 @@ def _json_safe(value: Any) -> Any:
 def _int_param(raw: str | None, name: str, low: int, high: int) -> int | None:
     if raw is None:
         return None
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 20 or not low <= int(raw) <= high:
         raise bad_request(f"{name}: expected an integer from {low} to {high}")
     return int(raw)
 

@@ -143,10 +143,18 @@ class CompiledLimits:
         return tuple(out)
 
     def for_job(
-        self, kind: str, tenant: str, tags: TagSet, args: Any, worker_tags: TagSet | None
+        self,
+        kind: str,
+        tenant: str,
+        tags: TagSet,
+        args: Any,
+        worker_tags: TagSet | None,
+        partition: Mapping[str, str] | None = None,
+        job_id: str | None = None,
     ) -> list[LimitCheck]:
         """Concurrency limits a running job counts against (recount); worker tags unknown (None):
-        every limit whose job side matches counts, to stay on the safe side."""
+        every limit whose job side matches counts, to stay on the safe side. A limit_key
+        function's key is the one its lane was given at enqueue (`partition`), not asked again."""
         out: list[LimitCheck] = []
         for lim in self.job:
             if lim.type != LimitType.CONCURRENCY:
@@ -157,7 +165,10 @@ class CompiledLimits:
             elif not lim.applies(kind, tenant, tags, worker_tags):
                 continue
             if lim.function is not None:
-                found = self.key_of(lim, kind, tenant, tags, args, None)
+                if partition is not None and FUNCTION_PATH + lim.name in partition:
+                    found = self._function_key(lim, partition)
+                else:  # its lane predates the limit: as the split will key it
+                    found = self.key_of(lim, kind, tenant, tags, args, job_id)
                 if found is not None:
                     out.append(self.check(lim, *found))
                 continue

@@ -349,6 +349,7 @@ WHERE NOT EXISTS (SELECT 1 FROM worcr_jobs j
 # Running attempts with what a recount needs: their job limits and their rate-limit holds.
 JOB_RUNNING_FOR_RECOUNT = """
 SELECT j.id, j.reserve_for, j.kind, j.tenant, j.tags, j.args, j.worker_id,
+       (SELECT l.partition FROM worcr_lanes l WHERE l.lane = j.lane) AS partition,
        coalesce((SELECT array_agg(h.limit_id::text || E'\\x1f' || h.key || E'\\x1f' || h.units)
                  FROM worcr_holds h
                  WHERE h.job_id = j.id AND h.lease_token = j.lease_token), '{}') AS holds

@@ -19,6 +19,7 @@ from worcr_node.functions.runner import (
     OVERRUN,
     TRIP_AFTER,
     TRIP_FOR,
+    WINDOW,
     Failure,
     FunctionRunner,
     _Breaker,
@@ -133,7 +134,7 @@ def test_a_call_far_past_the_cap_trips_at_once() -> None:
     assert r.calls == 1
 
 
-def test_trips_in_a_row_last_twice_as_long_until_a_good_call() -> None:
+def test_trips_in_a_row_last_twice_as_long_until_a_run_of_good_calls() -> None:
     b = _Breaker()
     for _ in range(TRIP_AFTER - 1):
         b.heavy_failure(overran=False)
@@ -146,9 +147,24 @@ def test_trips_in_a_row_last_twice_as_long_until_a_good_call() -> None:
     for _ in range(20):
         b.heavy_failure(overran=True)
     assert b.until - time.monotonic() <= MAX_TRIP
-    b.ok()
+    for _ in range(WINDOW - 1):
+        b.ok()
+    b.heavy_failure(overran=True)  # a run of good calls shorter than the window: still doubled
+    assert b.until - time.monotonic() > MAX_TRIP - 1
+    for _ in range(WINDOW):
+        b.ok()
     b.heavy_failure(overran=True)
     assert b.until - time.monotonic() <= TRIP_FOR
+
+
+def test_a_function_hitting_its_cap_every_other_call_trips() -> None:
+    b = _Breaker()
+    for _ in range(TRIP_AFTER - 1):
+        b.heavy_failure(overran=False)
+        b.ok()
+    assert b.until == 0.0
+    b.heavy_failure(overran=False)
+    assert b.until > time.monotonic()
 
 
 def test_result_checks() -> None:
