@@ -9,7 +9,9 @@ The runner in worcr_node/functions/ calls these on the event loop thread, throug
   tostring, type, unpack, rawequal, rawlen, rawget, rawset, setmetatable, getmetatable, math,
   string (no dump), table, utf8, os.time/clock/date/difftime, and _G (the environment itself).
   Not there: io, the rest of os, require, package, debug, load*, dofile, collectgarbage,
-  coroutine, print, python. The shared string metatable's __index is the sandbox's string table.
+  coroutine, print, python. The shared string metatable's __index is the sandbox's string table;
+  getmetatable("") answers a decoy (the real one cannot be changed, so no __tostring or other
+  metamethod can be planted on strings), and privileged code never calls tostring on a user value.
   Nothing Python ever enters the state: arguments cross as one flat table of strings, numbers
   and booleans (`_flatten`) that the prelude turns into fresh Lua tables on each call, so Lua code
   cannot reach a Python object (and `attribute_filter` refuses every attribute anyway).
@@ -21,7 +23,11 @@ The runner in worcr_node/functions/ calls these on the event loop thread, throug
 * CPU cap: a count hook (every `HOOK_COUNT` VM instructions, installed before the user's code
   runs) raises an error once the process CPU time (`os.clock`, i.e. C `clock()`: all threads of
   the process count) passes the call's deadline, and keeps raising until the call has unwound;
-  pcall/xpcall re-raise it, so `while true do pcall(f) end` ends too.
+  pcall/xpcall re-raise it, so `while true do pcall(f) end` ends too. An xpcall message handler
+  runs once the stack has unwound (never at the raise point, which for the timeout is inside the
+  hook, where hooks are off) and not at all on a timeout. The deadline is armed once the arguments
+  are built, and the memory cap is lifted while they cross (lupa's conversion is unprotected: a
+  memory error there would abort the process); a state left over its cap fails the call.
 * __gc metamethods are refused (a finalizer would run outside any call), so no user code runs
   between calls.
 * A timeout or memory error poisons the state: the next call rebuilds it from the source.
@@ -30,12 +36,13 @@ What the hook cannot interrupt is C code: one library call runs to its end. The 
 unbounded or superlinear cost are replaced: string.find/match/gmatch/gsub refuse a (pattern,
 subject) pair whose worst case (backtracking) exceeds `PATTERN_BUDGET` steps; string.rep with an
 empty string and separator returns at once (the C loop would spin n times); table.insert, remove,
-move and concat are written in Lua (the C versions loop up to a __len answer); table.sort without
-a comparator uses a Lua one. What remains are linear C operations on values the memory cap allows
-(comparing, concatenating, upper-casing strings of a few MiB): each takes up to a few
-milliseconds, and between two hook runs (HOOK_COUNT instructions) a loop can do a few hundred of
-them: measured, a hostile function overruns its CPU cap by up to about 0.5 s with the default
-32 MiB cap (a loop upper-casing a 4 MiB string), by a few tens of ms with 8 MiB.
+move and concat are written in Lua (the C versions loop up to a __len answer); table.sort always
+gets a Lua comparator (a C one such as math.type would never meet the hook) and refuses tables with
+__len, __index or __newindex metamethods. What remains are linear C operations on values the
+memory cap allows (comparing, concatenating, upper-casing strings of a few MiB): each takes up to
+a few milliseconds, and between two hook runs (HOOK_COUNT instructions) a loop can do a few
+hundred of them: measured, a hostile function overruns its CPU cap by up to about 0.5 s with the
+default 32 MiB cap (a loop upper-casing a 4 MiB string), by a few tens of ms with 8 MiB.
 
 The count hook slows Lua code down (Lua traces every instruction while a count hook is set; about
 2x in a tight loop); a trivial call costs about 10 us, mostly turning the arguments into tables.
@@ -78,7 +85,7 @@ local rawget, rawset, rawequal, rawlen, setmetatable, getmetatable =
       rawget, rawset, rawequal, rawlen, setmetatable, getmetatable
 local load, math_type, math_tointeger = load, math.type, math.tointeger
 local huge, maxinteger = math.huge, math.maxinteger
-local clock, sethook = os.clock, debug.sethook
+local clock, sethook, d_getmetatable = os.clock, debug.sethook, debug.getmetatable
 local s_byte, s_find, s_format, s_gsub, s_match, s_gmatch, s_rep, s_sub =
       string.byte, string.find, string.format, string.gsub, string.match, string.gmatch,
       string.rep, string.sub
@@ -101,7 +108,24 @@ local function rethrow(ok, ...)
   return ok, ...
 end
 local function safe_pcall(f, ...) return rethrow(pcall(f, ...)) end
-local function safe_xpcall(f, handler, ...) return rethrow(xpcall(f, handler, ...)) end
+
+-- The message handler runs after the stack has unwound, never at the raise point: an error raised
+-- from inside the count hook (the timeout, a C stack overflow while calling the hook) would run it
+-- with hooks disabled, i.e. with no CPU cap. (No debug library here: nothing the handler could
+-- inspect at the raise point is lost.)
+local function handled(handler, ok, ...)
+  if fired then error(TIMEOUT, 0) end
+  if ok then return true, ... end
+  local ok2, e = pcall(handler, (...))
+  if fired then error(TIMEOUT, 0) end
+  return false, e
+end
+local function safe_xpcall(f, handler, ...)
+  if type(handler) ~= "function" then
+    error(s_format("bad argument #2 to 'xpcall' (function expected, got %s)", type(handler)), 2)
+  end
+  return handled(handler, pcall(f, ...))
+end
 
 local function safe_setmetatable(t, mt)
   if type(mt) == "table" and rawget(mt, "__gc") ~= nil then
@@ -154,11 +178,19 @@ local function pattern_cost(subject_len, p, plain, anchored_allowed)
   return positions * paths * (plen + 1)
 end
 
+-- The text of a string or number argument without consulting any metamethod (tostring would read
+-- the string metatable's __tostring; numbers have no metatable the sandbox can set).
+local function raw_text(v)
+  if type(v) == "string" then return v end
+  if math_type(v) == "integer" then return s_format("%d", v) end
+  return s_format("%.14g", v) .. ".0"  -- maybe 2 bytes too long: only an upper bound is needed
+end
+
 local function check_pattern(name, s, p, plain, anchored_allowed)
   local ts, tp = type(s), type(p)
   if (ts == "string" or ts == "number") and (tp == "string" or tp == "number") then
-    local n = #tostring(s)
-    local cost = pattern_cost(n, tostring(p), plain, anchored_allowed)
+    local n = #raw_text(s)
+    local cost = pattern_cost(n, raw_text(p), plain, anchored_allowed)
     if not (cost <= PATTERN_BUDGET) then
       error(s_format("string.%s: pattern too expensive for a %d-byte string (worst case)",
                      name, n), 3)
@@ -188,12 +220,19 @@ end
 sandbox_string.rep = function(s, n, sep)
   local ts, tsep = type(s), type(sep)
   if (ts == "string" or ts == "number") and (sep == nil or tsep == "string" or tsep == "number")
-     and #tostring(s) + #tostring(sep or "") == 0 and tonumber(n) ~= nil then
+     and #raw_text(s) + #raw_text(sep or "") == 0 and tonumber(n) ~= nil then
     return ""  -- the C loop would spin n times producing nothing
   end
   return s_rep(s, n, sep)
 end
-getmetatable("").__index = sandbox_string  -- ("x"):dump() finds nothing either
+-- ("x"):dump() finds nothing either. The metatable itself stays out of reach: getmetatable("")
+-- answers a decoy, so no __tostring, __index... can be planted where privileged code looks.
+do
+  local string_mt = getmetatable("")
+  for k in next, string_mt do string_mt[k] = nil end
+  string_mt.__index = sandbox_string
+  string_mt.__metatable = {__index = sandbox_string}
+end
 
 -- table: the loops that follow #t (and __len) are written in Lua, so the hook sees them --------
 local function check_table(t, n, name)
@@ -286,9 +325,22 @@ local function t_concat_safe(t, sep, i, j)
   return t_concat(parts, sep)
 end
 
+-- The C sort runs on plain tables only (no __len, __index or __newindex: a fake length would
+-- make it loop in C), always with a Lua comparator, so every comparison meets the hook.
 local function less(a, b) return a < b end
 local function t_sort_safe(t, comp)
-  return t_sort(t, comp == nil and less or comp)
+  check_table(t, 1, "sort")
+  local mt = d_getmetatable(t)
+  if mt ~= nil and (rawget(mt, "__len") ~= nil or rawget(mt, "__index") ~= nil
+                    or rawget(mt, "__newindex") ~= nil) then
+    error("bad argument #1 to 'sort' (tables with __len, __index or __newindex metamethods "
+          .. "are not supported in functions)", 2)
+  end
+  if comp == nil then return t_sort(t, less) end
+  if type(comp) ~= "function" then
+    error(s_format("bad argument #2 to 'sort' (function expected, got %s)", type(comp)), 2)
+  end
+  return t_sort(t, function(a, b) return comp(a, b) end)
 end
 
 local sandbox_table = {}
@@ -478,22 +530,27 @@ local function read()
   return t
 end
 
-local function invoke(nargs, flat)
-  fired = false
-  deadline = clock() + BUDGET
+-- prepare(nargs, flat) builds the arguments (Python runs it without the memory cap, and no
+-- deadline is armed: their size is not the function's doing), invoke() then calls the function.
+local args, nargs_ready = nil, 0
+local function prepare(nargs, flat)
   tokens, at = flat, 0
-  if nargs == 2 then
-    local a, b = read(), read()
-    tokens = nil
-    return finish(pcall(entry_fn, a, b))
-  end
-  local args = {}
-  for k = 1, nargs do args[k] = read() end
+  local a = {}
+  for k = 1, nargs do a[k] = read() end
   tokens = nil
-  return finish(pcall(entry_fn, t_unpack(args, 1, nargs)))
+  args, nargs_ready = a, nargs
 end
 
-return compile, invoke
+local function invoke()
+  local a, n = args, nargs_ready
+  args, nargs_ready = nil, 0
+  fired = false
+  deadline = clock() + BUDGET
+  if n == 2 then return finish(pcall(entry_fn, a[1], a[2])) end
+  return finish(pcall(entry_fn, t_unpack(a, 1, n)))
+end
+
+return compile, prepare, invoke
 """
 
 
@@ -511,13 +568,14 @@ class LuaFunction:
         self._entry = entry
         self._limits = limits
         self._lua: Any = None
+        self._prepare: Any = None
         self._invoke: Any = None
         self._broken = False  # a timeout or memory error: rebuild before the next call
         self._closed = False
         self._build()
 
     def _build(self) -> None:
-        self._lua = self._invoke = None
+        self._lua = self._prepare = self._invoke = None
         try:
             lua = lupa.LuaRuntime(
                 register_eval=False,
@@ -527,7 +585,7 @@ class LuaFunction:
                 attribute_filter=_deny,
                 encoding=None,
             )
-            compile_, invoke = lua.execute(
+            compile_, prepare, invoke = lua.execute(
                 _PRELUDE,
                 float(self._limits.time),
                 HOOK_COUNT,
@@ -553,7 +611,7 @@ class LuaFunction:
             raise CompileError(msg, line)
         if tag == "missing":
             raise missing_entry(self._entry)
-        self._lua, self._invoke = lua, invoke
+        self._lua, self._prepare, self._invoke = lua, prepare, invoke
 
     def call(self, *args: Any) -> Any:
         if self._closed:
@@ -565,11 +623,19 @@ class LuaFunction:
                 raise CallError("error", f"rebuilding the state: {exc}") from None
             self._broken = False
         lua = self._lua
+        tokens: list[Any] = []
+        for a in args:
+            _flatten(a, tokens, 0)
+        # Lifted while the arguments cross: lupa's table_from runs unprotected (running out of
+        # memory there aborts the process), and the arguments' size is the caller's (bounded by
+        # the job size limit). A state left over its cap fails the call with a memory error.
         try:
-            tokens: list[Any] = []
-            for a in args:
-                _flatten(a, tokens, 0)
-            out = self._invoke(len(args), lua.table_from(tokens))
+            lua.set_max_memory(0)
+            try:
+                self._prepare(len(args), lua.table_from(tokens))
+            finally:
+                lua.set_max_memory(self._limits.memory)
+            out = self._invoke()
         except lupa.LuaMemoryError:
             self._broken = True
             raise CallError("memory", "the memory cap was hit") from None
@@ -594,7 +660,7 @@ class LuaFunction:
 
     def close(self) -> None:
         self._closed = True
-        self._lua = self._invoke = None
+        self._lua = self._prepare = self._invoke = None
 
 
 def compile_lua(source: str, entry: str, limits: Limits) -> LuaFunction:

@@ -5,6 +5,9 @@ function behind."""
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from typing import Any
@@ -661,3 +664,154 @@ def test_javascript_running_out_of_memory_in_small_steps_many_times() -> None:
             assert info.value.kind == "memory"
     ok = compile_function("javascript", "function weight() { return 2 }", "weight")
     assert ok.call({}, {}) == 2
+
+
+# -- escapes from the CPU cap, conversions --------------------------------------------------------
+
+_CHILD = textwrap.dedent("""
+    import sys
+    from worcr_node.functions.sandbox import CallError, CompileError, Limits, compile_function
+    language, source = sys.argv[1], sys.stdin.read()
+    try:
+        fn = compile_function(language, source, "weight", Limits(time=0.05, memory=8 << 20))
+        print("answer", fn.call({}, {}))
+    except (CallError, CompileError) as exc:
+        print(type(exc).__name__, exc)
+""")
+
+
+def in_child(language: str, source: str) -> str:
+    """Compiles and calls `weight` in a child process: a regression fails instead of hanging."""
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _CHILD, language],
+            input=source,
+            text=True,
+            capture_output=True,
+            timeout=10,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("a function with a 50 ms CPU cap ran for more than 10 s")
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "function weight()\n"
+        "  return xpcall(function() while true do end end, function() while true do end end)\n"
+        "end",
+        "xpcall(function() while true do end end, function() while true do end end)\n"
+        "function weight() return 1 end",
+    ],
+)
+def test_lua_xpcall_handlers_do_not_escape_the_cap(source: str) -> None:
+    # The timeout is raised inside the count hook: a handler run at the raise point would run
+    # with hooks disabled. The handler runs after unwinding (and not at all on a timeout).
+    out = in_child("lua", source)
+    assert out in (
+        "CallError timeout: the CPU time cap (0.05 s) was hit",
+        "CompileError the top-level code exceeded the CPU time cap",
+    )
+
+
+def test_lua_xpcall_still_handles_errors() -> None:
+    source = """function weight()
+      local a = {xpcall(function(x) error("boom " .. x, 0) end, function(e) return "got " .. e end,
+                        "x")}
+      local b = {xpcall(function(x, y) return x + y, "two" end, function(e) return e end, 1, 2)}
+      local c = {xpcall(function() error("first", 0) end, function(e) error("second", 0) end)}
+      local d = {pcall(xpcall, function() end, 42)}
+      return {a = a, b = b, c = c, d = d}
+    end"""
+    got = run("lua", source)
+    assert got["a"] == [False, "got boom x"]
+    assert got["b"] == [True, 3, "two"]
+    assert got["c"] == [False, "second"]
+    assert got["d"][0] is False
+    assert "function expected, got number" in got["d"][1]
+
+
+def test_lua_sort_with_a_c_comparator_and_a_fake_length_is_refused() -> None:
+    out = in_child(
+        "lua",
+        """function weight()
+          local t = setmetatable({}, {__len = function() return 2147483646 end, __index = {}})
+          table.sort(t, math.type)
+          return 1
+        end""",
+    )
+    assert out.startswith("CallError error:")
+    assert "__len, __index or __newindex" in out
+
+
+def test_lua_sort_keeps_working_on_plain_tables() -> None:
+    source = """function weight()
+      local mt = {__lt = function(a, b) return a.v < b.v end}
+      local objs = {setmetatable({v = 3}, mt), setmetatable({v = 1}, mt), setmetatable({v = 2}, mt)}
+      table.sort(objs)
+      local t = setmetatable({5, 3, 9}, {__tostring = function() return "t" end})
+      table.sort(t, function(a, b) return a > b end)
+      local ok, err = pcall(table.sort, {3, 1, 2}, 42)
+      return {objs = {objs[1].v, objs[2].v, objs[3].v}, t = {t[1], t[2], t[3]}, err = err}
+    end"""
+    got = run("lua", source)
+    assert got["objs"] == [1, 2, 3]
+    assert got["t"] == [9, 5, 3]
+    assert "function expected, got number" in got["err"]
+
+
+def test_lua_sort_with_a_c_comparator_on_a_big_table_stays_capped() -> None:
+    fn = hostile(
+        "lua",
+        "    local t = {} for i = 1, 200000 do t[i] = i % 7 end\n"
+        "    for _ = 1, 1e9 do table.sort(t, math.ult) table.sort(t) end",
+    )
+    fails(fn, "timeout")
+
+
+def test_lua_the_string_metatable_cannot_be_changed() -> None:
+    source = """getmetatable("").__tostring = function() return "" end
+    getmetatable("").__index = {}
+    function weight()
+      local s = ""
+      for i = 1, 300 do s = s .. "a" end
+      local ok, err = pcall(string.find, s, ".-.-.-.-.-b")
+      return {ok = ok, err = err, method = ("x"):upper(), text = tostring("y"),
+              same = getmetatable("").__index == string, rep = string.rep(s, 2, ""):len()}
+    end"""
+    got = run("lua", source)
+    assert got["ok"] is False
+    assert "pattern too expensive" in got["err"]
+    assert got["method"] == "X"
+    assert got["text"] == "y"
+    assert got["same"] is False  # what was changed is a decoy, not the strings' metatable
+    assert got["rep"] == 600
+
+
+def test_lua_arguments_are_built_outside_the_cpu_cap() -> None:
+    fn = compile_function("lua", "function weight(a, b) return #a end", "weight", LIMITS)
+    args = [0] * 250_000
+    for _ in range(3):
+        assert fn.call(args, {}) == 250_000
+    fn3 = compile_function("lua", "function weight(a, b, c) return #c end", "weight", LIMITS)
+    assert fn3.call(1, 2, args) == 250_000
+
+
+def test_lua_arguments_over_the_memory_cap_do_not_crash_the_process() -> None:
+    # lupa converts them unprotected: running out of memory there was a Lua panic (abort()).
+    small = Limits(time=0.05, memory=2 << 20)
+    fn = compile_function("lua", "function weight(a, b) return #a end", "weight", small)
+    assert fn.call([0] * 200_000, {}) == 200_000
+    bomb = compile_function(
+        "lua",
+        "function weight(a, b) local t = {} for i = 1, #a do t[i] = {} end end",
+        "weight",
+        small,
+    )
+    with pytest.raises(CallError) as info:
+        bomb.call([0] * 200_000, {})
+    assert info.value.kind == "memory"
+    assert bomb.call([], {}) is None
+    assert compile_function("lua", LUA.format(body=""), "weight", small).call("good") == ["ok", 1]
