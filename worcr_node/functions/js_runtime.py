@@ -19,6 +19,8 @@ returns `kit`, held only by Python: `kit(fn)` makes the caller that parses the a
 text, with the original JSON.parse), calls `fn`, and turns the result into JSON text itself (own
 enumerable properties only: toJSON and getters on prototypes are not consulted; functions,
 symbols, bigints, cycles, more than 32 levels or 10,000 values, strings over 1 MiB are refused).
+Every string the caller hands back is flattened first: quickjs-ng keeps long concatenations as
+ropes, which the binding cannot convert ("Unknown quickjs tag: -6").
 
 The CPU cap is an interrupt QuickJS checks every 10,000 "polls" (back jumps, calls); it is
 uncatchable (try/finally does not run either). Built-in functions are C code and run to their end
@@ -683,6 +685,10 @@ function encode(root) {
 // The caller returns a number, a boolean or null as is, else a string: "v" + JSON text,
 // "e" + error and stack, "r" + why the result cannot be returned, "t" on a timeout, "m" when out
 // of memory.
+// Every string handed to Python is flattened: quickjs-ng builds long concatenations as ropes,
+// which the binding cannot convert ("Unknown quickjs tag: -6"); slice copies into a flat string.
+function flat(s) { return apply(origSlice, s, [0]); }
+
 return function kit(fn) {
   if (fn === null || fn === undefined) {
     expired = false;
@@ -701,7 +707,7 @@ return function kit(fn) {
     } catch (e) {
       if (expired) return "t";
       const text = describe(e);
-      return text === null ? "m" : "e" + text;
+      return text === null ? "m" : flat("e" + text);
     }
     if (expired) return "t";
     const t = typeof result;
@@ -712,11 +718,11 @@ return function kit(fn) {
       text = encode(result);
     } catch (e) {
       if (expired) return "t";
-      if (failure !== null) return "r" + failure;
+      if (failure !== null) return flat("r" + failure);
       const text = describe(e);
-      return text === null ? "m" : "r!" + text;
+      return text === null ? "m" : flat("r!" + text);
     }
-    return expired ? "t" : "v" + text;
+    return expired ? "t" : flat("v" + text);
   };
 };
 })()
@@ -772,8 +778,8 @@ class JsFunction:
             ctx.eval(self._source)
         except quickjs.JSException as exc:
             raise self._compile_error(kit, str(exc)) from None
-        except UnicodeError:
-            pass  # the completion value was a string Python cannot hold: irrelevant
+        except (UnicodeError, TypeError):
+            pass  # the completion value was a string Python cannot hold (a rope): irrelevant
         except ValueError:  # the binding passes the source as a C string
             raise CompileError("the source contains a NUL character") from None
         name = self._entry

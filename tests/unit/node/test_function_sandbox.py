@@ -815,3 +815,27 @@ def test_lua_arguments_over_the_memory_cap_do_not_crash_the_process() -> None:
     assert info.value.kind == "memory"
     assert bomb.call([], {}) is None
     assert compile_function("lua", LUA.format(body=""), "weight", small).call("good") == ["ok", 1]
+
+
+def test_javascript_long_answers_and_errors_cross_to_python() -> None:
+    # quickjs-ng makes long concatenations ropes, which the binding could not convert.
+    note = "x" * 100_000
+    source = """let s = ""; for (let i = 0; i < 1000; i++) s += "ab"; s;
+    function weight(job, mode) {
+      if (mode === "throw") throw new Error("e".repeat(600) + s);
+      if (mode === "bad") return {a: job, f: () => 1};
+      if (mode === "many") { const a = []; for (let i = 0; i < 300; i++) a.push(s); return a }
+      return job
+    }"""
+    fn = compile_function("javascript", source, "weight", LIMITS)
+    assert fn.call({"note": note}, "echo") == {"note": note}
+    many = fn.call({}, "many")
+    assert len(many) == 300
+    assert many[0] == "ab" * 1000
+    with pytest.raises(CallError) as info:
+        fn.call({}, "throw")
+    assert info.value.kind == "error"
+    assert info.value.message.startswith("Error: " + "e" * 600)
+    with pytest.raises(CallError) as info:
+        fn.call({"note": note}, "bad")
+    assert info.value.kind == "result"
