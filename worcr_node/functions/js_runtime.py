@@ -689,6 +689,40 @@ function encode(root) {
 // which the binding cannot convert ("Unknown quickjs tag: -6"); slice copies into a flat string.
 function flat(s) { return apply(origSlice, s, [0]); }
 
+// No BigInt: one conversion or multiplication of a huge BigInt runs for seconds in C (quadratic),
+// and QuickJS checks its CPU cap only between operations, so a loop of them outruns the cap by
+// hours. The user's source is checked for BigInt literals before it runs (Python side); code made
+// at run time (eval, and the Function, generator and async function constructors) here.
+const BIGINT = new RE("(?:^|[^\\w$.])(?:0[xXoObB][0-9a-fA-F_]+|[0-9][0-9_]*)n(?![\\w$])");
+const SyntaxErr = SyntaxError, Str = String;
+function noBigInt(code) {
+  if (apply(origExec, BIGINT, [Str(code)]) !== null) {
+    throw new SyntaxErr("BigInt is not available in Worcr functions");
+  }
+}
+delete G.BigInt;
+delete G.BigInt64Array;
+delete G.BigUint64Array;
+for (const m of ["getBigInt64", "setBigInt64", "getBigUint64", "setBigUint64"]) {
+  delete DataView.prototype[m];
+}
+const origEval = G.eval;
+define(G, "eval", function (code) {
+  if (typeof code === "string") noBigInt(code);
+  return origEval(code);  // indirect: code made at run time sees the global scope only
+});
+for (const F of [Function, getPrototypeOf(function* () {}).constructor,
+                 getPrototypeOf(async function () {}).constructor,
+                 getPrototypeOf(async function* () {}).constructor]) {
+  const made = function (...parts) {
+    for (let i = 0; i < parts.length; i++) noBigInt(parts[i]);
+    return construct(F, parts);
+  };
+  made.prototype = F.prototype;
+  define(F.prototype, "constructor", made);
+  if (F === Function) define(G, "Function", made);
+}
+
 return function kit(fn) {
   if (fn === null || fn === undefined) {
     expired = false;
@@ -862,7 +896,18 @@ class JsFunction:
         self._ctx = self._caller = None
 
 
+# A BigInt literal (`2n`, `0xffn`): refused, like the BigInt global (see the prelude). A string or
+# comment that looks like one is refused too: write "2" + "n".
+_BIGINT_LITERAL = re.compile(r"(?:^|[^\w$.])((?:0[xXoObB][0-9a-fA-F_]+|[0-9][0-9_]*)n)(?![\w$])")
+
+
 def compile_js(source: str, entry: str, limits: Limits) -> JsFunction:
+    m = _BIGINT_LITERAL.search(source)
+    if m is not None:
+        line = source.count("\n", 0, m.start(1)) + 1
+        column = m.start(1) - (source.rfind("\n", 0, m.start(1)) + 1) + 1
+        raise CompileError(f"BigInt is not available in Worcr functions ({m.group(1)!r})", line,
+                           column)  # fmt: skip
     return JsFunction(source, entry, limits)
 
 
