@@ -693,7 +693,7 @@ function flat(s) { return apply(origSlice, s, [0]); }
 // and QuickJS checks its CPU cap only between operations, so a loop of them outruns the cap by
 // hours. The user's source is checked for BigInt literals before it runs (Python side); code made
 // at run time (eval, and the Function, generator and async function constructors) here.
-const BIGINT = new RE("(?:^|[^\\w$.])(?:0[xXoObB][0-9a-fA-F_]+|[0-9][0-9_]*)n(?![\\w$])");
+const BIGINT = new RE("(?:^|[^\\w$])(?:0[xXoObB][0-9a-fA-F_]+|[0-9][0-9_]*)n(?![\\w$])");
 const SyntaxErr = SyntaxError, Str = String;
 function noBigInt(code) {
   if (apply(origExec, BIGINT, [Str(code)]) !== null) {
@@ -715,8 +715,12 @@ for (const F of [Function, getPrototypeOf(function* () {}).constructor,
                  getPrototypeOf(async function () {}).constructor,
                  getPrototypeOf(async function* () {}).constructor]) {
   const made = function (...parts) {
-    for (let i = 0; i < parts.length; i++) noBigInt(parts[i]);
-    return construct(F, parts);
+    const text = [];  // each part converted once: what is checked is what is compiled
+    for (let i = 0; i < parts.length; i++) {
+      text[i] = Str(parts[i]);
+      noBigInt(text[i]);
+    }
+    return construct(F, text);
   };
   made.prototype = F.prototype;
   define(F.prototype, "constructor", made);
@@ -898,7 +902,7 @@ class JsFunction:
 
 # A BigInt literal (`2n`, `0xffn`): refused, like the BigInt global (see the prelude). A string or
 # comment that looks like one is refused too: write "2" + "n".
-_BIGINT_LITERAL = re.compile(r"(?:^|[^\w$.])((?:0[xXoObB][0-9a-fA-F_]+|[0-9][0-9_]*)n)(?![\w$])")
+_BIGINT_LITERAL = re.compile(r"(?:^|[^\w$])((?:0[xXoObB][0-9a-fA-F_]+|[0-9][0-9_]*)n)(?![\w$])")
 
 
 def compile_js(source: str, entry: str, limits: Limits) -> JsFunction:

@@ -325,15 +325,19 @@ local function t_concat_safe(t, sep, i, j)
   return t_concat(parts, sep)
 end
 
--- The C sort runs on plain tables only (no __len, __index or __newindex: a fake length would
--- make it loop in C), always with a Lua comparator, so every comparison meets the hook.
+-- The C sort runs without __len (a fake length would make it loop in C) and with an __index
+-- that is a function (Lua: the hook sees it) or a table without a metatable of its own (a long
+-- __index chain looked up for every hole would loop in C); always with a Lua comparator, so
+-- every comparison meets the hook. Class-style arrays (`List.__index = List`) sort.
 local function less(a, b) return a < b end
 local function t_sort_safe(t, comp)
   check_table(t, 1, "sort")
   local mt = d_getmetatable(t)
-  if mt ~= nil and (rawget(mt, "__len") ~= nil or rawget(mt, "__index") ~= nil
-                    or rawget(mt, "__newindex") ~= nil) then
-    error("bad argument #1 to 'sort' (tables with __len, __index or __newindex metamethods "
+  local index = mt ~= nil and rawget(mt, "__index") or nil
+  if mt ~= nil and (rawget(mt, "__len") ~= nil
+                    or (type(index) == "table" and index ~= mt and d_getmetatable(index) ~= nil)
+                    or (index ~= nil and type(index) ~= "table" and type(index) ~= "function")) then
+    error("bad argument #1 to 'sort' (tables with __len or a chain of __index tables "
           .. "are not supported in functions)", 2)
   end
   if comp == nil then return t_sort(t, less) end

@@ -742,7 +742,7 @@ def test_lua_sort_with_a_c_comparator_and_a_fake_length_is_refused() -> None:
         end""",
     )
     assert out.startswith("CallError error:")
-    assert "__len, __index or __newindex" in out
+    assert "tables with __len" in out
 
 
 def test_lua_sort_keeps_working_on_plain_tables() -> None:
@@ -877,3 +877,38 @@ def test_javascript_bigint_literals_are_refused_at_compile_time() -> None:
                          "weight")  # fmt: skip
     assert (info.value.line, info.value.column) == (2, 17)
     assert "BigInt" in info.value.message
+
+
+def test_javascript_bigint_literal_after_a_spread_and_a_changing_to_string_are_refused() -> None:
+    with pytest.raises(CompileError, match="BigInt"):
+        compile_function("javascript", "function weight() { return [...1n] }", "weight")
+    with pytest.raises(CompileError, match="BigInt"):
+        compile_function("javascript", "function weight() { return {...0x1n} }", "weight")
+    # the constructors convert each part once: what is checked is what is compiled
+    source = """function weight() {
+      let n = 0;
+      const part = { toString() { return n++ === 0 ? "" : "return typeof (2" + "n)"; } };
+      return Function(part)();
+    }"""
+    answer = compile_function("javascript", source, "weight").call()
+    assert answer is None  # the checked text (""): a function returning nothing, not a BigInt
+
+
+def test_lua_sort_keeps_class_style_arrays() -> None:
+    source = """
+local List = {}
+List.__index = List
+function List.first(self) return self[1] end
+function weight()
+  local t = setmetatable({3, 1, 2}, List)
+  table.sort(t)
+  return t:first() + t[3]
+end"""
+    assert compile_function("lua", source, "weight").call() == 4
+    chain = """
+function weight()
+  local t = setmetatable({3, 1, 2}, {__index = setmetatable({}, {__index = {}})})
+  table.sort(t)
+end"""
+    with pytest.raises(CallError, match="chain of __index tables"):
+        compile_function("lua", chain, "weight").call()
