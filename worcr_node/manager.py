@@ -119,17 +119,14 @@ class JobManager:
         jobs: list[NewJob | uuid.UUID] = []
         for i, spec in enumerate(specs):
             try:
-                job: NewJob | None = parse_job_spec(spec, now, self.limits)
-                assert job is not None
-                job_id = job.id
-                if hooks:
-                    job = apply_on_enqueue(self.functions, job, spec.get("args", []), now,
-                                           self.limits)  # fmt: skip
-                if job is not None:
-                    job = self._place(job, spec.get("args", []))
+                job = parse_job_spec(spec, now, self.limits)
+                args = spec.get("args", [])
+                kept = apply_on_enqueue(self.functions, job, args, now, self.limits) if hooks \
+                    else job  # fmt: skip
+                placed = None if kept is None else self._place(kept, args)
             except SpecError as exc:
                 raise SpecError(f"jobs[{i}].{exc}") from None
-            jobs.append(job_id if job is None else job)
+            jobs.append(job.id if placed is None else placed)
         return jobs
 
     def _place(self, job: NewJob, args: Any) -> NewJob | None:

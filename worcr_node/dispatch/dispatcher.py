@@ -40,7 +40,7 @@ from worcr_node.dispatch.rules import (
     relevant_tags,
     worker_tag_relevance,
 )
-from worcr_node.functions.judge import Answer, LaneJudge
+from worcr_node.functions.judge import LaneJudge
 from worcr_node.functions.runner import FunctionRunner
 from worcr_node.limits.compiled import CompiledLimits
 from worcr_node.manager import JobManager
@@ -153,9 +153,9 @@ class Dispatcher(Service):
         self._uncounted: set[str] = set()
         self.misfiled: set[str] = set()  # lanes to split (repartition duty)
         self.on_freed: Callable[[Collection[str]], None] = lambda keys: None
-        # embedded functions: answers cached per (lane, class) in the verdicts, shed per lane
+        # embedded functions: verdicts cached per (lane, class), load shedding per lane (the
+        # runner remembers the functions' answers themselves)
         self._uses_functions = False
-        self._shed_answers: dict[tuple[str, str], Answer] = {}
         self._shed: dict[str, str | None] = {}  # lane -> "hold" | "discard" | None
         self._shed_rules: tuple[Rule, ...] = ()  # enabled hold, discard and shed rules
         # (class, lane) verdicts built on a fallback for a failure that may pass (a function
@@ -215,7 +215,6 @@ class Dispatcher(Service):
         self.policy = policy
         self.functions.set_functions(policy.functions)
         self._uses_functions = any(r.function is not None for r in policy.rules)
-        self._shed_answers.clear()
         self._shed.clear()
         self._doubtful.clear()
         self._shed_rules = tuple(r for r in policy.rules
@@ -285,7 +284,7 @@ class Dispatcher(Service):
     def judge(self, info: LaneInfo, kinds: Collection[str], tags: TagSet) -> LaneJudge:
         """Asks the function rules' functions about a (lane, worker class) pair."""
         return LaneJudge(self.functions, info.lane, info.kind, info.tenant, info.tags.tags,
-                         info.weight, kinds, tags.tags, self._shed_answers)  # fmt: skip
+                         info.weight, kinds, tags.tags)  # fmt: skip
 
     def shed(
         self, lane: str, kind: str, tenant: str, tags: Collection[str], weight: float
@@ -305,7 +304,6 @@ class Dispatcher(Service):
             return out  # not kept: asked again next time
         if len(self._shed) > 100_000:  # bounded; recomputed on demand
             self._shed.clear()
-            self._shed_answers.clear()
         self._shed[lane] = out
         return out
 

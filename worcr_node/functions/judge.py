@@ -1,14 +1,14 @@
 """The functions of function rules, asked about one (lane, worker class) pair.
 
 `dispatch/rules.evaluate` takes a `Judge`; the dispatcher builds a `LaneJudge` when it computes a
-verdict it has not cached yet, so a weight or match function runs once per lane and worker class
-per policy version, and a shed function once per lane (`shed_cache`, shared by all classes).
+verdict it has not cached yet. The runner remembers each answer per (function version, lane,
+worker class; none for shed), so a function runs once per lane and class until its next version.
 Explain reads the answers (`answers`) to show what each function said.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, MutableMapping
+from collections.abc import Collection
 from typing import Any
 
 from worcr_node.dispatch.rules import Rule
@@ -31,13 +31,11 @@ class LaneJudge:
         weight: float,
         worker_kinds: Collection[str] = (),
         worker_tags: Collection[str] = (),
-        shed_cache: MutableMapping[tuple[str, str], Answer] | None = None,
     ) -> None:
         self.runner = runner
         self.lane = lane
         self.job = lane_view(kind, tenant, tags, weight)
         self.worker = worker_view(worker_kinds, worker_tags)
-        self.shed_cache = {} if shed_cache is None else shed_cache
         self.answers: dict[str, Answer] = {}  # rule id -> (value, error)
         # some answer is a fallback for a failure that may pass (timeout, memory, tripped):
         # the verdict should be asked again later rather than kept
@@ -68,12 +66,5 @@ class LaneJudge:
 
     def shed(self, rule: Rule) -> tuple[str | None, str | None]:
         assert rule.function is not None
-        key = (self.lane, rule.id)
-        answer = self.shed_cache.get(key)
-        if answer is None:
-            outcome = self.runner.shed(rule.function, self.job, self.lane)
-            answer = self._answer(rule, outcome)
-            if not self.doubtful:
-                self.shed_cache[key] = answer
-        self.answers[rule.id] = answer
-        return answer[0], answer[1]
+        value, error = self._answer(rule, self.runner.shed(rule.function, self.job, self.lane))
+        return value, error

@@ -11,8 +11,9 @@ A function that keeps hitting its CPU or memory cap is *tripped* (`TRIP_AFTER` s
 among its last `WINDOW` calls, or one call that ran `OVERRUN` times past the CPU cap, which the
 engines check only every so many operations): its calls fail at once with kind "tripped" for
 `TRIP_FOR` seconds, doubled for each trip in a row (at most `MAX_TRIP`), so a broken function
-costs the node a few capped calls, not one per job. All calls run on the event loop thread; the
-dispatcher's own caches (a verdict per lane and worker class) keep dispatch-time calls rare.
+costs the node a few capped calls, not one per job. All calls run on the event loop thread;
+dispatch-time answers are remembered per (function version, lane, worker class) (`_remembered`),
+so those calls are rare.
 """
 
 from __future__ import annotations
@@ -296,7 +297,7 @@ class FunctionRunner:
                          job=job_id, fn=fn)  # fmt: skip
 
     def on_enqueue(self, fn: Function, job: Mapping[str, Any], job_id: str) -> Outcome:
-        """The function's raw answer, checked by the enqueue path (jobs/enqueue_hooks.py);
+        """The function's raw answer, checked by the enqueue path (functions/enqueue.py);
         fallback None (the job as it was)."""
         return self.call(fn.name, Hook.ON_ENQUEUE, (job,), check_enqueue, None, job=job_id,
                          fn=fn)  # fmt: skip
