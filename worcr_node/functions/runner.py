@@ -39,6 +39,7 @@ from worcr_node.functions.sandbox import (
 
 __all__ = [
     "CHECKS",
+    "FALLBACKS",
     "PASSING",
     "TRIP_AFTER",
     "TRIP_FOR",
@@ -243,25 +244,23 @@ class FunctionRunner:
     def weight(self, name: str, job: Mapping[str, Any], worker: Mapping[str, Any],
                lane: str | None = None) -> Outcome:  # fmt: skip
         """A weight factor; fallback 1 (the rule has no effect)."""
-        return self._remembered(name, Hook.WEIGHT, (job, worker), check_factor, 1.0, lane, worker)
+        return self._remembered(name, Hook.WEIGHT, (job, worker), lane, worker)
 
     def match(self, name: str, job: Mapping[str, Any], worker: Mapping[str, Any],
               lane: str | None = None) -> Outcome:  # fmt: skip
         """True: allowed; fallback False (forbidden: a broken match rule fails closed, the jobs
         wait for the fix rather than go to the wrong workers)."""
-        return self._remembered(name, Hook.MATCH, (job, worker), check_bool, False, lane, worker)
+        return self._remembered(name, Hook.MATCH, (job, worker), lane, worker)
 
     def shed(self, name: str, job: Mapping[str, Any], lane: str | None = None) -> Outcome:
         """ "hold", "discard" or None; fallback None (a broken function sheds nothing)."""
-        return self._remembered(name, Hook.SHED, (job,), check_shed, None, lane, None)
+        return self._remembered(name, Hook.SHED, (job,), lane, None)
 
     def _remembered(
         self,
         name: str,
         hook: Hook,
         args: tuple[Any, ...],
-        check: Callable[[Any], Any],
-        fallback: Any,
         lane: str | None,
         worker: Mapping[str, Any] | None,
     ) -> Outcome:
@@ -270,6 +269,7 @@ class FunctionRunner:
         versions, so a change elsewhere in the policy does not call every function again for
         every (lane, class). Failures that may pass (timeout, memory, tripped) are not."""
         fn = self.functions.get(name)
+        check, fallback = CHECKS[hook], FALLBACKS[hook]
         if lane is None or fn is None:
             return self.call(name, hook, args, check, fallback, lane=lane)
         wkey = None if worker is None else (tuple(worker["kinds"]), tuple(worker["tags"]))
@@ -286,21 +286,21 @@ class FunctionRunner:
     def limit_key(self, name: str, job: Mapping[str, Any], job_id: str | None) -> Outcome:
         """(key, limit or None), or None if the limit does not apply to the job; fallback
         ("!error", None): every job whose key failed shares one key, still limited."""
-        return self.call(name, Hook.LIMIT_KEY, (job,), check_limit_key, ("!error", None),
-                         job=job_id)  # fmt: skip
+        return self.call(name, Hook.LIMIT_KEY, (job,), check_limit_key,
+                         FALLBACKS[Hook.LIMIT_KEY], job=job_id)  # fmt: skip
 
     def retry(self, fn: Function, job: Mapping[str, Any], error: Mapping[str, Any],
               attempt: int, job_id: str) -> Outcome:  # fmt: skip
         """Seconds until the next attempt, False to give up, None for the job's backoff;
         fallback None."""
-        return self.call(fn.name, Hook.RETRY, (job, error, attempt), check_retry, None,
-                         job=job_id, fn=fn)  # fmt: skip
+        return self.call(fn.name, Hook.RETRY, (job, error, attempt), check_retry,
+                         FALLBACKS[Hook.RETRY], job=job_id, fn=fn)  # fmt: skip
 
     def on_enqueue(self, fn: Function, job: Mapping[str, Any], job_id: str) -> Outcome:
         """The function's raw answer, checked by the enqueue path (functions/enqueue.py);
         fallback None (the job as it was)."""
-        return self.call(fn.name, Hook.ON_ENQUEUE, (job,), check_enqueue, None, job=job_id,
-                         fn=fn)  # fmt: skip
+        return self.call(fn.name, Hook.ON_ENQUEUE, (job,), check_enqueue,
+                         FALLBACKS[Hook.ON_ENQUEUE], job=job_id, fn=fn)  # fmt: skip
 
 
 # -- result checks (pure; raise ValueError with what was expected) ---------------------------------
@@ -373,6 +373,15 @@ def check_enqueue(value: Any) -> dict[str, Any] | None:
     return value
 
 
+# What each hook uses when its function fails (documented in docs/functions.md).
+FALLBACKS: dict[Hook, Any] = {
+    Hook.WEIGHT: 1.0,  # the rule has no effect
+    Hook.MATCH: False,  # forbidden: a broken match rule fails closed
+    Hook.SHED: None,  # nothing is shed
+    Hook.LIMIT_KEY: ("!error", None),  # one shared key, still limited
+    Hook.RETRY: None,  # the job's backoff
+    Hook.ON_ENQUEUE: None,  # the job as it was
+}
 CHECKS: dict[Hook, Callable[[Any], Any]] = {
     Hook.WEIGHT: check_factor,
     Hook.MATCH: check_bool,

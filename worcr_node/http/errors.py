@@ -1,18 +1,29 @@
 """HTTP API errors: `ApiError` carries a status and an error code; the middleware in `api.py`
 renders it (and every other failure it knows) as JSON `{"error": {"code", "message"}}`.
-`json_body` reads a request body, turning every way it can be bad into a 400."""
+`json_body` reads a request body, `path_id`, `query_int` and `refuse_unknown` read the route and
+query, each turning every way they can be bad into a 400."""
 
 from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 from aiohttp import web
 
 from worcr.wire import ErrorCode
 
-__all__ = ["ApiError", "bad_request", "error_response", "json_body"]
+__all__ = [
+    "ApiError",
+    "bad_request",
+    "error_response",
+    "json_body",
+    "path_id",
+    "query_int",
+    "query_one",
+    "refuse_unknown",
+]
 
 
 class ApiError(Exception):
@@ -66,3 +77,29 @@ def path_id(request: web.Request, what: str = "job") -> uuid.UUID:
         return uuid.UUID(raw)
     except ValueError:
         raise bad_request(f"{raw[:64]!r} is not a {what} id") from None
+
+
+def query_one(request: web.Request, name: str) -> str | None:
+    """A query parameter given at most once; a 400 if it is repeated."""
+    values = request.query.getall(name, [])
+    if len(values) > 1:
+        raise bad_request(f"{name}: give it once")
+    return values[0] if values else None
+
+
+def query_int(request: web.Request, name: str, low: int, high: int) -> int | None:
+    """An integer query parameter in [low, high] (ASCII digits), or None; a 400 otherwise."""
+    raw = query_one(request, name)
+    if raw is None:
+        return None
+    value = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 19 else None
+    if value is None or not low <= value <= high:
+        raise bad_request(f"{name}: expected an integer from {low} to {high}, got {raw[:64]!r}")
+    return value
+
+
+def refuse_unknown(request: web.Request, allowed: Iterable[str]) -> None:
+    """A 400 naming the query parameters that are not in `allowed`."""
+    unknown = set(request.query) - set(allowed)
+    if unknown:
+        raise bad_request(f"unknown parameter(s) {sorted(unknown)}; allowed: {sorted(allowed)}")

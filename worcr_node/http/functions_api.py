@@ -18,18 +18,15 @@ from aiohttp import web
 
 from worcr.wire import ErrorCode
 from worcr_node.functions.model import Function, FunctionError, Hook, parse_function, valid_name
-from worcr_node.functions.runner import CHECKS, FunctionRunner
+from worcr_node.functions.runner import CHECKS, FALLBACKS, FunctionRunner
 from worcr_node.functions.sandbox import CallError, CompileError, compile_function
 from worcr_node.functions.store import FunctionConflict, FunctionStore, function_from_row, row_times
 from worcr_node.functions.views import plain
-from worcr_node.http.errors import ApiError, bad_request, json_body
+from worcr_node.http.errors import ApiError, bad_request, json_body, query_int, refuse_unknown
 
 __all__ = ["add_functions_routes"]
 
 MAX_VERSIONS = 1000
-FALLBACKS: dict[Hook, Any] = {Hook.WEIGHT: 1.0, Hook.MATCH: False, Hook.SHED: None,
-                              Hook.LIMIT_KEY: ("!error", None), Hook.RETRY: None,
-                              Hook.ON_ENQUEUE: None}  # fmt: skip
 _TRY_FIELDS = frozenset({"job", "worker", "error", "attempt", "source", "language", "hook"})
 
 
@@ -124,12 +121,9 @@ class FunctionsApi:
 
     async def errors(self, request: web.Request) -> web.Response:
         name = _name(request)
-        q = request.query
-        unknown = set(q) - {"before", "limit"}
-        if unknown:
-            raise bad_request(f"unknown parameter(s) {sorted(unknown)}")
-        before = _int_param(q.get("before"), "before", 1, 2**62)
-        limit = _int_param(q.get("limit"), "limit", 1, 1000) or 100
+        refuse_unknown(request, ("before", "limit"))
+        before = query_int(request, "before", 1, 2**62)
+        limit = query_int(request, "limit", 1, 1000) or 100
         rows = await self.store.errors(name, before, limit)
         out = [{"id": r["id"], "function": r["name"], "version": r["version"], "hook": r["hook"],
                 "kind": r["kind"], "message": r["message"],
@@ -234,14 +228,6 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_json_safe(v) for v in value]
     return value
-
-
-def _int_param(raw: str | None, name: str, low: int, high: int) -> int | None:
-    if raw is None:
-        return None
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 20 or not low <= int(raw) <= high:
-        raise bad_request(f"{name}: expected an integer from {low} to {high}")
-    return int(raw)
 
 
 def add_functions_routes(

@@ -16,14 +16,21 @@ import asyncio
 import json
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
 from worcr.wire import ErrorCode
-from worcr_node.http.errors import ApiError, bad_request, json_body, path_id
+from worcr_node.http.errors import (
+    ApiError,
+    bad_request,
+    json_body,
+    path_id,
+    query_int,
+    refuse_unknown,
+)
 from worcr_node.http.render import render_job, render_result
 from worcr_node.life.events import EventBus, Subscription
 from worcr_node.manager import JobManager
@@ -72,29 +79,6 @@ def _line(row: Any) -> dict[str, Any]:
         "level": row["level"],
         "message": row["message"],
     }
-
-
-def _one(request: web.Request, name: str) -> str | None:
-    values = request.query.getall(name, [])
-    if len(values) > 1:
-        raise bad_request(f"{name}: give it once")
-    return values[0] if values else None
-
-
-def _int_param(request: web.Request, name: str, low: int, high: int) -> int | None:
-    raw = _one(request, name)
-    if raw is None:
-        return None
-    value = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 19 else None
-    if value is None or not low <= value <= high:
-        raise bad_request(f"{name}: expected an integer from {low} to {high}, got {raw[:64]!r}")
-    return value
-
-
-def _refuse_unknown(request: web.Request, allowed: Iterable[str]) -> None:
-    unknown = set(request.query) - set(allowed)
-    if unknown:
-        raise bad_request(f"unknown parameter(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
 
 
 def _last_event_id(request: web.Request) -> int:
@@ -199,10 +183,10 @@ class LifeApi:
 
     async def logs(self, request: web.Request) -> web.Response:
         job_id = path_id(request)
-        _refuse_unknown(request, ("attempt", "after", "limit"))
-        attempt = _int_param(request, "attempt", 1, MAX_INT4)
-        after = _int_param(request, "after", 0, MAX_INT8) or 0
-        limit = _int_param(request, "limit", 1, MAX_LINES) or DEFAULT_LINES
+        refuse_unknown(request, ("attempt", "after", "limit"))
+        attempt = query_int(request, "attempt", 1, MAX_INT4)
+        after = query_int(request, "after", 0, MAX_INT8) or 0
+        limit = query_int(request, "limit", 1, MAX_LINES) or DEFAULT_LINES
         await self._row(job_id)
         lines = [_line(r) for r in await self.life.logs_of_job(job_id, after, attempt, limit)]
         more = lines[-1]["id"] if len(lines) == limit else None
@@ -212,7 +196,7 @@ class LifeApi:
 
     async def job_events(self, request: web.Request) -> web.StreamResponse:
         job_id = path_id(request)
-        _refuse_unknown(request, ())
+        refuse_unknown(request, ())
         stream = self._subscribe(request, job=str(job_id))
         try:
             row = await self._row(job_id)  # after subscribing: no event falls in between
@@ -254,7 +238,7 @@ class LifeApi:
         return True
 
     async def all_events(self, request: web.Request) -> web.StreamResponse:
-        _refuse_unknown(request, ("kind", "tenant", "type"))
+        refuse_unknown(request, ("kind", "tenant", "type"))
         kinds = _names(request, "kind", self.m.limits.max_kind_len)
         tenants = _names(request, "tenant", self.m.limits.max_tenant_len)
         types = _types(request)
