@@ -438,17 +438,25 @@ class PostgresServer(_Service):
 
 
 class RedisServer(_Service):
-    """A non-persistent Redis (no RDB, no AOF) with its working dir and log in `data_dir`."""
+    """A Redis with its working dir and log in `data_dir`: without persistence (no RDB, no AOF)
+    for tests, or `persistent` (an append-only file, fsynced every second) for `worcr dev`, whose
+    PostgreSQL keeps its data too, so a restart finds the index it left."""
 
     name = "Redis"
     log_name = "redis.log"  # redis-server's own log; its stdout/stderr are appended there too
     start_timeout = 30.0
 
     def __init__(
-        self, data_dir: Path, port: int | None = None, *, binary: Path | None = None
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        *,
+        binary: Path | None = None,
+        persistent: bool = False,
     ) -> None:
         super().__init__(data_dir, port)
         self.binary = find_redis_server() if binary is None else Path(binary)
+        self.persistent = persistent
 
     @property
     def url(self) -> str:
@@ -456,7 +464,8 @@ class RedisServer(_Service):
 
     def _argv(self) -> list[str]:
         argv = [str(self.binary), "--port", str(self._port), "--bind", HOST, "--save", ""]
-        argv += ["--appendonly", "no", "--dir", str(self.data_dir), "--daemonize", "no"]
+        aof = ["yes", "--appendfsync", "everysec"] if self.persistent else ["no"]
+        argv += ["--appendonly", *aof, "--dir", str(self.data_dir), "--daemonize", "no"]
         return [*argv, "--logfile", str(self.log_path), "--protected-mode", "no"]
 
     def _ready(self) -> bool:

@@ -124,8 +124,16 @@ def main(argv: list[str] | None = None) -> int:
     dev = sub.add_parser("dev", help="run a throwaway PostgreSQL + Redis + node under .worcr/")
     dev.add_argument("--dir", default=".worcr", help="state folder (default .worcr)")
     dev.add_argument("--demo", action="store_true", help="also run a demo worker and demo jobs")
-    dev.add_argument("--http", default="127.0.0.1:7400")
-    dev.add_argument("--listen", default="127.0.0.1:7401")
+    dev.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        help="HTTP API address (default: WORCR_HTTP, else 127.0.0.1:7400)",
+    )
+    dev.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        help="worker protocol address (default: WORCR_LISTEN, else 127.0.0.1:7401)",
+    )
     worker = sub.add_parser("worker", help="run a Python worker: worcr worker some.module [...]",
                             add_help=False)  # fmt: skip
     worker.add_argument("rest", nargs=argparse.REMAINDER)

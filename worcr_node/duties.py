@@ -137,13 +137,20 @@ class Duties(Service):
             return
         if self.epoch is not None:  # Redis restarted or failed over: its old connections are dead
             await self.index.reset_connections()
+        recorded = None
+        if current is None:
+            recorded = await self.store.cluster_get(EPOCH)
+            if recorded is not None and self.epoch is None:
+                # Nodes starting together on an empty Redis: another node may have set the
+                # epoch in Redis (it does so before recording it in PostgreSQL) between our two
+                # reads. Then nothing was lost.
+                current = await self.index.epoch()
         if current is not None:  # first look, or another node rebuilt already
             if self.epoch is not None:
                 self.rebuilds += 1
             self.epoch = current
             await self.reconcile(full=True)
             return
-        recorded = await self.store.cluster_get(EPOCH)
         lost = recorded is not None or self.epoch is not None
         if lost:
             log.warning("Redis lost its data (epoch %s gone): rebuilding from PostgreSQL; limits "

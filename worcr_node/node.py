@@ -27,6 +27,7 @@ from worcr_node.life.duties import LifeDuties
 from worcr_node.life.events import EventBus
 from worcr_node.life.writer import JobLife
 from worcr_node.limits.rate import RateLimiter
+from worcr_node.listen import listen_error
 from worcr_node.manager import JobManager
 from worcr_node.service import Service
 from worcr_node.store.life import LifeStore
@@ -99,7 +100,7 @@ class Node:
         self.rate = RateLimiter(self.index, self.store, lambda: self.dispatcher.limits)
         self.hub.rate = self.rate
         self.dispatcher.on_freed = self.rate.freed
-        self.tcp = TcpServer(self.hub, config.listen.host, config.listen.port)
+        self.tcp = TcpServer(self.hub, config.listen)
         self.http_port = config.http.port
         self._runner: web.AppRunner | None = None
         self._cancel_listener = _CancelListener(self.index, self.hub)
@@ -129,7 +130,10 @@ class Node:
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.http.host, self.config.http.port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise listen_error("the HTTP API", self.config.http, "WORCR_HTTP", exc) from None
         server = site._server
         if server is not None and getattr(server, "sockets", None):
             self.http_port = int(server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]

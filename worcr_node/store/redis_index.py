@@ -378,7 +378,7 @@ class RedisIndex:
                 await asyncio.sleep(0.5)
             finally:
                 try:
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()
                 except Exception:
                     pass
 

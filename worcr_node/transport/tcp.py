@@ -11,6 +11,8 @@ import logging
 from typing import cast
 
 from worcr.wire import ErrorCode
+from worcr_node.config import HostPort
+from worcr_node.listen import listen_error
 from worcr_node.service import Service
 from worcr_node.transport.session import Hub, Session
 
@@ -43,18 +45,22 @@ class _Connection(asyncio.Protocol):
 class TcpServer(Service):
     name = "tcp"
 
-    def __init__(self, hub: Hub, host: str, port: int) -> None:
+    def __init__(self, hub: Hub, address: HostPort) -> None:
         super().__init__()
         self.hub = hub
-        self.host = host
-        self.port = port
+        self.address = address
+        self.host = address.host
+        self.port = address.port
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: _Connection(self.hub), self.host, self.port, reuse_address=True
-        )
+        try:
+            self._server = await loop.create_server(
+                lambda: _Connection(self.hub), self.host, self.port, reuse_address=True
+            )
+        except OSError as exc:
+            raise listen_error("workers", self.address, "WORCR_LISTEN", exc) from None
         sock = self._server.sockets[0]
         self.port = int(sock.getsockname()[1])
         log.info("worker protocol on %s:%d", self.host, self.port, extra={"action": "listen"})
