@@ -337,6 +337,11 @@ class Connection:
             except Exception:
                 log.exception("close handler of connection %s failed", self.name)
 
+    @property
+    def node_error(self) -> str | None:
+        """The code of the fatal `error` the node sent before closing (e.g. SHUTTING_DOWN)."""
+        return None if self._node_error is None else self._node_error[0]
+
     async def wait_closed(self) -> None:
         """Wait until the connection is closed (by either side) and its tasks are done."""
         await self._closed_event.wait()

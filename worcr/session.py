@@ -2,7 +2,8 @@
 
 Connect to a node, say `hello`, send `heartbeat` notifications every `heartbeat_ms`, and when the
 connection drops (or a node cannot be reached) try again with backoff and jitter, rotating over the
-configured nodes; after a drop the same node is tried first. The `hello` parameters are asked
+configured nodes; after a drop the same node is tried first, except after the node said
+SHUTTING_DOWN (it is going away: the next node is tried at once). The `hello` parameters are asked
 from the owner at each attempt, so a reconnecting worker lists the jobs it still holds.
 """
 
@@ -16,6 +17,7 @@ from typing import Any
 from worcr.backoff import Backoff
 from worcr.connection import Connection, NotificationHandler
 from worcr.errors import ConnectionClosed, RemoteError
+from worcr.wire import ErrorCode
 
 __all__ = ["SessionLoop"]
 
@@ -59,11 +61,13 @@ class SessionLoop:
             if session is not None:
                 conn, hello = session
                 tries = 0
-                index -= 1  # after a drop, try the same node first
                 try:
                     await self._serve(conn, hello, address)
                 finally:
                     await self._discard(conn)
+                if conn.node_error == ErrorCode.SHUTTING_DOWN and len(self.nodes) > 1:
+                    continue  # the node is going away: the next one now, no backoff
+                index -= 1  # after another drop, try the same node first
             delay = self.backoff.delay(tries)
             tries += 1
             log.info("reconnecting in %.2f s", delay)

@@ -9,10 +9,11 @@ tests/integration/jobs/sample.py), so the tests await that line instead of sleep
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import threading
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
@@ -412,3 +413,29 @@ async def test_sigterm_yields_running_jobs_and_exits_zero(
     for j in jobs:
         assert await outcomes(node, j) == ["yielded", "completed"]
     assert waiting in runs
+
+
+async def test_after_shutting_down_the_worker_goes_to_the_next_node_at_once(
+    node_factory: NodeFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stopping node is not tried again: the worker's next hello goes to the next node."""
+    caplog.set_level(logging.INFO, logger="worcr.session")
+    a, b = await node_factory(), await node_factory()
+    worker = worcr.Worker(
+        nodes=[a.worker_address, b.worker_address], concurrency=2, shutdown_timeout=2.0
+    )
+    worker.job("noop")(lambda ctx: None)
+
+    def serving(node: Node) -> Callable[[], Awaitable[bool]]:
+        async def check() -> bool:
+            return any(s.worker_id == worker.worker_id for s in node.hub.sessions)
+
+        return check
+
+    async with running(worker):
+        await wait_until(serving(a))
+        caplog.clear()
+        await a.stop()
+        await wait_until(serving(b))
+    tried_a = [r.getMessage() for r in caplog.records if a.worker_address in r.getMessage()]
+    assert tried_a == [f"connection to node {a.worker_address} closed"], tried_a
