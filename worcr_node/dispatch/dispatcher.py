@@ -421,9 +421,10 @@ class Dispatcher(Service):
             return False
         self._rr = (self._rr + 1) % len(consumers)
         for c in consumers[self._rr :] + consumers[: self._rr]:
-            if not self._wants(c):
-                continue
-            cls = self.classes.get(self._keys[id(c)])
+            key = self._keys.get(id(c))
+            if key is None or not c.open or not self._wants(c):
+                continue  # gone during this round (its connection closed, or a new policy)
+            cls = self.classes.get(key)
             if cls is not None and len(cls.view) and await self._claim_for(c, cls):
                 progress = True
         return progress
