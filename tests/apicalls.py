@@ -10,8 +10,10 @@ import aiohttp
 async def call(
     http: aiohttp.ClientSession, method: str, path: str, body: Any = None, data: str | None = None
 ) -> tuple[int, Any]:
-    """(status, JSON body or None when there is no body)."""
-    kwargs: dict[str, Any] = {"data": data} if data is not None else {"json": body}
+    """(status, JSON body or None when there is no body); `data` is sent as application/json."""
+    kwargs: dict[str, Any] = {"json": body}
+    if data is not None:
+        kwargs = {"data": data, "headers": {"Content-Type": "application/json"}}
     async with http.request(method, path, **kwargs) as resp:
         return resp.status, (await resp.json() if await resp.read() else None)
 

@@ -122,10 +122,18 @@ async def spawn_node(
     """Start nodes as processes (to kill -9 them) on this test's database and Redis prefix."""
     procs: list[NodeProcess] = []
 
-    async def spawn(name: str) -> NodeProcess:
+    async def spawn(
+        name: str,
+        *,
+        listen: str | None = None,
+        http: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> NodeProcess:
+        """A node named `name`; `listen`/`http` to start it again where it was."""
         node = await NodeProcess.start(
-            database_url, redis_server.url, redis_prefix, name, tmp_path / f"{name}.log"
-        )
+            database_url, redis_server.url, redis_prefix, name, tmp_path / f"{name}.log", env,
+            listen=listen, http=http,
+        )  # fmt: skip
         procs.append(node)
         return node
 

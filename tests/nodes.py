@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
 from cluster.services import free_port
@@ -23,28 +23,42 @@ class NodeProcess:
         self.proc = proc
         self.worker_address = worker_address
         self.log_path = log
+        self.http_address = ""  # http://host:port of its HTTP API
 
     @classmethod
     async def start(
-        cls, database_url: str, redis_url: str, prefix: str, name: str, log: Path
+        cls,
+        database_url: str,
+        redis_url: str,
+        prefix: str,
+        name: str,
+        log: Path,
+        extra_env: Mapping[str, str] | None = None,
+        *,
+        listen: str | None = None,
+        http: str | None = None,
     ) -> NodeProcess:
-        listen = f"127.0.0.1:{free_port()}"
+        """A node on free ports, or on `listen` / `http` (a restart on the same addresses)."""
+        listen = listen or f"127.0.0.1:{free_port()}"
+        http = http or f"127.0.0.1:{free_port()}"
         env = dict(
             os.environ,
             WORCR_DATABASE_URL=database_url,
             WORCR_REDIS_URL=redis_url,
             WORCR_REDIS_PREFIX=prefix,
             WORCR_LISTEN=listen,
-            WORCR_HTTP=f"127.0.0.1:{free_port()}",
+            WORCR_HTTP=http,
             WORCR_NODE_ID=name,
             WORCR_HEARTBEAT_MS="200",
         )
+        env.update(extra_env or {})
         with log.open("ab") as out:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "worcr_node", "node",
                 cwd=ROOT, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out,
             )  # fmt: skip
         node = cls(proc, listen, log)
+        node.http_address = f"http://{http}"
         await node._wait_listening()
         return node
 
@@ -79,4 +93,4 @@ class NodeProcess:
         await self.proc.wait()
 
 
-SpawnNode = Callable[[str], Awaitable[NodeProcess]]
+SpawnNode = Callable[..., Awaitable[NodeProcess]]

@@ -39,6 +39,7 @@ from worcr.errors import Yield
 from worcr.limits import NodeLink
 from worcr.registry import Handler, Registry
 from worcr.report import Reporter
+from worcr.spec import check_json_form
 from worcr.wire import Limits
 
 __all__ = ["JobExecutor", "result_problem"]
@@ -399,6 +400,10 @@ def result_problem(result: Any) -> str | None:
         size = len(msgpack.packb(result, use_bin_type=True))
     except Exception as exc:
         return f"the job's result cannot be encoded as msgpack: {describe_exception(exc)}"
+    try:
+        check_json_form(result, "the job's result")
+    except (ValueError, TypeError) as exc:
+        return f"the job's result cannot be stored: {exc}"
     if size > LIMITS.max_result:
         return (
             f"the job's result is {size} bytes of msgpack, over the limit of {LIMITS.max_result}:"

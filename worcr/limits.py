@@ -11,7 +11,8 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-from worcr.errors import ConnectionClosed, WorcrError
+from worcr.errors import ConnectionClosed, RemoteError, WorcrError
+from worcr.wire import ErrorCode
 
 __all__ = ["Grant", "LimitTimeout", "NodeLink"]
 
@@ -68,6 +69,12 @@ class NodeLink:
             conn = self.conn
             try:
                 return await conn.request(method, params)
+            except RemoteError as exc:
+                if exc.code != ErrorCode.SHUTTING_DOWN:
+                    raise
+                # The stopping node did not apply it: always safe to send on the next session.
+                if self.conn is conn:
+                    self.attach(None)
             except ConnectionClosed:
                 if self.conn is conn:
                     self.attach(None)

@@ -177,7 +177,11 @@ class Reporter:
         self._in_flight -= len(items)
         self._requests -= 1
         exc = None if fut.cancelled() else fut.exception()
-        if fut.cancelled() or isinstance(exc, ConnectionClosed):
+        if isinstance(exc, RemoteError) and exc.code == ErrorCode.SHUTTING_DOWN:
+            # The node is stopping (a restart, not a refusal): sent again once the worker is
+            # connected to the next node.
+            self._requeue(method, items)
+        elif fut.cancelled() or isinstance(exc, ConnectionClosed):
             self._requeue(method, items)  # sent again when the worker is connected again
             self._schedule()  # in case it already is
         elif isinstance(exc, RemoteError) and exc.retryable:

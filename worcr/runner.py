@@ -4,7 +4,8 @@ The module (or `module:attribute`) is imported from the current directory; its h
 a `Worker` instance named `worker` (or the named attribute) if it has one, else from the
 handlers registered with the module-level `@worcr.job`. Command-line options override what the
 module's `Worker` set; environment variables give the defaults (`WORCR_NODES`, `WORCR_TOKEN`,
-`WORCR_CONCURRENCY`, `WORCR_TAGS`).
+`WORCR_CONCURRENCY`, `WORCR_PREFETCH`, `WORCR_THREADS`, `WORCR_TAGS`, `WORCR_SHUTDOWN_TIMEOUT`,
+`WORCR_YIELD_TIMEOUT`, `WORCR_LOG_LEVEL`; `worcr worker --help` lists them).
 """
 
 from __future__ import annotations
@@ -117,29 +118,89 @@ def prepare_worker(
     return worker
 
 
+_EPILOG = """\
+--nodes is a failover list, not a spread: the worker holds one connection, to the first node
+of the list that answers, and moves to the next one only when that node stops (SHUTTING_DOWN) or
+cannot be reached; nothing rebalances later. To spread workers over several nodes, give each
+worker the list in a different order (e.g. a,b,c / b,c,a / c,a,b).
+
+Every option can also come from the environment: WORCR_NODES, WORCR_CONCURRENCY, WORCR_PREFETCH,
+WORCR_THREADS, WORCR_TAGS, WORCR_TOKEN, WORCR_SHUTDOWN_TIMEOUT, WORCR_YIELD_TIMEOUT,
+WORCR_LOG_LEVEL (an option wins over its variable; both win over what the module's Worker set).
+"""
+
+
 def parser(prog: str = "worcr worker") -> argparse.ArgumentParser:
     env = os.environ.get
-    p = argparse.ArgumentParser(prog=prog, description="Run Worcr job handlers from a module.")
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Run Worcr job handlers from a module: connect to a node, say which kinds\n"
+        "this worker runs, run the jobs it is given. SIGTERM/SIGINT: stop taking jobs, let\n"
+        "running ones finish within --shutdown-timeout, yield the rest back to the node.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("module", help="module (or module:attribute) that registers the handlers")
     p.add_argument(
         "--nodes",
         default=env("WORCR_NODES"),
-        help="comma-separated node addresses host:port (env WORCR_NODES; default 127.0.0.1:7401)",
+        metavar="HOST:PORT,...",
+        help="node worker addresses, a failover list (see below) (default 127.0.0.1:7401)",
     )
-    p.add_argument("--concurrency", "-c", type=int, default=_env_int("WORCR_CONCURRENCY"))
-    p.add_argument("--prefetch", type=int, default=None, help="jobs held beyond concurrency")
-    p.add_argument("--threads", type=int, default=None, help="pool size for non-async handlers")
-    p.add_argument("--tags", default=env("WORCR_TAGS"), help="comma-separated worker tags")
-    p.add_argument("--token", default=env("WORCR_TOKEN"), help="worker token (env WORCR_TOKEN)")
-    p.add_argument("--shutdown-timeout", type=float, default=None, metavar="SECONDS")
+    p.add_argument(
+        "--concurrency",
+        "-c",
+        type=int,
+        default=_env_int("WORCR_CONCURRENCY"),
+        metavar="N",
+        help="jobs run at once (default 10)",
+    )
+    p.add_argument(
+        "--prefetch",
+        type=int,
+        default=_env_int("WORCR_PREFETCH"),
+        metavar="N",
+        help="jobs held beyond --concurrency, waiting to start, so the next one starts without "
+        "a round trip (default: as many as --concurrency; 0 for none)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=_env_int("WORCR_THREADS"),
+        metavar="N",
+        help="thread pool for plain-function (non-async) handlers (default: --concurrency)",
+    )
+    p.add_argument(
+        "--tags",
+        default=env("WORCR_TAGS"),
+        metavar="TAG,...",
+        help="comma-separated worker tags the node's rules match on (default none)",
+    )
+    p.add_argument(
+        "--token",
+        default=env("WORCR_TOKEN"),
+        help="worker token, when the node requires one (default none)",
+    )
+    p.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=_env_float("WORCR_SHUTDOWN_TIMEOUT"),
+        metavar="SECONDS",
+        help="how long running jobs may finish after SIGTERM before they are yielded (default 30)",
+    )
     p.add_argument(
         "--yield-timeout",
         type=float,
-        default=None,
+        default=_env_float("WORCR_YIELD_TIMEOUT"),
         metavar="SECONDS",
         help="how long a job the node asks to yield has to stop at a safe point (default 5)",
     )
-    p.add_argument("--log-level", default=env("WORCR_LOG_LEVEL", "INFO"))
+    p.add_argument(
+        "--log-level",
+        default=env("WORCR_LOG_LEVEL", "INFO"),
+        metavar="LEVEL",
+        help="DEBUG, INFO, WARNING or ERROR (default INFO)",
+    )
     return p
 
 
@@ -190,4 +251,15 @@ def _exit_if_threads_linger(code: int) -> None:
 
 def _env_int(name: str) -> int | None:
     value = os.environ.get(name)
-    return int(value) if value else None
+    try:
+        return int(value) if value else None
+    except ValueError:
+        raise SystemExit(f"worcr worker: {name}={value!r} is not an integer") from None
+
+
+def _env_float(name: str) -> float | None:
+    value = os.environ.get(name)
+    try:
+        return float(value) if value else None
+    except ValueError:
+        raise SystemExit(f"worcr worker: {name}={value!r} is not a number") from None

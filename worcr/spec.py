@@ -2,8 +2,9 @@
 
 `JobSpec.to_wire()` builds the `enqueue` job-spec map of docs/protocol.md, leaving out every field
 the caller did not set so the node applies its defaults. Mistakes a client can see without the node
-(a string given as `tags`, both `run_at` and `run_in`, a naive datetime, a non-positive weight...)
-raise `ValueError`/`TypeError` before anything is sent. Jobs get a client-generated UUIDv7 id when
+(a string or `False` given as `tags`, both `run_at` and `run_in`, a naive datetime, a weight out of
+range, args with NaN, a msgpack Timestamp or nested deeper than `Limits.max_depth`...) raise
+`ValueError`/`TypeError` before anything is sent. Jobs get a client-generated UUIDv7 id when
 none is given, so that re-sending an enqueue after a lost connection cannot create a duplicate.
 """
 
@@ -13,14 +14,24 @@ import math
 import os
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import Any, TypedDict
 
+import msgpack
+
 from worcr.wire import Limits
 
-__all__ = ["EnqueueResult", "JobOptions", "JobSpec", "new_job_id", "spec_from_mapping"]
+__all__ = [
+    "EnqueueResult",
+    "JobOptions",
+    "JobSpec",
+    "check_json_form",
+    "new_job_id",
+    "spec_from_mapping",
+]
 
 LIMITS = Limits()  # defaults are readable on an instance only: Limits has __slots__
 
@@ -28,6 +39,7 @@ Instant = float | int | datetime
 Duration = float | int | timedelta
 
 _BACKOFF_KEYS = frozenset({"base", "factor", "max", "jitter"})
+MIN_WEIGHT, MAX_WEIGHT = 1e-6, 1e6  # the node's range (docs/protocol.md, section 8)
 
 
 class JobOptions(TypedDict, total=False):
@@ -85,17 +97,18 @@ class JobSpec:
         `id_factory` makes an id when the spec has none (the client passes `new_job_id`).
         """
         out: dict[str, Any] = {"kind": _text("kind", self.kind, LIMITS.max_kind_len)}
-        out["args"] = self.args
+        out["args"] = _args(self.args)
         if self.id is not None:
             out["id"] = _job_id(self.id)
         elif id_factory is not None:
             out["id"] = id_factory()
-        if self.tags:
-            out["tags"] = _tags(self.tags)
+        tags = [] if self.tags is None else _tags(self.tags)  # None: not set, as elsewhere
+        if tags:
+            out["tags"] = tags
         if self.tenant is not None:
             out["tenant"] = _text("tenant", self.tenant, LIMITS.max_tenant_len)
         if self.weight is not None:
-            out["weight"] = _positive("weight", self.weight)
+            out["weight"] = _weight(self.weight)
         _when(out, "run", self.run_at, self.run_in)
         _when(out, "expires", self.expires_at, self.expires_in)
         if self.max_attempts is not None:
@@ -155,8 +168,10 @@ def _text(name: str, value: Any, limit: int) -> str:
 def _tags(tags: Sequence[str]) -> list[str]:
     if isinstance(tags, str | bytes):
         raise TypeError(
-            f"tags must be a list of str, not a single string (did you mean [{tags!r}]?)"
+            f"tags must be a list of str, not a single string (did you mean [{tags[:64]!r}]?)"
         )
+    if not isinstance(tags, Sequence | AbstractSet):  # False, 0... are not "no tags"
+        raise TypeError(f"tags must be a list of str, got {type(tags).__name__}")
     out = [_text("tag", tag, LIMITS.max_tag_len) for tag in tags]
     if len(out) > LIMITS.max_tags:
         raise ValueError(f"a job has at most {LIMITS.max_tags} tags, got {len(out)}")
@@ -185,6 +200,41 @@ def _positive(name: str, value: Any) -> float:
     if number <= 0:
         raise ValueError(f"{name} must be > 0, got {value!r}")
     return number
+
+
+def _weight(value: Any) -> float:
+    weight = _positive("weight", value)
+    if not MIN_WEIGHT <= weight <= MAX_WEIGHT:
+        raise ValueError(f"weight must be from {MIN_WEIGHT:g} to {MAX_WEIGHT:g}, got {weight!r}")
+    return weight
+
+
+def _args(args: Any) -> Any:
+    check_json_form(args, "args")
+    return args
+
+
+def check_json_form(value: Any, what: str) -> None:
+    """A value as the node takes it for args and results: no NaN or infinity, no msgpack
+    extension type (a Timestamp is one: send a number or an ISO 8601 string), nested at most
+    `Limits.max_depth` levels. ValueError or TypeError naming `what` otherwise."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, Mapping):
+            children: Iterable[Any] = item.values()
+        elif isinstance(item, list | tuple) and not isinstance(item, msgpack.ExtType):
+            children = item
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise ValueError(f"{what} hold {item!r}: JSON has no NaN or infinity")
+        elif isinstance(item, msgpack.ExtType | msgpack.Timestamp):
+            raise TypeError(f"{what} hold a msgpack extension type (e.g. a Timestamp): send a "
+                            "number, a string or bytes")  # fmt: skip
+        else:
+            continue
+        if depth >= LIMITS.max_depth:
+            raise ValueError(f"{what} nest deeper than {LIMITS.max_depth} levels")
+        stack.extend((child, depth + 1) for child in children)
 
 
 def _seconds(name: str, value: Duration) -> float:

@@ -33,6 +33,7 @@ __all__ = [
     "RemoteError",
     "encode",
     "notification",
+    "quote",
     "request",
     "response",
 ]
@@ -63,6 +64,7 @@ class ErrorCode(StrEnum):
     CONFLICT = "CONFLICT"  # HTTP API: a rule with that name exists, or too many rules
     UNAVAILABLE = "UNAVAILABLE"  # storage unreachable: retry later (retryable)
     SHUTTING_DOWN = "SHUTTING_DOWN"  # node is stopping: reconnect elsewhere (retryable)
+    TOO_MANY_CONNECTIONS = "TOO_MANY_CONNECTIONS"  # refused at connect: node or peer address full
     INTERNAL = "INTERNAL"
 
 
@@ -71,8 +73,15 @@ class Limits:
     """Explicit size limits, enforced by the node and documented in docs/protocol.md."""
 
     max_frame: int = 1 << 20  # bytes of one frame body
+    max_hello_frame: int = 128 << 10  # bytes of one frame body before a hello succeeded
+    hello_timeout: int = 10  # seconds a connection has to complete hello (node setting)
+    max_connections: int = 4096  # connections to a node's worker port (node setting)
+    max_connections_per_ip: int = 256  # of them from one peer address (node setting)
+    max_unsent: int = 1 << 20  # bytes queued for a connection before the node stops reading it
+    max_echo: int = 64  # characters of a client's value quoted in an error message
     max_args: int = 256 << 10  # bytes of a job's msgpack-encoded args
     max_result: int = 64 << 10  # bytes of a job's msgpack-encoded result
+    max_depth: int = 32  # levels of nested arrays and maps in args and a result ([] is one)
     max_tags: int = 32
     max_tag_len: int = 128
     max_kind_len: int = 128
@@ -150,6 +159,16 @@ class FrameDecoder:
     def buffered(self) -> int:
         return len(self._buf)
 
+    @property
+    def max_frame(self) -> int:
+        """The largest frame body accepted; checked on each length prefix (raised by the node
+        once a hello succeeds)."""
+        return self._max_frame
+
+    @max_frame.setter
+    def max_frame(self, value: int) -> None:
+        self._max_frame = value
+
     def feed(self, data: bytes) -> list[list[Any]]:
         buf = self._buf
         buf += data
@@ -206,9 +225,20 @@ def decode_message(body: bytes) -> list[Any]:
                 ErrorCode.BAD_FRAME, "a notification must be [2, method:str, params:map]"
             )
     else:
-        raise ProtocolError(ErrorCode.BAD_FRAME, f"unknown message type {kind!r}")
+        raise ProtocolError(ErrorCode.BAD_FRAME, f"unknown message type {quote(kind)}")
     return msg
 
 
 def _is_msgid(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 0xFFFFFFFF
+
+
+def quote(value: Any, limit: int = Limits.max_echo) -> str:
+    """A client's value as quoted in an error message: at most `limit` characters of it, so an
+    error never echoes (and never amplifies) a large input. Containers are named, not shown."""
+    if isinstance(value, str | bytes):
+        cut = value[:limit]
+        return repr(cut) + ("..." if len(value) > limit else "")
+    if value is None or isinstance(value, bool | int | float):
+        return repr(value)[:limit]
+    return f"a {type(value).__name__}"

@@ -37,7 +37,7 @@ from worcr.limits import NodeLink
 from worcr.registry import Registry
 from worcr.report import Reporter
 from worcr.session import SessionLoop
-from worcr.wire import PROTOCOL_VERSION, Limits
+from worcr.wire import PROTOCOL_VERSION, ErrorCode, Limits
 
 __all__ = ["Worker", "main", "run_worker_module"]
 
@@ -362,7 +362,10 @@ class Worker:
         elif method == "yield":
             executor.on_yield(params)
         elif method == "error":
-            log.error("node error: %s: %s", params.get("code"), params.get("message"))
+            if params.get("code") == ErrorCode.SHUTTING_DOWN:  # a restart: routine, not an error
+                log.info("node is stopping (%s): moving on", params.get("message"))
+            else:
+                log.error("node error: %s: %s", params.get("code"), params.get("message"))
         else:
             log.debug("ignoring unknown notification %r", method)
 

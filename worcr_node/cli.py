@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from worcr_node.config import Config, ConfigError
+from worcr_node.settings import settings_help
 
 __all__ = ["main"]
 
@@ -116,12 +117,30 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["worker"]:  # its own options (and --help), parsed by the SDK's runner
+        return cmd_worker(argparse.Namespace(rest=argv[1:]))
     parser = argparse.ArgumentParser(prog="worcr", description="Worcr background-job server")
     parser.add_argument("--log-level", default=os.environ.get("WORCR_LOG_LEVEL", "INFO"))
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("node", help="run a node (config from WORCR_* environment variables)")
-    sub.add_parser("migrate", help="apply database migrations and exit")
-    dev = sub.add_parser("dev", help="run a throwaway PostgreSQL + Redis + node under .worcr/")
+    raw = argparse.RawDescriptionHelpFormatter
+    sub.add_parser(
+        "node",
+        help="run a node (config from WORCR_* environment variables)",
+        description="Run a node against the PostgreSQL and Redis the settings name.",
+        epilog=settings_help(),
+        formatter_class=raw,
+    )
+    sub.add_parser("migrate", help="apply database migrations and exit", epilog=settings_help(),
+                   formatter_class=raw)  # fmt: skip
+    dev = sub.add_parser(
+        "dev",
+        help="run PostgreSQL + Redis + a node under .worcr/",
+        description="Run PostgreSQL and Redis under --dir (kept between runs) and a node; "
+        "WORCR_DATABASE_URL / WORCR_REDIS_URL, when set, replace the embedded servers.",
+        epilog=settings_help(),
+        formatter_class=raw,
+    )
     dev.add_argument("--dir", default=".worcr", help="state folder (default .worcr)")
     dev.add_argument("--demo", action="store_true", help="also run a demo worker and demo jobs")
     dev.add_argument(

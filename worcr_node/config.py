@@ -48,6 +48,8 @@ class Config:
     db_pool_size: int = 8
     function_time_ms: int = 50  # CPU time one function call may take
     function_memory_mb: int = 32  # memory of one function's sandbox
+    http_body_timeout: int = 30  # seconds an HTTP request body may take to arrive whole
+    http_body_budget_mb: int = 64  # MiB of large HTTP request bodies held at once (node-wide)
     limits: Limits = field(default_factory=Limits)
 
     def with_(self, **changes: object) -> Config:
@@ -75,7 +77,18 @@ class Config:
             limits=Limits(
                 max_log_lines=_int(
                     env, "WORCR_MAX_LOG_LINES", base.limits.max_log_lines, 0, 100_000_000
-                )
+                ),
+                hello_timeout=_int(env, "WORCR_HELLO_TIMEOUT", base.limits.hello_timeout, 1, 3600),
+                max_connections=_int(
+                    env, "WORCR_MAX_CONNECTIONS", base.limits.max_connections, 1, 1_000_000
+                ),
+                max_connections_per_ip=_int(
+                    env,
+                    "WORCR_MAX_CONNECTIONS_PER_IP",
+                    base.limits.max_connections_per_ip,
+                    1,
+                    1_000_000,
+                ),
             ),
             lane_window=_int(env, "WORCR_LANE_WINDOW", base.lane_window, 10, 100_000),
             window_budget=_int(env, "WORCR_WINDOW_BUDGET", base.window_budget, 1000, 10_000_000),
@@ -83,6 +96,10 @@ class Config:
             function_time_ms=_int(env, "WORCR_FUNCTION_TIME_MS", base.function_time_ms, 1, 10_000),
             function_memory_mb=_int(
                 env, "WORCR_FUNCTION_MEMORY_MB", base.function_memory_mb, 1, 4096
+            ),
+            http_body_timeout=_int(env, "WORCR_HTTP_BODY_TIMEOUT", base.http_body_timeout, 1, 3600),
+            http_body_budget_mb=_int(
+                env, "WORCR_HTTP_BODY_BUDGET_MB", base.http_body_budget_mb, 8, 65536
             ),
         )
 

@@ -2,6 +2,9 @@
 
 Everything a producer sends passes through `parse_job_spec`; a bad field raises SpecError with a
 message naming the field, so the caller can answer BAD_REQUEST / HTTP 400 and never store junk.
+`pack_value` is the one check of a value the node stores as msgpack and serves as JSON (a job's
+args, an ack's result): only types with a JSON form (or the documented `{"$bytes": ...}` one),
+nested at most `Limits.max_depth` levels, within a size in bytes.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import math
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
@@ -18,7 +21,8 @@ from typing import Any
 import msgpack
 import uuid_utils
 
-from worcr.wire import Limits
+from worcr.wire import Limits, quote
+from worcr_node.dispatch.rules import quoted
 from worcr_node.limits.model import partition_for
 from worcr_node.state import JobState
 
@@ -26,8 +30,10 @@ __all__ = [
     "Backoff",
     "NewJob",
     "SpecError",
+    "check_value",
     "lane_of",
     "number_field",
+    "pack_value",
     "parse_job_spec",
     "parse_time",
     "tags_field",
@@ -116,15 +122,15 @@ def parse_time(value: Any, field: str) -> float:
         raise SpecError(f"{field}: expected Unix seconds or an ISO 8601 time, got a boolean")
     if isinstance(value, int | float):
         if not 0 <= value < 1e11 or not math.isfinite(value):  # compare first: huge ints
-            raise SpecError(f"{field}: {value!r} is out of range")
+            raise SpecError(f"{field}: {quote(value)} is out of range")
         return float(value)
     if isinstance(value, str):
         try:
             parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
-            raise SpecError(f"{field}: {value!r} is not an ISO 8601 time") from None
+            raise SpecError(f"{field}: {quote(value)} is not an ISO 8601 time") from None
         if parsed.tzinfo is None:
-            raise SpecError(f"{field}: {value!r} has no timezone (add Z or +00:00)")
+            raise SpecError(f"{field}: {quote(value)} has no timezone (add Z or +00:00)")
         return parsed.timestamp()
     raise SpecError(f"{field}: expected Unix seconds or an ISO 8601 time")
 
@@ -149,12 +155,18 @@ def number_field(spec: Mapping[str, Any], field: str, low: float, high: float) -
     if isinstance(value, float) and not math.isfinite(value):
         raise SpecError(f"{field}: expected a finite number")
     if not low <= value <= high:  # exact for huge ints too (no float conversion first)
-        raise SpecError(f"{field}: {value} is out of range [{low}, {high}]")
+        raise SpecError(f"{field}: {quote(value)} is out of range [{low}, {high}]")
+    if value == 0 and math.copysign(1.0, value) < 0:
+        raise SpecError(f"{field}: -0.0 is negative zero; give 0")
     return float(value)
 
 
 def tags_field(spec: Mapping[str, Any], limits: Limits) -> tuple[str, ...]:
-    tags = spec.get("tags") or []
+    """The sorted set of tags; null is the same as leaving tags out (no tags). Anything but a
+    list of strings is refused: `false`, `0` or `""` are not an empty list."""
+    tags = spec.get("tags")
+    if tags is None:
+        return ()
     if not isinstance(tags, list | tuple):
         raise SpecError("tags: expected a list of strings")
     if len(tags) > limits.max_tags:
@@ -167,6 +179,61 @@ def tags_field(spec: Mapping[str, Any], limits: Limits) -> tuple[str, ...]:
     return tuple(sorted(set(tags)))
 
 
+def pack_value(value: Any, field: str, max_bytes: int, max_depth: int) -> bytes:
+    """The value msgpack-encoded for storage, if it is at most `max_bytes` encoded and
+    `check_value` accepts it; SpecError naming `field` otherwise."""
+    try:
+        packed: bytes = msgpack.packb(value, use_bin_type=True)
+    except UnicodeEncodeError:
+        raise SpecError(f"{field}: a string holds an unpaired surrogate (not UTF-8)") from None
+    except ValueError as exc:  # msgpack's own nesting limit (about 1000 levels), or a long item
+        too_deep = "recursion" in str(exc)
+        why = f"nested deeper than {max_depth} levels" if too_deep else quote(str(exc))
+        raise SpecError(f"{field}: {why}") from None
+    except (TypeError, OverflowError) as exc:  # an integer beyond 64 bits
+        raise SpecError(f"{field}: cannot be encoded ({quote(str(exc))})") from None
+    if len(packed) > max_bytes:
+        raise SpecError(f"{field}: {len(packed)} bytes encoded, over the limit of {max_bytes}")
+    check_value(value, field, max_depth)
+    return packed
+
+
+def check_value(value: Any, field: str, max_depth: int) -> None:
+    """Only values with a JSON form: nil, booleans, integers, finite floats, strings, bytes
+    (served as `{"$bytes": base64}`), arrays and maps with string (or bytes) keys, nested at
+    most `max_depth` levels (the outermost array or map is level 1). No msgpack extension type
+    (a Timestamp is one), no NaN or infinity. Iterative: any depth is checked without recursion."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, Mapping):
+            if any(not isinstance(k, str | bytes) for k in item):
+                raise SpecError(f"{field}: map keys must be strings")
+            children: Iterable[Any] = item.values()
+        elif isinstance(item, list | tuple) and not isinstance(item, msgpack.ExtType):
+            children = item
+        else:
+            _check_scalar(item, field)
+            continue
+        if depth >= max_depth:
+            raise SpecError(f"{field}: nested deeper than {max_depth} levels")
+        stack.extend((child, depth + 1) for child in children)
+
+
+def _check_scalar(item: Any, field: str) -> None:
+    if item is None or isinstance(item, bool | int | str | bytes):
+        return
+    if isinstance(item, float):
+        if not math.isfinite(item):
+            raise SpecError(f"{field}: {item} is not a number JSON can hold (finite numbers only)")
+        return
+    if isinstance(item, msgpack.ExtType | msgpack.Timestamp):
+        code = item.code if isinstance(item, msgpack.ExtType) else -1
+        raise SpecError(f"{field}: msgpack extension type {code} has no JSON form; send the "
+                        "value as a string, number or bytes")  # fmt: skip
+    raise SpecError(f"{field}: a {type(item).__name__} has no JSON form")
+
+
 def _backoff(value: Any) -> Backoff | None:
     if value is None:
         return None
@@ -174,7 +241,7 @@ def _backoff(value: Any) -> Backoff | None:
         raise SpecError("backoff: expected a map with base, factor, max, jitter")
     unknown = set(value) - {"base", "factor", "max", "jitter"}
     if unknown:
-        raise SpecError(f"backoff: unknown field(s) {sorted(unknown)}")
+        raise SpecError(f"backoff: unknown field(s) {quoted(unknown)}")
     d = Backoff()
 
     def pick(field: str, low: float, high: float, default: float) -> float:
@@ -224,16 +291,11 @@ def parse_job_spec(
         raise SpecError("a job spec must be a map")
     unknown = set(spec) - _KNOWN
     if unknown:
-        raise SpecError(f"unknown field(s) {sorted(map(str, unknown))[:5]}")
+        raise SpecError(f"unknown field(s) {quoted(unknown)}")
     kind = text_field(spec, "kind", limits.max_kind_len)
     tenant = text_field(spec, "tenant", limits.max_tenant_len, DEFAULT_TENANT)
     args = spec.get("args", [])
-    try:
-        packed = msgpack.packb(args, use_bin_type=True)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise SpecError(f"args: cannot be encoded ({exc})") from None
-    if len(packed) > limits.max_args:
-        raise SpecError(f"args: {len(packed)} bytes encoded, over the limit of {limits.max_args}")
+    packed = pack_value(args, "args", limits.max_args, limits.max_depth)
     tags = tags_field(spec, limits)
     weight = number_field(spec, "weight", 1e-6, 1e6) or 1.0
     max_attempts = spec.get("max_attempts", DEFAULT_MAX_ATTEMPTS)

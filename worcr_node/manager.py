@@ -225,8 +225,26 @@ class JobManager:
     # -- results -----------------------------------------------------------------------------------
 
     async def ack(self, items: Sequence[tuple[uuid.UUID, int, bytes | None]]) -> list[bool]:
-        """running -> completed for each current token; False marks a stale token."""
-        return await self._ack.submit(items)
+        """running -> completed for each current token; False marks a stale token. An ack
+        re-sent after its answer was lost (the attempt already completed) is True again."""
+        ok = await self._ack.submit(items)
+        return await self._already(items, ok, "completed")
+
+    async def _already(
+        self, items: Sequence[tuple[Any, ...]], ok: list[bool], outcome: str
+    ) -> list[bool]:
+        """Reports are idempotent: one refused because its attempt already ended with this very
+        outcome (a worker re-sends a report whose answer it never got, e.g. through another node
+        after a restart) is answered as done."""
+        refused = [(i[0], i[1]) for i, good in zip(items, ok, strict=True) if not good]
+        if not refused:
+            return ok
+        try:
+            ended = await self.store.attempt_outcomes(refused)
+        except StorageUnavailable:
+            return ok
+        return [good or ended.get((i[0], i[1])) == outcome
+                for i, good in zip(items, ok, strict=True)]  # fmt: skip
 
     async def _flush_ack(self, items: list[tuple[uuid.UUID, int, bytes | None]]) -> list[bool]:
         released = False
@@ -248,7 +266,8 @@ class JobManager:
         return [i[0] in done for i in items]
 
     async def fail(self, items: Sequence[Failure]) -> list[bool]:
-        return await self._fail.submit(items)
+        ok = await self._fail.submit(items)
+        return await self._already([(f.id, f.token) for f in items], ok, "failed")
 
     async def _flush_fail(self, items: list[Failure]) -> list[bool]:
         by_key = {(f.id, f.token): f for f in items}
@@ -269,7 +288,8 @@ class JobManager:
         return done
 
     async def yield_(self, items: Sequence[tuple[uuid.UUID, int]]) -> list[bool]:
-        return await self._yield.submit(items)
+        ok = await self._yield.submit(items)
+        return await self._already(items, ok, "yielded")
 
     async def _flush_yield(self, items: list[tuple[uuid.UUID, int]]) -> list[bool]:
         return await self._finish(

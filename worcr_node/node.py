@@ -23,6 +23,7 @@ from worcr_node.functions.errors import FunctionErrorLog
 from worcr_node.functions.runner import FunctionRunner
 from worcr_node.functions.sandbox import Limits as SandboxLimits
 from worcr_node.http.api import build_app
+from worcr_node.http.edge import ServerLog
 from worcr_node.life.duties import LifeDuties
 from worcr_node.life.events import EventBus
 from worcr_node.life.writer import JobLife
@@ -105,6 +106,7 @@ class Node:
         self._runner: web.AppRunner | None = None
         self._cancel_listener = _CancelListener(self.index, self.hub)
         self.crashed = asyncio.Event()
+        self.drain_timeout = 15.0  # seconds a stop waits for claims under way to reach workers
         self._services: list[Service] = [
             self.policy, self.events, self.function_errors, self.dispatcher, self.duties,
             self.life_duties, self._cancel_listener, self.tcp,
@@ -126,8 +128,11 @@ class Node:
         for s in self._services:
             await s.start()
         app = build_app(self.manager, self.config.token, self.policy_store, self.dispatcher,
-                        self.life_store, self.events, self.functions)  # fmt: skip
-        self._runner = web.AppRunner(app, access_log=None)
+                        self.life_store, self.events, self.functions,
+                        body_timeout=self.config.http_body_timeout,
+                        body_budget=self.config.http_body_budget_mb << 20)  # fmt: skip
+        # ServerLog: a malformed request is one INFO line, not a traceback at ERROR (edge.py)
+        self._runner = web.AppRunner(app, access_log=None, logger=ServerLog())
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.http.host, self.config.http.port)
         try:
@@ -142,8 +147,13 @@ class Node:
                  extra={"action": "start"})  # fmt: skip
 
     async def stop(self) -> None:
-        """Stop taking work, close connections (workers fail over), flush batches, close stores."""
+        """Stop taking work, hand out what was claimed, close connections (workers fail over and
+        report elsewhere), flush batches, close stores."""
         self.hub.shutting_down = True
+        self.tcp.stop_accepting()
+        # Jobs claimed for a worker reach it (or come back at once as yielded) before the
+        # connections close: none is left running for a worker that never got it.
+        await _bounded("dispatch drain", self.dispatcher.drain(), self.drain_timeout)
         if self._runner is not None:
             await _bounded("http", self._runner.cleanup(), 10)
             self._runner = None

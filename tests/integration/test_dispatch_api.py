@@ -205,7 +205,9 @@ async def test_text_postgresql_cannot_store_is_refused(
 
 
 async def test_body_that_is_not_utf8_is_refused(http: aiohttp.ClientSession) -> None:
-    async with http.post(RULES, data=b'{"name": "\xff"}') as resp:
+    async with http.post(
+        RULES, data=b'{"name": "\xff"}', headers={"Content-Type": "application/json"}
+    ) as resp:
         assert_error(resp.status, await resp.json(), 400, "BAD_REQUEST", "JSON")
 
 

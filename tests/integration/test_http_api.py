@@ -321,7 +321,7 @@ async def test_retry_of_a_dead_job_runs_it_again(node: Node, http: aiohttp.Clien
 
 async def test_invalid_json_is_a_bad_request(http: aiohttp.ClientSession) -> None:
     for data in (b"{not json", b"\xff\xfe\x00", b""):
-        async with http.post(JOBS, data=data) as resp:
+        async with http.post(JOBS, data=data, headers={"Content-Type": "application/json"}) as resp:
             assert_bad_request(resp.status, await resp.json(), "JSON")
 
 
@@ -356,13 +356,16 @@ async def test_invalid_spec_is_a_bad_request(
 
 
 async def test_nan_weight_is_a_bad_request(http: aiohttp.ClientSession) -> None:
-    async with http.post(JOBS, data=b'{"kind": "k", "weight": NaN}') as resp:
+    data = b'{"kind": "k", "weight": NaN}'
+    async with http.post(JOBS, data=data, headers={"Content-Type": "application/json"}) as resp:
         assert_bad_request(resp.status, await resp.json(), "weight")
 
 
 async def test_body_over_the_size_limit_is_refused(http: aiohttp.ClientSession) -> None:
     body = b'{"kind": "k", "args": ["' + b"x" * (9 << 20) + b'"]}'
-    async with http.post(JOBS, data=io.BytesIO(body)) as resp:
+    async with http.post(
+        JOBS, data=io.BytesIO(body), headers={"Content-Type": "application/json"}
+    ) as resp:
         assert resp.status == 413
         assert (await resp.json())["error"]["code"] == "BAD_REQUEST"
 

@@ -9,6 +9,7 @@ tests/integration/jobs/sample.py), so the tests await that line instead of sleep
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 import threading
@@ -239,6 +240,37 @@ async def test_result_that_cannot_be_sent_fails_the_job_for_good(node: Node) -> 
     assert row["attempt"] == 1
     assert row["result"] is None
     assert "cannot be encoded as msgpack" in row["last_error"]
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        (float("nan"), "NaN"),
+        (msgpack.Timestamp(0), "extension type"),
+        (functools.reduce(lambda inner, _: [inner], range(40), [1]), "deeper than 32"),
+        (functools.reduce(lambda inner, _: [inner], range(30), [1]), None),  # 31 levels: fine
+    ],
+)
+async def test_result_the_node_would_refuse_fails_only_its_job(
+    node: Node, value: object, why: str | None
+) -> None:
+    """A result without a JSON form (the node refuses the whole ack request for one) fails its
+    own job at the worker; the other jobs' acks, batched with it, are recorded."""
+    worker = make_worker(node)
+
+    @worker.job("sdk.result")
+    async def result(ctx: worcr.JobContext, bad: bool) -> object:
+        return value if bad else "fine"
+
+    async with running(worker), worcr.Client(node.worker_address) as client:
+        good = [await client.enqueue("sdk.result", False) for _ in range(5)]
+        odd = await client.enqueue("sdk.result", True)
+        row = await wait_state(node, odd.id, "completed" if why is None else "dead")
+        for job in good:
+            await wait_state(node, job.id, "completed")
+    if why is not None:
+        assert "cannot be stored" in row["last_error"]
+        assert why in row["last_error"]
 
 
 async def test_sync_client_from_a_thread_enqueues_idempotently(node: Node) -> None:

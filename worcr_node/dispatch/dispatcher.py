@@ -57,6 +57,8 @@ MAX_CLAIM = 100
 MAX_LANES_PER_CLAIM = 8  # lanes one worker's claim may draw from when lanes run short
 MIN_WINDOW = 16
 REGISTRY_EVERY = 10  # seconds between refreshes of this node's workers in the registry
+IDLE_LANES = 20_000  # lanes with no ready work remembered (~1.2 KiB each); then forgotten
+FORGET_EVERY = 10  # seconds between checks of that bound
 DOUBT_EVERY = 2  # seconds between second looks at verdicts built on a passing failure
 MISFILED = "\x00misfiled:"  # + lane, park key: the lane is not split by an args path a limit
 # keys on (its jobs were enqueued before the limit): the duties split it (Duties.split_lanes)
@@ -135,9 +137,17 @@ class Dispatcher(Service):
         self.classes: dict[ClassKey, _Class] = {}
         self._keys: dict[int, ClassKey] = {}  # id(consumer) -> its class
         self._relevance = worker_tag_relevance(())
-        self._known: dict[str, LaneInfo] = {}  # every lane met (lanes never change)
+        # lanes met (lanes never change): the ready ones and up to `idle_lanes` others, whose
+        # descriptions are read again from PostgreSQL if they come back after being forgotten
+        self._known: dict[str, LaneInfo] = {}
+        self.idle_lanes = IDLE_LANES
         self._unknown: dict[str, int | None] = {}
         self._refilling: dict[str, asyncio.Task[None]] = {}
+        self._claims: set[asyncio.Task[None]] = set()  # claimed jobs on their way to a worker
+        self._orphans: set[asyncio.Future[list[ClaimedJob]]] = set()  # claims cut by stop()
+        self._draining = False  # the node stops: no new claims (drain)
+        self._idle = asyncio.Event()  # no dispatch pass under way
+        self._idle.set()
         self._wake = asyncio.Event()
         self._rr = 0
         # fewest_running: PostgreSQL's count per tenant, plus this node's changes since
@@ -382,10 +392,13 @@ class Dispatcher(Service):
             except TimeoutError:
                 pass
             self._wake.clear()
+            if self._draining:
+                continue
+            self._idle.clear()
             try:
                 await self._learn_lanes()
                 for _ in range(1000):  # bounded: give the loop a turn between passes
-                    if not await self._pass():
+                    if self._draining or not await self._pass():
                         break
                     await asyncio.sleep(0)
             except (StorageUnavailable, IndexUnavailable) as exc:
@@ -394,6 +407,33 @@ class Dispatcher(Service):
             except Exception:  # one bad round must not stop dispatching for every worker
                 log.exception("dispatch round failed", extra={"action": "dispatch"})
                 await asyncio.sleep(0.5)
+            finally:
+                self._idle.set()
+
+    async def drain(self) -> None:
+        """The node stops: claim nothing more, and see every claim under way to its end (pushed
+        to its worker while the connection is still open, or given back at once as `yielded`
+        when it cannot be), so no job is left running for a worker that never got it. The
+        caller bounds the wait; a claim cut short there comes back when its lease expires."""
+        self._draining = True
+        self._wake.set()
+        await self._idle.wait()
+        while self._claims:
+            await asyncio.wait(set(self._claims))
+
+    async def stop(self) -> None:
+        await super().stop()
+        # Claims cut short by the stop (drain ran out of time): their jobs never reached a
+        # worker, so they go back at once, as yielded, instead of waiting for their leases.
+        orphans, self._orphans = self._orphans, set()
+        for claim in orphans:
+            try:
+                jobs = await asyncio.wait_for(claim, 5)
+                if jobs:
+                    await self.manager.yield_([(j.id, j.token) for j in jobs])
+            except Exception as exc:  # their leases expire instead
+                log.warning("claim cut by shutdown not given back: %s", exc,
+                            extra={"action": "drain"})  # fmt: skip
 
     async def _learn_lanes(self) -> None:
         if not self._unknown:
@@ -456,7 +496,9 @@ class Dispatcher(Service):
                 if len(ids) >= n:
                     break
             if ids:
-                self.spawn(self._finish_claim(c, ids, n), "claim")
+                claim = self.spawn(self._finish_claim(c, ids, n), "claim")
+                self._claims.add(claim)
+                claim.add_done_callback(self._claims.discard)
             return bool(ids) or parked
         finally:
             if not ids:
@@ -586,8 +628,12 @@ class Dispatcher(Service):
             self.freed(rest.split("\n"))
 
     async def _finish_claim(self, c: Consumer, ids: list[Claimed], reserved: int) -> None:
+        claim = asyncio.ensure_future(self.manager.claim(ids, c.worker_id))
         try:
-            jobs = await self.manager.claim(ids, c.worker_id)
+            jobs = await asyncio.shield(claim)
+        except asyncio.CancelledError:  # the node stops: what the claim wrote is given back
+            self._orphans.add(claim)
+            raise
         except StorageUnavailable as exc:
             log.warning("claim not written (%s); leases will expire", exc)
             jobs = []
@@ -698,6 +744,8 @@ class Dispatcher(Service):
                 # (pub/sub carries the news; resync only covers missed messages).
                 if turns % max(1, min(10, len(self.lanes) // 1000)) == 0:
                     await self.resync()
+                if turns % FORGET_EVERY == 0:
+                    self.forget_idle_lanes()
                 if turns % REGISTRY_EVERY == 0 and self.consumers:
                     await self._register(self.consumers)
                 if turns % DOUBT_EVERY == 0 and self._doubtful:
@@ -707,6 +755,21 @@ class Dispatcher(Service):
                         log.exception("judging doubtful verdicts again failed")
             except IndexUnavailable:
                 pass
+
+    def forget_idle_lanes(self) -> int:
+        """Keep memory bounded with many tenants: once more than `idle_lanes` lanes without
+        ready work are remembered, forget them (and each class's cached verdicts and limit
+        checks for them). Returns how many were forgotten."""
+        keep = set(self.lanes) | self.misfiled | set(self._refilling)
+        idle = len(self._known) - len(keep & self._known.keys())
+        if idle <= self.idle_lanes:
+            return 0
+        self._known = {lane: info for lane, info in self._known.items() if lane in keep}
+        for cls in self.classes.values():
+            cls.verdicts = {lane: v for lane, v in cls.verdicts.items() if lane in keep}
+            cls.checks = {lane: c for lane, c in cls.checks.items() if lane in keep}
+        log.info("forgot %d idle lane(s)", idle, extra={"action": "forget_lanes"})
+        return idle
 
     def judge_again(self) -> None:
         """Verdicts built on a fallback for a failure that may pass are judged again (a tripped

@@ -21,6 +21,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from worcr.wire import quote
+
 __all__ = [
     "ACTIONS",
     "ALL_TAGS",
@@ -37,6 +39,7 @@ __all__ = [
     "parse_description_enabled",
     "parse_match",
     "parse_rule",
+    "quoted",
     "relevant_tags",
     "rule_matches",
     "storable",
@@ -338,10 +341,12 @@ def parse_rule(body: Any, rule_id: str | None = None) -> Rule:
         raise RuleError("a rule must be a JSON object")
     unknown = set(body) - _RULE_FIELDS
     if unknown:
-        raise RuleError(f"unknown field(s) {sorted(unknown)}; allowed: {sorted(_RULE_FIELDS)}")
+        raise RuleError(f"unknown field(s) {quoted(unknown)}; allowed: {sorted(_RULE_FIELDS)}")
     name = body.get("name")
     if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME:
         raise RuleError(f"name: expected a non-empty string of at most {MAX_NAME} characters")
+    if not name.isprintable():
+        raise RuleError("name: must not contain control characters or unpaired surrogates")
     description, enabled = parse_description_enabled(body)
     action = body.get("action")
     if action not in ACTIONS:
@@ -392,8 +397,8 @@ def _function(body: Mapping[str, Any], action: str) -> str | None:
     if action not in FUNCTION_ACTIONS:
         raise RuleError(f"function: a {action} rule has no function (multiply, match and shed "
                         "rules do)")  # fmt: skip
-    if not isinstance(name, str) or not name or len(name) > MAX_NAME:
-        raise RuleError("function: expected the name of a function")
+    if not isinstance(name, str) or not name or len(name) > MAX_NAME or not name.isprintable():
+        raise RuleError("function: expected the name of a function (printable characters)")
     if action == "multiply" and "factor" in body:
         raise RuleError("factor: give a factor or a function, not both")
     return name
@@ -418,7 +423,7 @@ def parse_match(match: Any) -> Match:
         raise RuleError("match: expected an object")
     unknown = set(match) - _MATCH_FIELDS
     if unknown:
-        raise RuleError(f"match: unknown field(s) {sorted(unknown)}; allowed: "
+        raise RuleError(f"match: unknown field(s) {quoted(unknown)}; allowed: "
                         f"{sorted(_MATCH_FIELDS)}")  # fmt: skip
     return Match(
         kinds=frozenset(_texts(match, "kinds")),
@@ -436,12 +441,21 @@ def _texts(m: Mapping[str, Any], name: str, patterns: bool = False) -> list[str]
         raise RuleError(f"{name}: expected a list of at most {MAX_LIST} strings")
     for v in value:
         if not isinstance(v, str) or not v or len(v) > MAX_TEXT:
-            raise RuleError(f"{name}: {v!r} is not a non-empty string of at most {MAX_TEXT} chars")
+            raise RuleError(f"{name}: {quote(v)} is not a non-empty string of at most {MAX_TEXT} "
+                            "chars")  # fmt: skip
         if not v.isprintable() or not storable(v):
-            raise RuleError(f"{name}: {v!r} contains control characters or unpaired surrogates")
+            raise RuleError(f"{name}: {quote(v)} contains control characters or unpaired "
+                            "surrogates")  # fmt: skip
         if "*" in v and not (patterns and v.endswith(":*") and v.count("*") == 1 and len(v) > 2):
-            raise RuleError(f"{name}: {v!r}: '*' is only allowed as a whole value, as in 'key:*'")
+            raise RuleError(f"{name}: {quote(v)}: '*' is only allowed as a whole value, as in "
+                            "'key:*'")  # fmt: skip
     return list(dict.fromkeys(value))
+
+
+def quoted(names: Iterable[Any]) -> str:
+    """Field names a client sent, as an error message shows them: a few, each cut short."""
+    shown = sorted(quote(n) for n in names)
+    return ", ".join(shown[:5]) + (f" and {len(shown) - 5} more" if len(shown) > 5 else "")
 
 
 def storable(text: str) -> bool:
@@ -459,7 +473,7 @@ def _keys(m: Mapping[str, Any], name: str) -> list[str]:
     keys = _texts(m, name)
     for k in keys:
         if ":" in k:
-            raise RuleError(f"{name}: {k!r}: give the tag key without ':' (e.g. 'region')")
+            raise RuleError(f"{name}: {quote(k)}: give the tag key without ':' (e.g. 'region')")
     return keys
 
 
@@ -469,7 +483,7 @@ def _tag_match(m: Mapping[str, Any], name: str) -> TagMatch:
         raise RuleError(f"{name}: expected an object with all/any/none lists")
     unknown = set(value) - _TAG_FIELDS
     if unknown:
-        raise RuleError(f"{name}: unknown field(s) {sorted(unknown)}; allowed: all, any, none")
+        raise RuleError(f"{name}: unknown field(s) {quoted(unknown)}; allowed: all, any, none")
     try:
         parts = {k: tuple(_texts(value, k, patterns=True)) for k in _TAG_FIELDS if k in value}
     except RuleError as exc:

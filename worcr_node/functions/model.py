@@ -23,7 +23,13 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from worcr_node.dispatch.rules import Match, RuleError, parse_description_enabled, parse_match
+from worcr_node.dispatch.rules import (
+    Match,
+    RuleError,
+    parse_description_enabled,
+    parse_match,
+    quoted,
+)
 from worcr_node.functions.sandbox import LANGUAGES
 
 __all__ = [
@@ -112,17 +118,16 @@ def parse_function(body: Any, name: str, version: int = 0) -> Function:
         raise FunctionError("a function must be a JSON object")
     unknown = set(body) - _FIELDS - {"name"}
     if unknown:
-        raise FunctionError(f"unknown field(s) {sorted(map(str, unknown))}; "
-                            f"allowed: {sorted(_FIELDS)}")  # fmt: skip
+        raise FunctionError(f"unknown field(s) {quoted(unknown)}; allowed: {sorted(_FIELDS)}")
     if "name" in body and body["name"] != name:
         raise FunctionError("name: differs from the name in the path")
     language = body.get("language")
     if language not in LANGUAGES:
         raise FunctionError(f"language: expected one of {list(LANGUAGES)}")
-    try:
-        hook = Hook(str(body.get("hook")))
-    except ValueError:
-        raise FunctionError(f"hook: expected one of {[h.value for h in Hook]}") from None
+    hook_name, hooks = body.get("hook"), [h.value for h in Hook]
+    if not isinstance(hook_name, str) or hook_name not in hooks:  # no str() of a client value
+        raise FunctionError(f"hook: expected one of {hooks}")
+    hook = Hook(hook_name)
     source = _source(body.get("source"))
     try:
         description, enabled = parse_description_enabled(body)

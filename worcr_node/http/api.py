@@ -22,12 +22,22 @@ from worcr_node.dispatch.policy import PolicyStore
 from worcr_node.functions.runner import FunctionRunner
 from worcr_node.functions.store import FunctionStore
 from worcr_node.http.dispatch_api import add_dispatch_routes
-from worcr_node.http.errors import ApiError, error_response, json_body, path_id
+from worcr_node.http.edge import BodyLimits, edge_middleware
+from worcr_node.http.errors import (
+    ApiError,
+    error_response,
+    json_body,
+    path_id,
+    query_int,
+    query_one,
+    query_text,
+    refuse_unknown,
+)
 from worcr_node.http.explain_api import add_explain_route
 from worcr_node.http.functions_api import add_functions_routes
 from worcr_node.http.life_api import add_life_routes
 from worcr_node.http.limits_api import add_limits_routes
-from worcr_node.http.render import render_attempt, render_job
+from worcr_node.http.render import JobPage, render_attempt, render_job
 from worcr_node.jobspec import SpecError
 from worcr_node.life.events import EventBus
 from worcr_node.manager import JobManager
@@ -42,6 +52,7 @@ log = logging.getLogger(__name__)
 
 MAX_BODY = 8 << 20
 STATES = {s.value for s in JobState}
+LIST_PARAMS = ("state", "kind", "tenant", "limit", "cursor")
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -66,6 +77,17 @@ def _middleware(token: str | None) -> Any:
             return error_response(413, ErrorCode.BAD_REQUEST, f"body over {MAX_BODY} bytes")
 
     return mw
+
+
+def _cursor(request: web.Request) -> uuid.UUID | None:
+    """The list's `cursor` (a `next_cursor` given back); empty is none."""
+    raw = query_one(request, "cursor")
+    if not raw:
+        return None
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise ApiError(400, ErrorCode.BAD_REQUEST, "cursor: not a next_cursor given") from None
 
 
 class Api:
@@ -93,29 +115,25 @@ class Api:
         return web.json_response(job)
 
     async def list(self, request: web.Request) -> web.Response:
-        q = request.query
-        unknown = set(q) - {"state", "kind", "tenant", "limit", "cursor"}
-        if unknown:
-            raise ApiError(400, ErrorCode.BAD_REQUEST, f"unknown parameter(s) {sorted(unknown)}")
-        state = q.get("state")
+        """A page of jobs, newest first: at most `limit`, and bounded in bytes (`JobPage`)."""
+        refuse_unknown(request, LIST_PARAMS)
+        state = query_one(request, "state")
         if state is not None and state not in STATES:
             raise ApiError(400, ErrorCode.BAD_REQUEST, f"state must be one of {sorted(STATES)}")
-        try:
-            limit = int(q.get("limit", "100"))
-        except ValueError:
-            limit = 0
-        if not 1 <= limit <= 1000:
-            raise ApiError(400, ErrorCode.BAD_REQUEST, "limit must be an integer from 1 to 1000")
-        cursor = None
-        if q.get("cursor"):
-            try:
-                cursor = uuid.UUID(q["cursor"])
-            except ValueError:
-                raise ApiError(400, ErrorCode.BAD_REQUEST, "cursor is not valid") from None
-        rows = await self.m.store.job_list(limit, state, q.get("kind"), q.get("tenant"), cursor)
-        jobs = [render_job(r) for r in rows]
-        next_cursor = jobs[-1]["id"] if len(jobs) == limit else None
-        return web.json_response({"jobs": jobs, "next_cursor": next_cursor})
+        kind = query_text(request, "kind", self.m.limits.max_kind_len)
+        tenant = query_text(request, "tenant", self.m.limits.max_tenant_len)
+        page = JobPage(query_int(request, "limit", 1, 1000) or 100)
+        cursor = _cursor(request)
+        while not page.full:  # rows are read a few at a time: the page may end on bytes
+            want = page.next_fetch()
+            rows = await self.m.store.job_list(want, state, kind, tenant, cursor)
+            for row in rows:
+                if not page.add(row):
+                    break
+            if len(rows) < want:
+                break
+            cursor = rows[-1]["id"]
+        return web.Response(text=page.body(), content_type="application/json")
 
     async def cancel(self, request: web.Request) -> web.Response:
         job_id = path_id(request)
@@ -165,8 +183,15 @@ def build_app(
     life: LifeStore,
     events: EventBus,
     functions: FunctionRunner | None = None,
+    body_timeout: float = 30.0,
+    body_budget: int = 64 << 20,
 ) -> web.Application:
-    app = web.Application(middlewares=[_middleware(token)], client_max_size=MAX_BODY)
+    """The API; a request body must arrive within `body_timeout` seconds, and bodies over 64 KiB
+    hold at most `body_budget` bytes at once (`edge.py`)."""
+    limits = BodyLimits(body_timeout, body_budget, MAX_BODY)
+    app = web.Application(
+        middlewares=[_middleware(token), edge_middleware(limits)], client_max_size=limits.max_body
+    )
     api = Api(manager)
     app.router.add_post("/api/v1/jobs", api.enqueue)
     app.router.add_get("/api/v1/jobs", api.list)

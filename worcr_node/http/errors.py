@@ -1,7 +1,8 @@
 """HTTP API errors: `ApiError` carries a status and an error code; the middleware in `api.py`
 renders it (and every other failure it knows) as JSON `{"error": {"code", "message"}}`.
-`json_body` reads a request body, `path_id`, `query_int` and `refuse_unknown` read the route and
-query, each turning every way they can be bad into a 400."""
+`json_body` reads a request body, `path_id`, `query_int`, `query_text` and `refuse_unknown` read
+the route and query, each turning every way they can be bad into a 400 whose message quotes at
+most a short prefix of what the client sent (`worcr.wire.quote`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from worcr.wire import ErrorCode
+from worcr.wire import ErrorCode, quote
 
 __all__ = [
     "ApiError",
@@ -22,7 +23,9 @@ __all__ = [
     "path_id",
     "query_int",
     "query_one",
+    "query_text",
     "refuse_unknown",
+    "text_ok",
 ]
 
 
@@ -76,7 +79,7 @@ def path_id(request: web.Request, what: str = "job") -> uuid.UUID:
     try:
         return uuid.UUID(raw)
     except ValueError:
-        raise bad_request(f"{raw[:64]!r} is not a {what} id") from None
+        raise bad_request(f"{quote(raw)} is not a {what} id") from None
 
 
 def query_one(request: web.Request, name: str) -> str | None:
@@ -94,12 +97,28 @@ def query_int(request: web.Request, name: str, low: int, high: int) -> int | Non
         return None
     value = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 19 else None
     if value is None or not low <= value <= high:
-        raise bad_request(f"{name}: expected an integer from {low} to {high}, got {raw[:64]!r}")
+        raise bad_request(f"{name}: expected an integer from {low} to {high}, got {quote(raw)}")
+    return value
+
+
+def text_ok(value: str, max_len: int) -> bool:
+    """1 to `max_len` printable characters, as a job's kind, tenant and tags are: no control
+    character (NUL included) and no unpaired surrogate, which PostgreSQL text cannot hold."""
+    return 0 < len(value) <= max_len and value.isprintable()
+
+
+def query_text(request: web.Request, name: str, max_len: int) -> str | None:
+    """A text query parameter (given at most once) that `text_ok` accepts, or None; a 400
+    naming it otherwise."""
+    value = query_one(request, name)
+    if value is not None and not text_ok(value, max_len):
+        raise bad_request(f"{name}: expected 1 to {max_len} printable characters")
     return value
 
 
 def refuse_unknown(request: web.Request, allowed: Iterable[str]) -> None:
-    """A 400 naming the query parameters that are not in `allowed`."""
-    unknown = set(request.query) - set(allowed)
+    """A 400 naming (a few of) the query parameters that are not in `allowed`."""
+    unknown = sorted(set(request.query) - set(allowed))
     if unknown:
-        raise bad_request(f"unknown parameter(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+        names = ", ".join(quote(n) for n in unknown[:5])
+        raise bad_request(f"unknown parameter(s) {names}; allowed: {sorted(allowed)}")

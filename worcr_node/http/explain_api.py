@@ -14,11 +14,18 @@ from typing import Any
 
 from aiohttp import web
 
-from worcr.wire import ErrorCode
+from worcr.wire import ErrorCode, quote
 from worcr_node.dispatch.dispatcher import Dispatcher, LaneInfo
 from worcr_node.dispatch.explain import WorkerDesc, explain, parse_list
-from worcr_node.dispatch.rules import TagSet
-from worcr_node.http.errors import ApiError, bad_request
+from worcr_node.dispatch.rules import MAX_TEXT, TagSet
+from worcr_node.http.errors import (
+    ApiError,
+    bad_request,
+    query_one,
+    query_text,
+    refuse_unknown,
+    text_ok,
+)
 from worcr_node.http.render import render_job
 from worcr_node.store.redis_index import IndexUnavailable
 
@@ -34,23 +41,19 @@ class ExplainApi:
 
     async def explain(self, request: web.Request) -> web.Response:
         q = request.query
-        unknown = set(q) - _PARAMS
-        if unknown:
-            raise bad_request(f"unknown parameter(s) {sorted(unknown)}; allowed: {sorted(_PARAMS)}")
-        raw = q.get("job", "")
+        refuse_unknown(request, _PARAMS)
+        raw = query_one(request, "job") or ""
         try:
             job_id = uuid.UUID(raw)
         except ValueError:
             raise bad_request("job: give the id of a job, as in ?job=<id>&worker=<id>") from None
         if "worker" in q and ("tags" in q or "kinds" in q):
             raise bad_request("give either worker=<id> or tags=/kinds= (ad-hoc worker), not both")
-        if "worker" in q:
-            worker = await self._worker(q["worker"])
+        worker_id = query_text(request, "worker", MAX_TEXT)
+        if worker_id is not None:
+            worker = await self._worker(worker_id)
         elif "tags" in q or "kinds" in q:
-            tags, kinds = parse_list(q.get("tags")), parse_list(q.get("kinds"))
-            if len(tags) > MAX_TAGS or len(kinds) > MAX_TAGS:
-                raise bad_request(f"tags, kinds: at most {MAX_TAGS} each")
-            worker = WorkerDesc(tuple(tags), tuple(kinds))
+            worker = WorkerDesc(_names(request, "tags"), _names(request, "kinds"))
         else:
             raise bad_request("give worker=<id>, or tags=a,b (and optionally kinds=x,y)")
         row = await self.d.store.job_get(job_id)
@@ -95,12 +98,22 @@ class ExplainApi:
         raw = await self.d.index.worker_get(worker_id)
         if raw is None:
             raise ApiError(404, ErrorCode.NOT_FOUND,
-                           f"no worker {worker_id!r} is connected to any node; "
+                           f"no worker {quote(worker_id)} is connected to any node; "
                            "give its tags instead: ?job=<id>&tags=a,b&kinds=x")  # fmt: skip
         entry = json.loads(raw)
         node = str(entry.get("node"))
         return WorkerDesc(tuple(entry.get("tags", ())), tuple(entry.get("kinds", ())), worker_id,
                           node, f"registered by node {node}")  # fmt: skip
+
+
+def _names(request: web.Request, name: str) -> tuple[str, ...]:
+    """The comma-separated tags or kinds of an ad-hoc worker, each as a worker may have it."""
+    names = parse_list(query_one(request, name))
+    if len(names) > MAX_TAGS:
+        raise bad_request(f"{name}: at most {MAX_TAGS}")
+    if not all(text_ok(n, MAX_TEXT) for n in names):
+        raise bad_request(f"{name}: each is 1 to {MAX_TEXT} printable characters")
+    return tuple(names)
 
 
 def add_explain_route(app: web.Application, dispatcher: Dispatcher) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 from aiohttp import web
 
 from worcr.wire import ErrorCode
+from worcr_node.dispatch.rules import quoted
 from worcr_node.functions.model import Function, FunctionError, Hook, parse_function, valid_name
 from worcr_node.functions.runner import CHECKS, FALLBACKS, FunctionRunner
 from worcr_node.functions.sandbox import CallError, CompileError, compile_function
@@ -142,7 +143,7 @@ class FunctionsApi:
             raise bad_request("expected a JSON object with job, worker, error, attempt")
         unknown = set(body) - _TRY_FIELDS
         if unknown:
-            raise bad_request(f"unknown field(s) {sorted(unknown)}; allowed: "
+            raise bad_request(f"unknown field(s) {quoted(unknown)}; allowed: "
                               f"{sorted(_TRY_FIELDS)}")  # fmt: skip
         fn = await self._trial_function(name, body)
         args = _trial_args(fn.hook, body)

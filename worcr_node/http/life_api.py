@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -22,7 +23,8 @@ from typing import Any
 
 from aiohttp import web
 
-from worcr.wire import ErrorCode
+from worcr.wire import ErrorCode, quote
+from worcr_node.dispatch.rules import quoted
 from worcr_node.http.errors import (
     ApiError,
     bad_request,
@@ -30,6 +32,7 @@ from worcr_node.http.errors import (
     path_id,
     query_int,
     refuse_unknown,
+    text_ok,
 )
 from worcr_node.http.render import render_job, render_result
 from worcr_node.life.events import EventBus, Subscription
@@ -296,10 +299,9 @@ class LifeApi:
     def _kind(self, request: web.Request) -> str:
         kind = request.match_info["kind"]
         limit = self.m.limits.max_kind_len
-        if len(kind) > limit or not kind.isprintable():
-            raise bad_request(
-                f"{kind[:64]!r} is not a job kind (at most {limit} printable characters)"
-            )
+        if not text_ok(kind, limit):
+            raise bad_request(f"{quote(kind)} is not a job kind (at most {limit} printable "
+                              "characters)")  # fmt: skip
         return kind
 
     async def kinds(self, request: web.Request) -> web.Response:
@@ -309,7 +311,7 @@ class LifeApi:
         kind = self._kind(request)
         row = await self.life.kind_get(kind)
         if row is None:
-            raise ApiError(404, ErrorCode.NOT_FOUND, f"no settings for kind {kind!r}")
+            raise ApiError(404, ErrorCode.NOT_FOUND, f"no settings for kind {quote(kind)}")
         return web.json_response(_kind_row(row))
 
     async def kind_put(self, request: web.Request) -> web.Response:
@@ -322,7 +324,7 @@ class LifeApi:
     async def kind_delete(self, request: web.Request) -> web.Response:
         kind = self._kind(request)
         if not await self.life.kind_delete(kind):
-            raise ApiError(404, ErrorCode.NOT_FOUND, f"no settings for kind {kind!r}")
+            raise ApiError(404, ErrorCode.NOT_FOUND, f"no settings for kind {quote(kind)}")
         return web.Response(status=204)
 
 
@@ -331,8 +333,8 @@ def _names(request: web.Request, name: str, max_len: int) -> list[str]:
     if len(values) > MAX_FILTERS:
         raise bad_request(f"{name}: at most {MAX_FILTERS} values")
     for value in values:
-        if not value or len(value) > max_len or not value.isprintable():
-            raise bad_request(f"{name}: {value[:64]!r} is not 1 to {max_len} printable characters")
+        if not text_ok(value, max_len):
+            raise bad_request(f"{name}: {quote(value)} is not 1 to {max_len} printable characters")
     return values
 
 
@@ -340,7 +342,7 @@ def _types(request: web.Request) -> list[str]:
     types = [t for raw in request.query.getall("type", []) for t in raw.split(",")]
     bad = [t for t in types if t not in EVENT_TYPES]
     if bad:
-        raise bad_request(f"type: {bad[0][:64]!r} is not one of {', '.join(EVENT_TYPES)}")
+        raise bad_request(f"type: {quote(bad[0])} is not one of {', '.join(EVENT_TYPES)}")
     return types
 
 
@@ -352,14 +354,16 @@ def _kind_settings(body: Any) -> tuple[float | None, float | None]:
         )
     unknown = set(body) - set(KIND_FIELDS)
     if unknown:
-        raise bad_request(f"unknown field(s) {sorted(unknown)}; allowed: {sorted(KIND_FIELDS)}")
+        raise bad_request(f"unknown field(s) {quoted(unknown)}; allowed: {sorted(KIND_FIELDS)}")
     out: list[float | None] = []
     for field, (low, high) in KIND_FIELDS.items():
         value = body.get(field)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
             raise bad_request(f"{field}: expected a number of seconds, or null")
         if value is not None and not low <= value <= high:  # NaN is not in range either
-            raise bad_request(f"{field}: expected {low} to {high} seconds, got {value}")
+            raise bad_request(f"{field}: expected {low} to {high} seconds, got {quote(value)}")
+        if value == 0 and math.copysign(1.0, value) < 0:
+            raise bad_request(f"{field}: -0.0 is negative zero; give 0")
         out.append(None if value is None else float(value))
     return out[0], out[1]
 

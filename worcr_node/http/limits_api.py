@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from worcr.wire import ErrorCode
-from worcr_node.http.errors import ApiError, bad_request, json_body
+from worcr.wire import ErrorCode, quote
+from worcr_node.http.errors import ApiError, bad_request, json_body, refuse_unknown
 from worcr_node.limits.compiled import CompiledLimits
 from worcr_node.limits.model import MAX_KEY_LEN, MAX_NAME, Limit, LimitError, LimitType, parse_limit
 from worcr_node.limits.store import LimitConflict, LimitStore
@@ -77,7 +77,7 @@ class LimitsApi:
         if limit is None:  # a name may look like a UUID
             limit = await self.store.by_name(ref)
         if limit is None:
-            raise ApiError(404, ErrorCode.NOT_FOUND, f"no limit {ref!r}")
+            raise ApiError(404, ErrorCode.NOT_FOUND, f"no limit {quote(ref)}")
         return limit
 
     # -- definitions -------------------------------------------------------------------------------
@@ -107,7 +107,7 @@ class LimitsApi:
         limit = _parse(body)
         current = await self._find(ref)
         if "id" in body and not _same_id(body["id"], current.id):
-            raise bad_request(f"id: {str(body['id'])[:64]!r} is not the id of limit {ref!r} "
+            raise bad_request(f"id: {quote(body['id'])} is not the id of limit {quote(ref)} "
                        f"({current.id}); leave it out or give the same")  # fmt: skip
         try:
             replaced = await self.store.replace(dataclasses.replace(limit, id=current.id))
@@ -116,14 +116,14 @@ class LimitsApi:
         except LimitConflict as exc:
             raise ApiError(409, ErrorCode.CONFLICT, str(exc)) from None
         if replaced is None:  # deleted meanwhile
-            raise ApiError(404, ErrorCode.NOT_FOUND, f"no limit {ref!r}")
+            raise ApiError(404, ErrorCode.NOT_FOUND, f"no limit {quote(ref)}")
         return web.json_response(replaced.to_json())
 
     async def delete(self, request: web.Request) -> web.Response:
         ref = _ref(request)
         limit = await self._find(ref)
         if not await self.store.delete(uuid.UUID(limit.id)):
-            raise ApiError(404, ErrorCode.NOT_FOUND, f"no limit {ref!r}")
+            raise ApiError(404, ErrorCode.NOT_FOUND, f"no limit {quote(ref)}")
         return web.Response(status=204)
 
     # -- usage -------------------------------------------------------------------------------------
@@ -153,17 +153,13 @@ def _ref(request: web.Request) -> str:
     """The limit id or name in the path (anything else cannot name a limit)."""
     ref = request.match_info["ref"]
     if len(ref) > MAX_NAME or not ref.isprintable():
-        raise bad_request(f"{ref[:64]!r} is not a limit id or name")
+        raise bad_request(f"{quote(ref)} is not a limit id or name")
     return ref
 
 
 def _usage_params(request: web.Request) -> tuple[str | None, int]:
     q = request.query
-    unknown = set(q) - _USAGE_PARAMS
-    if unknown:
-        raise bad_request(
-            f"unknown parameter(s) {sorted(unknown)}; allowed: {sorted(_USAGE_PARAMS)}"
-        )
+    refuse_unknown(request, _USAGE_PARAMS)
     keys = q.getall("key", [])
     if len(keys) > 1:
         raise bad_request("key: give one key (or none, for the keys used most recently)")

@@ -70,7 +70,7 @@ def parse_checkpoints(values: Any, limits: Limits) -> tuple[dict[str, Any], list
         if value is None:
             drop.append(name)
         else:
-            put[name] = value
+            put[name] = value  # any msgpack value: it comes back exactly (render.py shows it)
     try:
         size = len(msgpack.packb(put, use_bin_type=True))
     except (TypeError, ValueError, OverflowError) as exc:

@@ -28,12 +28,14 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from worcr.wire import quote
 from worcr_node.dispatch.rules import (
     Match,
     RuleError,
     TagSet,
     parse_description_enabled,
     parse_match,
+    quoted,
     rule_matches,
     storable,
 )
@@ -63,7 +65,7 @@ MAX_SLIDING_LIMIT = 100_000  # the sliding window keeps one entry per admission
 MAX_PERIOD = 30 * 86400.0
 MIN_PERIOD = 0.001
 MIN_EMISSION_MS = 0.001  # a token bucket's interval between tokens
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]*")  # fullmatch: "$" would let "\n" end it
 _FIELD = re.compile(r"\{([^{}]*)\}")
 _PATH_SEGMENT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _TAG_KEY = re.compile(r"^[^\s:{}*]{1,128}$")
@@ -118,12 +120,12 @@ class KeyTemplate:
             pos = m.end()
         rest = text[pos:]
         if "{" in rest or "}" in rest:
-            raise LimitError(f"key: unbalanced brace in {text!r}")
+            raise LimitError(f"key: unbalanced brace in {quote(text)}")
         if rest:
             parts.append(("lit", rest))
         for kind, value in parts:
             if kind == "lit" and ("{" in value or "}" in value):
-                raise LimitError(f"key: unbalanced brace in {text!r}")
+                raise LimitError(f"key: unbalanced brace in {quote(text)}")
         return cls(text, tuple(parts))
 
     def render(
@@ -155,22 +157,23 @@ class KeyTemplate:
 
 
 def _field(body: str) -> tuple[str, str]:
+    shown = quote("{" + body + "}")
     if body in ("tenant", "kind"):
         return body, ""
     if body.startswith("tag:"):
         name = body[4:]
         if not _TAG_KEY.match(name):
-            raise LimitError(f"key: {{{body}}}: give a tag key, as in {{tag:customer}}")
+            raise LimitError(f"key: {shown}: give a tag key, as in {{tag:customer}}")
         return "tag", name
     if body.startswith("args."):
         path = body[5:]
         if not path or not all(_PATH_SEGMENT.match(s) for s in path.split(".")):
-            raise LimitError(f"key: {{{body}}}: an args path is dot-separated names or indexes, "
+            raise LimitError(f"key: {shown}: an args path is dot-separated names or indexes, "
                              "as in {args.customer_id} or {args.0}")  # fmt: skip
         if len(path.split(".")) > 8:
-            raise LimitError(f"key: {{{body}}}: at most 8 levels")
+            raise LimitError(f"key: {shown}: at most 8 levels")
         return "args", path
-    raise LimitError(f"key: unknown field {{{body}}}; use {{tenant}}, {{kind}}, {{tag:NAME}} "
+    raise LimitError(f"key: unknown field {shown}; use {{tenant}}, {{kind}}, {{tag:NAME}} "
                      "or {args.PATH}")  # fmt: skip
 
 
@@ -294,10 +297,9 @@ def parse_limit(body: Any, limit_id: str | None = None) -> Limit:
         raise LimitError("a limit must be a JSON object")
     unknown = set(body) - _FIELDS - {"id"}
     if unknown:
-        raise LimitError(f"unknown field(s) {sorted(map(str, unknown))}; "
-                         f"allowed: {sorted(_FIELDS)}")  # fmt: skip
+        raise LimitError(f"unknown field(s) {quoted(unknown)}; allowed: {sorted(_FIELDS)}")
     name = body.get("name")
-    if not isinstance(name, str) or not _NAME.match(name) or len(name) > MAX_NAME:
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or len(name) > MAX_NAME:
         raise LimitError(f"name: expected 1 to {MAX_NAME} letters, digits or _.:- "
                          "(starting with a letter or digit)")  # fmt: skip
     try:
@@ -345,7 +347,12 @@ def parse_limit(body: Any, limit_id: str | None = None) -> Limit:
 def _function(body: Mapping[str, Any], scope: Scope, template: str) -> str | None:
     function = body.get("function")
     if function is not None:
-        if not isinstance(function, str) or not function or len(function) > MAX_NAME:
+        if (
+            not isinstance(function, str)
+            or not function
+            or len(function) > MAX_NAME
+            or not function.isprintable()
+        ):
             raise LimitError("function: expected the name of a limit_key function")
         if scope != Scope.JOB:
             raise LimitError("function: only a job limit computes its key with a function (a "
@@ -392,5 +399,5 @@ def _int(body: Mapping[str, Any], name: str, low: int, high: int, *, required: b
     if isinstance(raw, bool) or not isinstance(raw, int):
         raise LimitError(f"{name}: expected an integer from {low} to {high}")
     if not low <= raw <= high:
-        raise LimitError(f"{name}: {raw} is out of range [{low}, {high}]")
+        raise LimitError(f"{name}: {quote(raw)} is out of range [{low}, {high}]")
     return raw

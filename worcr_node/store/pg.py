@@ -44,6 +44,23 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
 
 log = logging.getLogger(__name__)
 
+
+class _OneLine(logging.Filter):
+    """asyncpg's pool logs a full traceback at WARNING each time it fails to restore its
+    connections (so at every PostgreSQL restart): the error's one line says it all."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            record.msg = f"{record.getMessage()}: {type(exc).__name__}: {exc}"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+logging.getLogger("asyncpg.pool").addFilter(_OneLine())
+
 _DEADLOCK_RETRIES = 4
 
 
@@ -482,6 +499,14 @@ class PgStore:
 
     async def job_get(self, job_id: uuid.UUID) -> asyncpg.Record | None:
         return await self.run(lambda c: c.fetchrow(q.JOB_GET, job_id))
+
+    async def attempt_outcomes(
+        self, items: Sequence[tuple[uuid.UUID, int]]
+    ) -> dict[tuple[uuid.UUID, int], str]:
+        """(job id, token) -> outcome, for the attempts of these that ended."""
+        ids, tokens = [i[0] for i in items], [i[1] for i in items]
+        rows = await self.run(lambda c: c.fetch(q.ATTEMPT_OUTCOMES, ids, tokens))
+        return {(r["job_id"], r["lease_token"]): str(r["outcome"]) for r in rows}
 
     async def attempts_of_job(self, job_id: uuid.UUID) -> list[asyncpg.Record]:
         return await self.run(lambda c: c.fetch(q.ATTEMPTS_OF_JOB, job_id))

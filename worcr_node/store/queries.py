@@ -227,6 +227,13 @@ RETURNING id, seq, lane, kind, tenant
 
 JOB_GET = f"SELECT {_JOB_COLS} FROM worcr_jobs WHERE id = $1"
 
+# How these attempts ended, if they did (a report re-sent after its answer was lost).
+ATTEMPT_OUTCOMES = """
+SELECT a.job_id, a.lease_token, a.outcome
+FROM worcr_attempts a JOIN unnest($1::uuid[], $2::int8[]) AS u(id, token)
+  ON a.job_id = u.id AND a.lease_token = u.token
+"""
+
 ATTEMPTS_OF_JOB = """
 SELECT attempt, lease_token, worker_id, node_id, started_at, finished_at, outcome, error, backtrace,
        admitted_at

@@ -3,6 +3,10 @@
 A session is transport-agnostic (it is given a `send` function for encoded frames and a `close`
 function). It validates every message, calls the manager, and is the dispatcher's Consumer: it
 knows the worker's capacity and the jobs it holds, and extends their leases on heartbeats.
+
+Before a hello succeeds a session accepts only small frames (`max_hello_frame`) and answers every
+other method `NOT_AUTHENTICATED` without dispatching it; the transport's hello deadline calls
+`hello_due`. Error messages quote at most `max_echo` characters of what the client sent.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import msgpack
 from worcr import wire
 from worcr.wire import ErrorCode, Limits, MsgType, ProtocolError, RemoteError
 from worcr_node.clock import Clock
-from worcr_node.jobspec import MAX_RESERVE_FOR, MIN_RESERVE_FOR, SpecError
+from worcr_node.jobspec import MAX_RESERVE_FOR, MIN_RESERVE_FOR, SpecError, pack_value
 from worcr_node.life.model import (
     LifeError,
     parse_checkpoints,
@@ -40,8 +44,17 @@ log = logging.getLogger(__name__)
 Handler = Callable[["Session", dict[str, Any]], Awaitable[Any]]
 
 
+MAX_MESSAGE = 1024  # characters of an error message sent (a net under every error's own text)
+
+
 def _bad(message: str) -> RemoteError:
     return RemoteError(ErrorCode.BAD_REQUEST, message)
+
+
+def _error_frame(msgid: int, exc: RemoteError) -> bytes:
+    error = exc.to_wire()
+    error["message"] = error["message"][:MAX_MESSAGE]
+    return wire.response(msgid, error, None)
 
 
 def _str_list(params: dict[str, Any], name: str, max_items: int, max_len: int) -> list[str]:
@@ -69,7 +82,7 @@ def _job_refs(params: dict[str, Any], limits: Limits) -> list[dict[str, Any]]:
         try:
             j["_uuid"] = uuid.UUID(j["id"])
         except ValueError:
-            raise _bad(f"jobs[].id: {j['id'][:64]!r} is not a UUID") from None
+            raise _bad(f"jobs[].id: {wire.quote(j['id'], limits.max_echo)} is not a UUID") from None
         j["id"] = str(j["_uuid"])  # one spelling, whatever case or braces the client used
         rf = j.get("reserve_for")
         if rf is not None and (
@@ -162,8 +175,12 @@ class Session:
         self.reporting: set[str] = set()
         self.authenticated = False
         self.open = True
+        self.refusing = False  # the node stops: new requests are answered SHUTTING_DOWN
         self._tasks: set[asyncio.Task[None]] = set()
-        self.decoder = wire.FrameDecoder(hub.limits.max_frame)
+        self._hellos = 0  # hello requests being handled
+        self._hello_late = False  # the hello deadline passed while one was being handled
+        # Small frames until a hello succeeds: an unknown peer cannot make the node buffer much.
+        self.decoder = wire.FrameDecoder(hub.limits.max_hello_frame)
         hub.sessions.add(self)
 
     @property
@@ -194,18 +211,14 @@ class Session:
     def _message(self, msg: list[Any]) -> None:
         kind = msg[0]
         if kind == MsgType.REQUEST:
+            if not self.authenticated and msg[2] != "hello":  # before any method lookup
+                self.send(_error_frame(msg[1], _NOT_AUTHENTICATED))
+                return
+            if self.refusing:  # not applied: the client sends it again to another node
+                self.send(_error_frame(msg[1], _SHUTTING_DOWN))
+                return
             if len(self._tasks) >= self.hub.limits.max_in_flight_requests:
-                self.send(
-                    wire.response(
-                        msg[1],
-                        RemoteError(
-                            ErrorCode.BAD_REQUEST,
-                            "too many requests in flight: wait for answers",
-                            True,
-                        ).to_wire(),
-                        None,
-                    )
-                )
+                self.send(_error_frame(msg[1], _TOO_MANY_IN_FLIGHT))
                 return
             task = asyncio.get_running_loop().create_task(self._request(msg[1], msg[2], msg[3]))
             self._tasks.add(task)
@@ -217,30 +230,54 @@ class Session:
         # responses: the node sends no requests yet; ignore
 
     async def _request(self, msgid: int, method: str, params: dict[str, Any]) -> None:
+        hello = method == "hello"
+        self._hellos += int(hello)
+        try:
+            frame = wire.response(msgid, None, await self._handle(method, params))
+        except RemoteError as exc:
+            frame = _error_frame(msgid, exc)
+        finally:
+            self._hellos -= int(hello)
+        if self.open:
+            self.send(frame)
+        if hello and self._hello_late and not self.authenticated and not self._hellos:
+            self.hello_due()  # the deadline passed during this refused hello: close now
+
+    async def _handle(self, method: str, params: dict[str, Any]) -> Any:
+        """The method's result; every failure as a RemoteError."""
         handler = HANDLERS.get(method)
         try:
             if handler is None:
-                raise RemoteError(ErrorCode.UNKNOWN_METHOD, f"unknown method {method!r}")
-            if not self.authenticated and method != "hello":
-                raise RemoteError(ErrorCode.NOT_AUTHENTICATED, "send hello first")
-            result = await handler(self, params)
-            frame = wire.response(msgid, None, result)
-        except RemoteError as exc:
-            frame = wire.response(msgid, exc.to_wire(), None)
+                raise RemoteError(ErrorCode.UNKNOWN_METHOD, f"unknown method {wire.quote(method)}")
+            return await handler(self, params)
+        except RemoteError:
+            raise
         except (SpecError, LifeError) as exc:
-            frame = wire.response(msgid, _bad(str(exc)).to_wire(), None)
+            raise _bad(str(exc)) from None
         except RateLimitError as exc:
-            frame = wire.response(msgid, RemoteError(exc.code, exc.message).to_wire(), None)
+            raise RemoteError(exc.code, exc.message) from None
         except (StorageUnavailable, IndexUnavailable) as exc:
-            err = RemoteError(ErrorCode.UNAVAILABLE, f"storage unavailable, retry: {exc}", True)
-            frame = wire.response(msgid, err.to_wire(), None)
+            raise RemoteError(
+                ErrorCode.UNAVAILABLE, f"storage unavailable, retry: {exc}", True
+            ) from None
         except Exception as exc:
             log.exception("request %s failed", method, extra={"action": "request"})
-            frame = wire.response(
-                msgid, RemoteError(ErrorCode.INTERNAL, f"{type(exc).__name__}").to_wire(), None
+            raise RemoteError(ErrorCode.INTERNAL, f"{type(exc).__name__}") from None
+
+    def requests_under_way(self) -> list[asyncio.Task[None]]:
+        return [t for t in self._tasks if not t.done()]
+
+    def hello_due(self) -> None:
+        """The hello deadline passed: close the connection unless a hello succeeded. A hello being
+        handled (PostgreSQL may be slow) is waited for; if it is refused, the connection closes."""
+        if self.authenticated or not self.open:
+            return
+        self._hello_late = True
+        if not self._hellos:
+            self.fatal(
+                ErrorCode.NOT_AUTHENTICATED,
+                f"no hello within {self.hub.limits.hello_timeout} s of connecting",
             )
-        if self.open:
-            self.send(frame)
 
     def fatal(self, code: str, message: str) -> None:
         log.info("closing %s: %s %s", self.peer, code, message, extra={"action": "protocol_error"})
@@ -320,6 +357,15 @@ class Session:
             log.warning("heartbeat not recorded: %s", exc)
 
 
+_NOT_AUTHENTICATED = RemoteError(ErrorCode.NOT_AUTHENTICATED, "send hello first")
+_TOO_MANY_IN_FLIGHT = RemoteError(
+    ErrorCode.BAD_REQUEST, "too many requests in flight: wait for answers", True
+)
+_SHUTTING_DOWN = RemoteError(
+    ErrorCode.SHUTTING_DOWN, "node is stopping: send it to another node", True
+)
+
+
 class _Raw:
     """Job args already msgpack-encoded in storage: spliced into the frame as they are."""
 
@@ -360,7 +406,8 @@ async def on_hello(s: Session, p: dict[str, Any]) -> dict[str, Any]:
     if type(version) is not int or version != wire.PROTOCOL_VERSION:
         raise RemoteError(
             ErrorCode.UNSUPPORTED_VERSION,
-            f"protocol {version!r} is not supported; this node speaks {wire.PROTOCOL_VERSION}",
+            f"protocol {wire.quote(version)} is not supported; this node speaks "
+            f"{wire.PROTOCOL_VERSION}",
         )
     if hub.token is not None and p.get("token") != hub.token:
         raise RemoteError(ErrorCode.UNAUTHORIZED, "missing or wrong token")
@@ -385,6 +432,7 @@ async def on_hello(s: Session, p: dict[str, Any]) -> dict[str, Any]:
     s.kinds = frozenset(kinds)
     s.capacity = capacity
     s.authenticated = True
+    s.decoder.max_frame = limits.max_frame  # a worker's frames may now be full size
     for ref in refs:  # adopted: their leases are extended at once and on every heartbeat
         s.held_jobs[ref["id"]] = (ref["token"], float(ref.get("reserve_for") or 60.0))
     if refs:
@@ -441,9 +489,12 @@ async def on_ack(s: Session, p: dict[str, Any]) -> dict[str, Any]:
     items = []
     for r in refs:
         result = r.get("result")
-        packed = None if result is None else msgpack.packb(result, use_bin_type=True)
-        if packed is not None and len(packed) > s.hub.limits.max_result:
-            raise _bad(f"jobs[].result: {len(packed)} bytes, over {s.hub.limits.max_result}")
+        limits = s.hub.limits
+        packed = (
+            None
+            if result is None
+            else pack_value(result, "jobs[].result", limits.max_result, limits.max_depth)
+        )
         items.append((r["_uuid"], r["token"], packed))
     s.release_credit(refs)
     ok = await s.hub.manager.ack(items)

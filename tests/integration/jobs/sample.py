@@ -6,7 +6,8 @@
 that line as its signal that the job is running in the worker, not merely claimed by the node),
 then sleeps for `seconds` (an hour by default: the test kills or stops the worker meanwhile).
 Nothing else is printed on stdout; the worker's logs go to stderr. `sample.digest` is the
-resumable job of the digest scenario (tests/integration/test_digest.py).
+resumable job of the digest scenario (tests/integration/test_digest.py); `sample.record` appends
+one line per execution to a file (tests/integration/test_rolling_restart.py).
 """
 
 from __future__ import annotations
@@ -45,3 +46,15 @@ async def digest(ctx: worcr.JobContext, count: int, sent: str, acked: str) -> di
         os.close(sent_fd)
         os.close(acked_fd)
     return {"sent": count - start}
+
+
+@worcr.job("sample.record")
+async def record(ctx: worcr.JobContext, path: str, seconds: float = 0.0) -> None:
+    """Append `<id> <token>` to the file `path` (the side effect: one line per execution, atomic
+    with O_APPEND), then sleep `seconds`."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        os.write(fd, f"{ctx.id} {ctx.token}\n".encode())
+    finally:
+        os.close(fd)
+    await asyncio.sleep(seconds)
