@@ -16,6 +16,7 @@ import importlib
 import logging
 import os
 import sys
+import textwrap
 import threading
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
@@ -118,89 +119,55 @@ def prepare_worker(
     return worker
 
 
+# (flags, environment variable, type, metavar, help): every option of `worcr worker`
+_OPTIONS: tuple[tuple[tuple[str, ...], str, type, str, str], ...] = (
+    (("--nodes",), "WORCR_NODES", str, "HOST:PORT,...",
+     "node worker addresses, a failover list (see below) (default 127.0.0.1:7401)"),
+    (("--concurrency", "-c"), "WORCR_CONCURRENCY", int, "N", "jobs run at once (default 10)"),
+    (("--prefetch",), "WORCR_PREFETCH", int, "N",
+     "jobs held beyond --concurrency, waiting to start, so the next one starts without a round "
+     "trip (default: as many as --concurrency; 0 for none)"),
+    (("--threads",), "WORCR_THREADS", int, "N",
+     "thread pool for plain-function (non-async) handlers (default: --concurrency)"),
+    (("--tags",), "WORCR_TAGS", str, "TAG,...",
+     "comma-separated worker tags the node's rules match on (default none)"),
+    (("--token",), "WORCR_TOKEN", str, "TOKEN",
+     "worker token, when the node requires one (default none)"),
+    (("--shutdown-timeout",), "WORCR_SHUTDOWN_TIMEOUT", float, "SECONDS",
+     "how long running jobs may finish after SIGTERM before they are yielded (default 30)"),
+    (("--yield-timeout",), "WORCR_YIELD_TIMEOUT", float, "SECONDS",
+     "how long a job the node asks to yield has to stop at a safe point (default 5)"),
+    (("--log-level",), "WORCR_LOG_LEVEL", str, "LEVEL",
+     "DEBUG, INFO, WARNING or ERROR (default INFO)"),
+)  # fmt: skip
+
 _EPILOG = """\
 --nodes is a failover list, not a spread: the worker holds one connection, to the first node
 of the list that answers, and moves to the next one only when that node stops (SHUTTING_DOWN) or
 cannot be reached; nothing rebalances later. To spread workers over several nodes, give each
 worker the list in a different order (e.g. a,b,c / b,c,a / c,a,b).
 
-Every option can also come from the environment: WORCR_NODES, WORCR_CONCURRENCY, WORCR_PREFETCH,
-WORCR_THREADS, WORCR_TAGS, WORCR_TOKEN, WORCR_SHUTDOWN_TIMEOUT, WORCR_YIELD_TIMEOUT,
-WORCR_LOG_LEVEL (an option wins over its variable; both win over what the module's Worker set).
+Every option can also come from the environment (an option wins over its variable; both win over
+what the module's Worker set):
 """
 
 
 def parser(prog: str = "worcr worker") -> argparse.ArgumentParser:
-    env = os.environ.get
+    variables = ", ".join(var for _, var, _, _, _ in _OPTIONS)
     p = argparse.ArgumentParser(
         prog=prog,
         description="Run Worcr job handlers from a module: connect to a node, say which kinds\n"
         "this worker runs, run the jobs it is given. SIGTERM/SIGINT: stop taking jobs, let\n"
         "running ones finish within --shutdown-timeout, yield the rest back to the node.",
-        epilog=_EPILOG,
+        epilog=_EPILOG + textwrap.fill(variables, 96, initial_indent="  ", subsequent_indent="  "),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("module", help="module (or module:attribute) that registers the handlers")
-    p.add_argument(
-        "--nodes",
-        default=env("WORCR_NODES"),
-        metavar="HOST:PORT,...",
-        help="node worker addresses, a failover list (see below) (default 127.0.0.1:7401)",
-    )
-    p.add_argument(
-        "--concurrency",
-        "-c",
-        type=int,
-        default=_env_int("WORCR_CONCURRENCY"),
-        metavar="N",
-        help="jobs run at once (default 10)",
-    )
-    p.add_argument(
-        "--prefetch",
-        type=int,
-        default=_env_int("WORCR_PREFETCH"),
-        metavar="N",
-        help="jobs held beyond --concurrency, waiting to start, so the next one starts without "
-        "a round trip (default: as many as --concurrency; 0 for none)",
-    )
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=_env_int("WORCR_THREADS"),
-        metavar="N",
-        help="thread pool for plain-function (non-async) handlers (default: --concurrency)",
-    )
-    p.add_argument(
-        "--tags",
-        default=env("WORCR_TAGS"),
-        metavar="TAG,...",
-        help="comma-separated worker tags the node's rules match on (default none)",
-    )
-    p.add_argument(
-        "--token",
-        default=env("WORCR_TOKEN"),
-        help="worker token, when the node requires one (default none)",
-    )
-    p.add_argument(
-        "--shutdown-timeout",
-        type=float,
-        default=_env_float("WORCR_SHUTDOWN_TIMEOUT"),
-        metavar="SECONDS",
-        help="how long running jobs may finish after SIGTERM before they are yielded (default 30)",
-    )
-    p.add_argument(
-        "--yield-timeout",
-        type=float,
-        default=_env_float("WORCR_YIELD_TIMEOUT"),
-        metavar="SECONDS",
-        help="how long a job the node asks to yield has to stop at a safe point (default 5)",
-    )
-    p.add_argument(
-        "--log-level",
-        default=env("WORCR_LOG_LEVEL", "INFO"),
-        metavar="LEVEL",
-        help="DEBUG, INFO, WARNING or ERROR (default INFO)",
-    )
+    for flags, var, kind, metavar, text in _OPTIONS:
+        default: Any = _env(var, kind)
+        if var == "WORCR_LOG_LEVEL" and default is None:
+            default = "INFO"
+        p.add_argument(*flags, type=kind, default=default, metavar=metavar, help=text)
     return p
 
 
@@ -249,17 +216,12 @@ def _exit_if_threads_linger(code: int) -> None:
         os._exit(code)
 
 
-def _env_int(name: str) -> int | None:
+def _env(name: str, kind: type) -> Any:
+    """The variable's value as `kind`, None if unset; exits with a clear line if malformed."""
     value = os.environ.get(name)
+    if not value:
+        return None
     try:
-        return int(value) if value else None
+        return kind(value)
     except ValueError:
-        raise SystemExit(f"worcr worker: {name}={value!r} is not an integer") from None
-
-
-def _env_float(name: str) -> float | None:
-    value = os.environ.get(name)
-    try:
-        return float(value) if value else None
-    except ValueError:
-        raise SystemExit(f"worcr worker: {name}={value!r} is not a number") from None
+        raise SystemExit(f"worcr worker: {name}={value!r} is not {kind.__name__}") from None

@@ -19,8 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from cluster.services import PostgresServer, RedisServer, free_port
-from tests.conftest import create_database
+from cluster.services import free_port
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -148,32 +147,3 @@ async def test_dev_bad_flag_names_it(dev_dir: Path) -> None:
     out = (await asyncio.wait_for(dev.proc.stdout.read(), 60)).decode()
     assert await dev.proc.wait() == 2, out
     assert out.startswith("worcr dev: --listen 'nonsense' is not valid"), out
-
-
-async def test_node_taken_port_is_one_clear_line(
-    pg_server: PostgresServer, redis_server: RedisServer
-) -> None:
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "worcr_node", "node",
-            env={
-                **os.environ,
-                "WORCR_DATABASE_URL": await create_database(pg_server.dsn),
-                "WORCR_REDIS_URL": redis_server.url,
-                "WORCR_REDIS_PREFIX": "cli-taken",
-                "WORCR_HTTP": "127.0.0.1:0",
-                "WORCR_LISTEN": f"127.0.0.1:{port}",
-            },
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )  # fmt: skip
-        assert proc.stdout is not None
-        out = (await asyncio.wait_for(proc.stdout.read(), 60)).decode()
-        code = await proc.wait()
-    assert code == 1, out
-    [line] = [line for line in out.splitlines() if "ERROR" in line or "Traceback" in line]
-    assert f"cannot listen for workers on 127.0.0.1:{port}" in line, out
-    assert "WORCR_LISTEN=HOST:PORT" in line, out
