@@ -23,6 +23,9 @@ Phases (the method mirrors ../shared/bench-peers/common.py so that the figures a
      call                                                             => latency_p50_ms/p99_ms
   5. stop the workers; enqueue --backlog jobs (batched, no worker); Redis INFO used_memory and
      the PostgreSQL database size                                     => redis_used_mb
+--code REV runs the node, the workers and the driver's SDK from a `git archive` copy of REV (as
+bench/dispatch_scale.py does), so that two revisions can be compared with the same benchmark and
+services; the default, `worktree`, runs the checkout as it is. The code run is recorded (`code`).
 Progress goes to stderr; the last line of stdout is one JSON object with every figure.
 --profile DIR records the node (and workers) with py-spy during phase 3 and prints the top
 functions (it slows them down: use a separate run for the figures).
@@ -598,6 +601,29 @@ def machine() -> dict[str, Any]:
     }
 
 
+def git(*argv: str) -> str:
+    return subprocess.run(
+        ["git", *argv], cwd=ROOT, check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+def snapshot_code(rev: str, parent: str | None) -> tuple[dict[str, Any], Path | None]:
+    """--code: run the node, the workers and the driver's SDK from `git archive <rev>` in a temp
+    dir (like bench/dispatch_scale.py's `snapshot_code`); 'worktree': the checkout as it is."""
+    global ROOT
+    if rev == "worktree":
+        dirty = git("status", "--porcelain", "--", "worcr", "worcr_node", "bench/noop_jobs.py")
+        return {"code": "worktree", "head": git("rev-parse", "HEAD"), "dirty": dirty}, None
+    commit = git("rev-parse", "--verify", f"{rev}^{{commit}}")
+    snap = Path(tempfile.mkdtemp(prefix="worcr-code-", dir=parent))
+    archive = subprocess.run(["git", "archive", commit], cwd=ROOT, check=True, capture_output=True)
+    subprocess.run(["tar", "-x", "-C", str(snap)], input=archive.stdout, check=True)
+    ROOT = snap  # Bench.start_node/start_workers: cwd and PYTHONPATH
+    sys.path.insert(0, str(snap))  # the driver's SDK (worcr.Client, imported in Bench.run)
+    say(f"node, workers and driver SDK run commit {commit[:10]} from {snap}")
+    return {"code": commit}, snap
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -629,9 +655,19 @@ def main() -> None:
     ap.add_argument("--log-level", default="WARNING", help="node and worker log level")
     ap.add_argument("--dir", default=None, help="parent of the temp dir (default: system temp)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs, data)")
+    ap.add_argument(
+        "--code",
+        default="worktree",
+        metavar="REV",
+        help="git revision the node, workers and driver SDK run, from a `git archive` copy; "
+        "default 'worktree': the checkout as it is",
+    )
     args = ap.parse_args()
     if args.jobs < 2:
         ap.error("--jobs must be at least 2")
+    if "worcr" in sys.modules:
+        ap.error("internal: worcr was imported before --code was applied")
+    code, snap = snapshot_code(args.code, args.dir)
 
     bench = Bench(args)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("terminated"))
@@ -650,7 +686,10 @@ def main() -> None:
         say("interrupted")
     finally:
         bench.stop_all()
+        if snap is not None and not args.keep:
+            shutil.rmtree(snap, ignore_errors=True)
     res.update(
+        **code,
         workers=args.workers,
         concurrency=args.concurrency,
         machine=machine(),
