@@ -14,14 +14,13 @@ import math
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import Any, TypedDict
 
-import msgpack
-
+from worcr.values import json_form_problem
 from worcr.wire import Limits
 
 __all__ = [
@@ -215,26 +214,12 @@ def _args(args: Any) -> Any:
 
 
 def check_json_form(value: Any, what: str) -> None:
-    """A value as the node takes it for args and results: no NaN or infinity, no msgpack
-    extension type (a Timestamp is one: send a number or an ISO 8601 string), nested at most
-    `Limits.max_depth` levels. ValueError or TypeError naming `what` otherwise."""
-    stack: list[tuple[Any, int]] = [(value, 0)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, Mapping):
-            children: Iterable[Any] = item.values()
-        elif isinstance(item, list | tuple) and not isinstance(item, msgpack.ExtType):
-            children = item
-        elif isinstance(item, float) and not math.isfinite(item):
-            raise ValueError(f"{what} hold {item!r}: JSON has no NaN or infinity")
-        elif isinstance(item, msgpack.ExtType | msgpack.Timestamp):
-            raise TypeError(f"{what} hold a msgpack extension type (e.g. a Timestamp): send a "
-                            "number, a string or bytes")  # fmt: skip
-        else:
-            continue
-        if depth >= LIMITS.max_depth:
-            raise ValueError(f"{what} nest deeper than {LIMITS.max_depth} levels")
-        stack.extend((child, depth + 1) for child in children)
+    """A value as the node takes it for args and results (`worcr.values`): no NaN or infinity,
+    no msgpack extension type (a Timestamp is one: send a number or an ISO 8601 string), nested
+    at most `Limits.max_depth` levels. TypeError or ValueError naming `what` otherwise."""
+    problem = json_form_problem(value, LIMITS.max_depth, others_ok=True)
+    if problem is not None:
+        raise (TypeError if problem.wrong_type else ValueError)(f"{what} {problem.message}")
 
 
 def _seconds(name: str, value: Duration) -> float:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import math
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
@@ -21,6 +21,7 @@ from typing import Any
 import msgpack
 import uuid_utils
 
+from worcr.values import json_form_problem
 from worcr.wire import Limits, quote
 from worcr_node.dispatch.rules import quoted
 from worcr_node.limits.model import partition_for
@@ -199,39 +200,12 @@ def pack_value(value: Any, field: str, max_bytes: int, max_depth: int) -> bytes:
 
 
 def check_value(value: Any, field: str, max_depth: int) -> None:
-    """Only values with a JSON form: nil, booleans, integers, finite floats, strings, bytes
-    (served as `{"$bytes": base64}`), arrays and maps with string (or bytes) keys, nested at
-    most `max_depth` levels (the outermost array or map is level 1). No msgpack extension type
-    (a Timestamp is one), no NaN or infinity. Iterative: any depth is checked without recursion."""
-    stack: list[tuple[Any, int]] = [(value, 0)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, Mapping):
-            if any(not isinstance(k, str | bytes) for k in item):
-                raise SpecError(f"{field}: map keys must be strings")
-            children: Iterable[Any] = item.values()
-        elif isinstance(item, list | tuple) and not isinstance(item, msgpack.ExtType):
-            children = item
-        else:
-            _check_scalar(item, field)
-            continue
-        if depth >= max_depth:
-            raise SpecError(f"{field}: nested deeper than {max_depth} levels")
-        stack.extend((child, depth + 1) for child in children)
-
-
-def _check_scalar(item: Any, field: str) -> None:
-    if item is None or isinstance(item, bool | int | str | bytes):
-        return
-    if isinstance(item, float):
-        if not math.isfinite(item):
-            raise SpecError(f"{field}: {item} is not a number JSON can hold (finite numbers only)")
-        return
-    if isinstance(item, msgpack.ExtType | msgpack.Timestamp):
-        code = item.code if isinstance(item, msgpack.ExtType) else -1
-        raise SpecError(f"{field}: msgpack extension type {code} has no JSON form; send the "
-                        "value as a string, number or bytes")  # fmt: skip
-    raise SpecError(f"{field}: a {type(item).__name__} has no JSON form")
+    """Only values with a JSON form (`worcr.values`: finite numbers, strings, bytes, arrays and
+    maps with string keys, at most `max_depth` levels; no msgpack extension type); SpecError
+    naming `field` otherwise."""
+    problem = json_form_problem(value, max_depth)
+    if problem is not None:
+        raise SpecError(f"{field}: {problem.message}")
 
 
 def _backoff(value: Any) -> Backoff | None:
