@@ -28,8 +28,8 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cluster.services import PostgresServer, RedisServer  # noqa: E402
 from worcr_node.config import Config, HostPort  # noqa: E402
+from worcr_node.embedded import PostgresServer, RedisServer  # noqa: E402
 from worcr_node.node import Node  # noqa: E402
 
 

@@ -55,7 +55,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cluster.services import PostgresServer, RedisServer, free_port  # noqa: E402
+from worcr_node.embedded import PostgresServer, RedisServer, free_port  # noqa: E402
 
 PY = sys.executable
 MB = 2**20

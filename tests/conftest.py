@@ -18,10 +18,10 @@ from typing import Any
 import asyncpg
 import pytest
 
-from cluster.services import PostgresServer, RedisServer
 from tests.nodes import NodeProcess, SpawnNode
 from tests.workers import SpawnWorker, WorkerProcess
 from worcr_node.config import Config, HostPort
+from worcr_node.embedded import PostgresServer, RedisServer
 from worcr_node.node import Node
 from worcr_node.store.migrate import migrate
 

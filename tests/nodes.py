@@ -13,7 +13,7 @@ import sys
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
-from cluster.services import free_port
+from worcr_node.embedded import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 

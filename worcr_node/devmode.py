@@ -21,8 +21,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from cluster.services import PostgresServer, RedisServer
 from worcr_node.config import Config, ConfigError
+from worcr_node.embedded import PostgresServer, RedisServer
 from worcr_node.listen import ListenError, listen_error
 
 __all__ = ["run_dev"]

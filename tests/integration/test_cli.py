@@ -11,9 +11,9 @@ import sys
 
 import pytest
 
-from cluster.services import PostgresServer, RedisServer, free_port
 from tests.conftest import create_database
 from tests.rawclient import RawClient
+from worcr_node.embedded import PostgresServer, RedisServer, free_port
 
 
 def run_node(**env: str) -> subprocess.CompletedProcess[str]:

@@ -16,13 +16,13 @@ from typing import Any
 
 import psutil
 
-from cluster.services import RedisServer
 from tests.conftest import NodeFactory
 from tests.nodes import NodeProcess, SpawnNode
 from tests.rawclient import RawClient
 from tests.waiting import wait_until
 from worcr import wire
 from worcr.wire import Limits
+from worcr_node.embedded import RedisServer
 from worcr_node.node import Node
 
 MIB = 1 << 20

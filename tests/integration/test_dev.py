@@ -19,7 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from cluster.services import free_port
+from worcr_node.embedded import free_port
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -15,13 +15,13 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cluster.services import PostgresServer, RedisServer
 from tests.conftest import create_database
 from tests.integration.test_dispatch import Served, worker
 from tests.waiting import wait_until
 from worcr_node.config import Config, HostPort
 from worcr_node.dispatch.fairness import Strategy
 from worcr_node.dispatch.rules import TagSet, evaluate, parse_rule
+from worcr_node.embedded import PostgresServer, RedisServer
 from worcr_node.node import Node
 
 _examples = itertools.count()

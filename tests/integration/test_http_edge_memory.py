@@ -21,8 +21,8 @@ import aiohttp
 import psutil
 import pytest
 
-from cluster.services import RedisServer
 from tests.nodes import NodeProcess
+from worcr_node.embedded import RedisServer
 
 CONNECTIONS = 60
 BODY = 8 << 20  # the largest body a node takes

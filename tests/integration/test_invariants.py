@@ -14,11 +14,11 @@ import msgpack
 import pytest
 import redis.asyncio as aioredis
 
-from cluster.services import PostgresServer, RedisServer
 from tests.conftest import NodeFactory, create_database
 from tests.rawclient import RawClient
 from tests.waiting import wait_until
 from worcr import wire
+from worcr_node.embedded import PostgresServer, RedisServer
 from worcr_node.node import Node
 
 

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cluster.services import RedisServer
+from worcr_node.embedded import RedisServer
 from worcr_node.limits.compiled import CompiledLimits
 from worcr_node.limits.model import parse_limit
 from worcr_node.store.redis_index import LimitCheck, RedisIndex

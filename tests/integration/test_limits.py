@@ -24,11 +24,11 @@ import asyncpg
 import pytest
 
 import worcr
-from cluster.services import RedisServer
 from tests.conftest import NodeFactory
 from tests.rawclient import RawClient
 from tests.waiting import wait_until
 from tests.workers import SpawnWorker
+from worcr_node.embedded import RedisServer
 from worcr_node.limits.model import Limit, parse_limit
 from worcr_node.limits.store import LimitStore
 from worcr_node.node import Node

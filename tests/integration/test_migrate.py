@@ -6,7 +6,7 @@ import asyncio
 
 import asyncpg
 
-from cluster.services import PostgresServer
+from worcr_node.embedded import PostgresServer
 from worcr_node.store.migrate import migrate, migrations
 
 

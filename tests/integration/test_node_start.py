@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from cluster.services import PostgresServer, RedisServer
 from tests.conftest import NodeFactory, create_database
 from worcr_node.config import Config, HostPort
+from worcr_node.embedded import PostgresServer, RedisServer
 from worcr_node.node import Node
 
 

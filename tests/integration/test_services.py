@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 import redis
 
-from cluster.services import PostgresServer, RedisServer, find_redis_server
+from worcr_node.embedded import PostgresServer, RedisServer, find_redis_server
 
 
 async def _query(dsn: str, sql: str) -> list[asyncpg.Record]:
