@@ -15,8 +15,6 @@ from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
-import asyncpg
-
 from worcr.wire import Limits
 from worcr_node.batcher import Batcher
 from worcr_node.clock import Clock
@@ -43,6 +41,8 @@ from worcr_node.store.pg import (
     StorageUnavailable,
 )
 from worcr_node.store.redis_index import IndexUnavailable, RedisIndex
+
+Row = Mapping[str, Any]  # a job row as the store hands it to a decision (read-only)
 
 __all__ = ["JobManager", "SpecError"]
 
@@ -274,7 +274,7 @@ class JobManager:
         now = self.clock.now()
         retry = RetryHook(self.functions) if self.functions.has(Hook.RETRY) else None
 
-        def decide(row: asyncpg.Record) -> FinishOutcome:
+        def decide(row: Row) -> FinishOutcome:
             f = by_key[(row["id"], row["lease_token"])]
             return decide_failure(row, f, now, self.rand(), retry)
 
@@ -314,7 +314,7 @@ class JobManager:
     async def _finish(
         self,
         items: Sequence[tuple[uuid.UUID, int]],
-        decide: Callable[[asyncpg.Record], FinishOutcome],
+        decide: Callable[[Row], FinishOutcome],
         *,
         release: bool,
         before_ready: Callable[[Sequence[Moved]], None] | None = None,

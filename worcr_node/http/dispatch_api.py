@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import asyncpg
 from aiohttp import web
 
 from worcr.wire import ErrorCode, Limits, quote
@@ -63,7 +62,7 @@ def _tenant_weight(body: Any) -> float:
     return weight
 
 
-def _render_tenant(row: asyncpg.Record) -> dict[str, Any]:
+def _render_tenant(row: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "tenant": row["tenant"],
         "weight": float(row["weight"]),
