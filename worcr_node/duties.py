@@ -23,6 +23,7 @@ import msgpack
 from worcr_node.clock import Clock
 from worcr_node.dispatch.dispatcher import MISFILED, Dispatcher
 from worcr_node.dispatch.rules import TagSet
+from worcr_node.duty import Duty
 from worcr_node.jobspec import Partition
 from worcr_node.limits.compiled import CompiledLimits
 from worcr_node.limits.model import LimitType
@@ -83,8 +84,13 @@ class Duties(Service):
         self.started = False
 
     async def start(self) -> None:
+        """Learn the Redis epoch (rebuilding Redis if it lost its data) before anything runs;
+        the periodic duties themselves are run by the node's `DutyScheduler`."""
         await self.check_epoch()
-        duties: dict[str, Callable[[], Awaitable[object]]] = {
+        self.started = True
+
+    def duties(self) -> list[Duty]:
+        work: dict[str, Callable[[], Awaitable[object]]] = {
             "promote": self.promote,
             "leases": self.expire_leases,
             "expire": self.manager.expire_due,
@@ -94,21 +100,7 @@ class Duties(Service):
             "reconcile": self.reconcile,
             "epoch": self.check_epoch,
         }
-        for name, fn in duties.items():
-            self.spawn(self._every_loop(name, fn, self._every[name]), name)
-        self.started = True
-
-    async def _every_loop(
-        self, name: str, fn: Callable[[], Awaitable[object]], period: float
-    ) -> None:
-        while not self.stopping:
-            await asyncio.sleep(period)
-            try:
-                await fn()
-            except (StorageUnavailable, IndexUnavailable) as exc:
-                log.warning("duty %s skipped: %s", name, exc, extra={"action": name})
-            except Exception:  # logged; the duty runs again next period
-                log.exception("duty %s failed", name, extra={"action": name})
+        return [Duty(name, self._every[name], run) for name, run in work.items()]
 
     async def promote(self) -> None:
         while await self.manager.promote_due(1000) == 1000:

@@ -19,6 +19,7 @@ from worcr_node.config import Config
 from worcr_node.dispatch.dispatcher import Dispatcher
 from worcr_node.dispatch.policy import Policy, PolicyStore, PolicyWatcher
 from worcr_node.duties import Duties
+from worcr_node.duty import DutyScheduler
 from worcr_node.functions.errors import FunctionErrorLog
 from worcr_node.functions.runner import FunctionRunner
 from worcr_node.functions.sandbox import Limits as SandboxLimits
@@ -107,9 +108,10 @@ class Node:
         self._cancel_listener = _CancelListener(self.index, self.hub)
         self.crashed = asyncio.Event()
         self.drain_timeout = 15.0  # seconds a stop waits for claims under way to reach workers
+        self.scheduler = DutyScheduler([*self.duties.duties(), *self.life_duties.duties()])
         self._services: list[Service] = [
             self.policy, self.events, self.function_errors, self.dispatcher, self.duties,
-            self.life_duties, self._cancel_listener, self.tcp,
+            self.scheduler, self._cancel_listener, self.tcp,
         ]  # fmt: skip
         for s in self._services:
             s.on_crash = self._on_crash

@@ -12,16 +12,13 @@ retention are deleted in batches.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 
 from worcr_node.clock import Clock
+from worcr_node.duty import Duty
 from worcr_node.manager import JobManager
-from worcr_node.service import Service
 from worcr_node.store.life import LifeStore
-from worcr_node.store.pg import StorageUnavailable
-from worcr_node.store.redis_index import IndexUnavailable, RedisIndex
+from worcr_node.store.redis_index import RedisIndex
 
 __all__ = ["LifeDuties"]
 
@@ -30,9 +27,7 @@ log = logging.getLogger(__name__)
 BATCH = 1000
 
 
-class LifeDuties(Service):
-    name = "life-duties"
-
+class LifeDuties:
     def __init__(
         self,
         manager: JobManager,
@@ -45,7 +40,6 @@ class LifeDuties(Service):
         run_time_every: float = 1.0,
         retention_every: float = 60.0,
     ) -> None:
-        super().__init__()
         self.manager = manager
         self.store = store
         self.index = index
@@ -58,17 +52,12 @@ class LifeDuties(Service):
         self.revoked = 0
         self.deleted_lines = 0
 
-    async def start(self) -> None:
-        self.spawn(self._loop(self.run_time, self.run_time_every), "run-time")
-        self.spawn(self._loop(self.retention, self.retention_every), "retention")
-
-    async def _loop(self, duty: Callable[[], Awaitable[None]], every: float) -> None:
-        while not self.stopping:
-            try:
-                await duty()
-            except (StorageUnavailable, IndexUnavailable) as exc:
-                log.warning("%s skipped: %s", getattr(duty, "__name__", "duty"), exc)
-            await asyncio.sleep(every)
+    def duties(self) -> list[Duty]:
+        """Run by the node's `DutyScheduler`, the first time at once."""
+        return [
+            Duty("run-time", self.run_time_every, self.run_time, at_once=True),
+            Duty("retention", self.retention_every, self.retention, at_once=True),
+        ]
 
     async def run_time(self) -> None:
         """Ask attempts past their run time to yield; ask again every tick those asked before
@@ -91,7 +80,7 @@ class LifeDuties(Service):
 
     async def retention(self) -> None:
         cutoff = self.clock.now() - self.log_retention
-        while not self.stopping:
+        while True:  # in batches (the scheduler cancels it if the node stops)
             n = await self.store.logs_delete_before(cutoff, 10_000)
             self.deleted_lines += n
             if n < 10_000:
