@@ -23,12 +23,12 @@ import msgpack
 from worcr_node.clock import Clock
 from worcr_node.dispatch.dispatcher import MISFILED, Dispatcher
 from worcr_node.dispatch.rules import TagSet
-from worcr_node.duty import Duty
 from worcr_node.jobspec import Partition
 from worcr_node.limits.compiled import CompiledLimits
 from worcr_node.limits.model import LimitType
 from worcr_node.limits.usage import prune_usage_index
 from worcr_node.manager import JobManager
+from worcr_node.scheduler import Duty
 from worcr_node.service import Service
 from worcr_node.store.pg import PgStore, StorageUnavailable
 from worcr_node.store.redis_index import IndexUnavailable, LimitCheck, RedisIndex

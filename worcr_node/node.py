@@ -19,7 +19,6 @@ from worcr_node.config import Config
 from worcr_node.dispatch.dispatcher import Dispatcher
 from worcr_node.dispatch.policy import Policy, PolicyStore, PolicyWatcher
 from worcr_node.duties import Duties
-from worcr_node.duty import DutyScheduler
 from worcr_node.functions.errors import FunctionErrorLog
 from worcr_node.functions.runner import FunctionRunner
 from worcr_node.functions.sandbox import Limits as SandboxLimits
@@ -31,6 +30,7 @@ from worcr_node.life.writer import JobLife
 from worcr_node.limits.rate import RateLimiter
 from worcr_node.listen import listen_error
 from worcr_node.manager import JobManager
+from worcr_node.scheduler import DutyScheduler
 from worcr_node.service import Service
 from worcr_node.store.life import LifeStore
 from worcr_node.store.pg import PgStore

@@ -15,8 +15,8 @@ from __future__ import annotations
 import logging
 
 from worcr_node.clock import Clock
-from worcr_node.duty import Duty
 from worcr_node.manager import JobManager
+from worcr_node.scheduler import Duty
 from worcr_node.store.life import LifeStore
 from worcr_node.store.redis_index import RedisIndex
 

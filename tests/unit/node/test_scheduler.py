@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from worcr_node.duty import MAX_BACKOFF, Duty, DutyScheduler
+from worcr_node.scheduler import MAX_BACKOFF, Duty, DutyScheduler
 from worcr_node.store.pg import StorageUnavailable
 from worcr_node.store.redis_index import IndexUnavailable
 
