@@ -43,13 +43,11 @@ Measured: `for (;;) if (s === t) n++` with two 8 MiB strings overruns a 50 ms ca
 the default 32 MiB cap; with 2 MiB strings (what an 8 MiB cap allows) by 0.5 s. Keep the memory
 cap of JS functions small if that matters.
 
-Not safe, and not fixable from here: QuickJS 2021-03-27 (what `quickjs` 1.19.4 embeds) can crash
-the process (SIGSEGV in build_backtrace/find_own_property, a use-after-free on its out-of-memory
-path; upstream bellard/quickjs#533, fixed in quickjs-ng by PR #1472) when a function exhausts its
-memory cap through many small allocations: `for (;;) a.push(new Array(1000).fill(0))` crashed
-the process within 5 to 30 calls at 4, 8, 16 and 32 MiB caps. Big failing allocations (a string
-or an array doubling) are handled. Only a fixed QuickJS, or JS functions in a child process,
-closes this.
+The engine is quickjs-ng (the `quickjs-ng` distribution, same `quickjs` module). The archived
+`quickjs` package (QuickJS 2021-03-27) crashed the process when a function exhausted its memory
+cap through many small allocations (bellard/quickjs#533, a use-after-free on the out-of-memory
+path, fixed in quickjs-ng by PR #1472); tests/unit/node/test_function_sandbox.py keeps such memory
+bombs in its cases.
 
 QuickJS throws `null` when it cannot even allocate the error object; a thrown null is therefore
 reported as a "memory" error (so is a function that really throws null).

@@ -5,7 +5,8 @@ per lane (the backlog stays in PostgreSQL), one lease deadline per running job, 
 lanes that may have ready work, and the live state of limits (counters, token buckets, window logs,
 the concurrency units each running job holds). Multi-key changes are Lua scripts
 (store/lua/*.lua) loaded once.
-All keys share the hash tag `{prefix}` so every script touches one slot (Redis Cluster safe).
+All keys share the hash tag `{prefix}`, so every script touches one slot: on a Redis Cluster all of
+Worcr's keys would live on one shard (spreading them is the cluster issue's work).
 """
 
 from __future__ import annotations
