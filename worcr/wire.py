@@ -16,6 +16,7 @@ See docs/protocol.md for every method.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 from typing import Any
@@ -34,6 +35,7 @@ __all__ = [
     "encode",
     "notification",
     "quote",
+    "quoted",
     "request",
     "response",
 ]
@@ -242,3 +244,11 @@ def quote(value: Any, limit: int = Limits.max_echo) -> str:
     if value is None or isinstance(value, bool | int | float):
         return repr(value)[:limit]
     return f"a {type(value).__name__}"
+
+
+def quoted(names: Iterable[Any], most: int = 5) -> str:
+    """Field or parameter names a client sent, as an error message shows them: a few, each cut
+    short by `quote`."""
+    shown = sorted(quote(n) for n in names)
+    more = f" and {len(shown) - most} more" if len(shown) > most else ""
+    return ", ".join(shown[:most]) + more

@@ -22,8 +22,7 @@ import msgpack
 import uuid_utils
 
 from worcr.values import json_form_problem
-from worcr.wire import Limits, quote
-from worcr_node.dispatch.rules import quoted
+from worcr.wire import Limits, quote, quoted
 from worcr_node.limits.model import partition_for
 from worcr_node.state import JobState
 

@@ -14,8 +14,12 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from worcr.wire import Limits, quote, quoted
+
 __all__ = [
     "DEFAULT_SCOPE",
+    "MAX_TENANT_WEIGHT",
+    "MIN_TENANT_WEIGHT",
     "Fairness",
     "FairnessError",
     "Strategy",
@@ -24,6 +28,7 @@ __all__ = [
 ]
 
 DEFAULT_SCOPE = "*"
+MIN_TENANT_WEIGHT = 1e-6  # as a job's weight: smaller ones only underflow the shares
 MAX_TENANT_WEIGHT = 1e6
 MAX_KIND_OVERRIDES = 1000
 
@@ -64,7 +69,8 @@ def _strategy(value: Any, where: str) -> Strategy:
         return Strategy(value)
     except ValueError:
         raise FairnessError(
-            f"{where}: {value!r} is not a strategy; expected one of {[s.value for s in Strategy]}"
+            f"{where}: {quote(value)} is not a strategy; expected one of "
+            f"{[s.value for s in Strategy]}"
         ) from None
 
 
@@ -74,7 +80,7 @@ def parse_fairness(body: Any) -> tuple[Strategy, dict[str, Strategy]]:
         raise FairnessError("expected a JSON object with 'default' and optional 'kinds'")
     unknown = set(body) - {"default", "kinds"}
     if unknown:
-        raise FairnessError(f"unknown field(s) {sorted(unknown)}; allowed: default, kinds")
+        raise FairnessError(f"unknown field(s) {quoted(unknown)}; allowed: default, kinds")
     if "default" not in body:
         raise FairnessError("default: required")
     default = _strategy(body["default"], "default")
@@ -83,8 +89,14 @@ def parse_fairness(body: Any) -> tuple[Strategy, dict[str, Strategy]]:
         raise FairnessError(f"kinds: expected an object of at most {MAX_KIND_OVERRIDES} entries")
     out = {}
     for kind, value in kinds.items():
-        if not kind or len(kind) > 128 or kind == DEFAULT_SCOPE:
-            raise FairnessError(f"kinds: {kind!r} is not a job kind")
+        # printable: no control characters or unpaired surrogates, which PostgreSQL cannot hold
+        if (
+            not 0 < len(kind) <= Limits.max_kind_len
+            or not kind.isprintable()
+            or kind == DEFAULT_SCOPE
+        ):
+            raise FairnessError(f"kinds: {quote(kind)} is not a job kind (1 to "
+                                f"{Limits.max_kind_len} printable characters)")  # fmt: skip
         out[kind] = _strategy(value, f"kinds.{kind}")
     return default, out
 
@@ -95,6 +107,7 @@ def parse_tenant_weight(body: Any) -> float:
     w = body["weight"]
     if isinstance(w, bool) or not isinstance(w, int | float):
         raise FairnessError("weight: expected a number")
-    if not 0 < w <= MAX_TENANT_WEIGHT or not math.isfinite(w):  # compare first: huge ints
-        raise FairnessError(f"weight: expected a number > 0 and <= {MAX_TENANT_WEIGHT:g}")
+    if not MIN_TENANT_WEIGHT <= w <= MAX_TENANT_WEIGHT or not math.isfinite(w):  # huge ints
+        raise FairnessError(f"weight: expected a number from {MIN_TENANT_WEIGHT:g} to "
+                            f"{MAX_TENANT_WEIGHT:g}")  # fmt: skip
     return float(w)

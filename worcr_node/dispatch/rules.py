@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from worcr.wire import quote
+from worcr.wire import quote, quoted
 
 __all__ = [
     "ACTIONS",
@@ -39,7 +39,6 @@ __all__ = [
     "parse_description_enabled",
     "parse_match",
     "parse_rule",
-    "quoted",
     "relevant_tags",
     "rule_matches",
     "storable",
@@ -450,12 +449,6 @@ def _texts(m: Mapping[str, Any], name: str, patterns: bool = False) -> list[str]
             raise RuleError(f"{name}: {quote(v)}: '*' is only allowed as a whole value, as in "
                             "'key:*'")  # fmt: skip
     return list(dict.fromkeys(value))
-
-
-def quoted(names: Iterable[Any]) -> str:
-    """Field names a client sent, as an error message shows them: a few, each cut short."""
-    shown = sorted(quote(n) for n in names)
-    return ", ".join(shown[:5]) + (f" and {len(shown) - 5} more" if len(shown) > 5 else "")
 
 
 def storable(text: str) -> bool:

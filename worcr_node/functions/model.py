@@ -23,12 +23,12 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from worcr.wire import quoted
 from worcr_node.dispatch.rules import (
     Match,
     RuleError,
     parse_description_enabled,
     parse_match,
-    quoted,
 )
 from worcr_node.functions.sandbox import LANGUAGES
 

@@ -13,53 +13,17 @@ from typing import Any
 
 from aiohttp import web
 
-from worcr.wire import ErrorCode, Limits, quote
+from worcr.wire import ErrorCode, quote
 from worcr_node.dispatch.fairness import (
     FairnessError,
-    Strategy,
     parse_fairness,
     parse_tenant_weight,
 )
 from worcr_node.dispatch.policy import PolicyStore, RuleConflict
-from worcr_node.dispatch.rules import RuleError, parse_rule, quoted
+from worcr_node.dispatch.rules import RuleError, parse_rule
 from worcr_node.http.errors import ApiError, bad_request, json_body, path_id, text_ok
 
-__all__ = ["MIN_TENANT_WEIGHT", "DispatchApi", "add_dispatch_routes"]
-
-MIN_TENANT_WEIGHT = 1e-6  # as a job's weight: smaller ones only underflow the shares
-_STRATEGIES = [s.value for s in Strategy]
-
-
-def _check_fairness(body: Any) -> None:
-    """What `parse_fairness` leaves to us: kinds PostgreSQL cannot hold, and values its messages
-    would quote whole. A 400 naming the field."""
-    if not isinstance(body, Mapping):
-        return  # parse_fairness says what is expected
-    unknown = set(body) - {"default", "kinds"}
-    if unknown:
-        raise bad_request(f"unknown field(s) {quoted(unknown)}; allowed: default, kinds")
-    values = [("default", body.get("default"))]
-    kinds = body.get("kinds")
-    if isinstance(kinds, Mapping):
-        for kind, value in kinds.items():
-            if not text_ok(kind, Limits.max_kind_len):
-                raise bad_request(f"kinds: {quote(kind)} is not a job kind (1 to "
-                                  f"{Limits.max_kind_len} printable characters)")  # fmt: skip
-            values.append((f"kinds.{kind}", value))
-    for where, value in values:
-        if value is not None and value not in _STRATEGIES:
-            raise bad_request(f"{where}: {quote(value)} is not a strategy; expected one of "
-                              f"{_STRATEGIES}")  # fmt: skip
-
-
-def _tenant_weight(body: Any) -> float:
-    try:
-        weight = parse_tenant_weight(body)
-    except FairnessError as exc:
-        raise bad_request(str(exc)) from None
-    if weight < MIN_TENANT_WEIGHT:
-        raise bad_request(f"weight: expected a number from {MIN_TENANT_WEIGHT:g} to 1e+06")
-    return weight
+__all__ = ["DispatchApi", "add_dispatch_routes"]
 
 
 def _render_tenant(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -123,7 +87,6 @@ class DispatchApi:
 
     async def fairness_set(self, request: web.Request) -> web.Response:
         body = await json_body(request)
-        _check_fairness(body)
         try:
             default, kinds = parse_fairness(body)
         except FairnessError as exc:
@@ -154,7 +117,10 @@ class DispatchApi:
 
     async def tenant_set(self, request: web.Request) -> web.Response:
         tenant = self._tenant(request)
-        weight = _tenant_weight(await json_body(request))
+        try:
+            weight = parse_tenant_weight(await json_body(request))
+        except FairnessError as exc:
+            raise bad_request(str(exc)) from None
         return web.json_response(_render_tenant(await self.store.tenant_weight_set(tenant, weight)))
 
     async def tenant_delete(self, request: web.Request) -> web.Response:

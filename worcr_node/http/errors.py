@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from worcr.wire import ErrorCode, quote
+from worcr.wire import ErrorCode, quote, quoted
 
 __all__ = [
     "ApiError",
@@ -118,7 +118,6 @@ def query_text(request: web.Request, name: str, max_len: int) -> str | None:
 
 def refuse_unknown(request: web.Request, allowed: Iterable[str]) -> None:
     """A 400 naming (a few of) the query parameters that are not in `allowed`."""
-    unknown = sorted(set(request.query) - set(allowed))
+    unknown = set(request.query) - set(allowed)
     if unknown:
-        names = ", ".join(quote(n) for n in unknown[:5])
-        raise bad_request(f"unknown parameter(s) {names}; allowed: {sorted(allowed)}")
+        raise bad_request(f"unknown parameter(s) {quoted(unknown)}; allowed: {sorted(allowed)}")

@@ -16,8 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from worcr.wire import ErrorCode
-from worcr_node.dispatch.rules import quoted
+from worcr.wire import ErrorCode, quoted
 from worcr_node.functions.model import Function, FunctionError, Hook, parse_function, valid_name
 from worcr_node.functions.runner import CHECKS, FALLBACKS, FunctionRunner
 from worcr_node.functions.sandbox import CallError, CompileError, compile_function

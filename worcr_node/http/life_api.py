@@ -23,8 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
-from worcr.wire import ErrorCode, quote
-from worcr_node.dispatch.rules import quoted
+from worcr.wire import ErrorCode, quote, quoted
 from worcr_node.http.errors import (
     ApiError,
     bad_request,

@@ -28,14 +28,13 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from worcr.wire import quote
+from worcr.wire import quote, quoted
 from worcr_node.dispatch.rules import (
     Match,
     RuleError,
     TagSet,
     parse_description_enabled,
     parse_match,
-    quoted,
     rule_matches,
     storable,
 )
