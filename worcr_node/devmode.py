@@ -18,7 +18,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from worcr_node.config import Config, ConfigError
@@ -30,9 +30,7 @@ __all__ = ["run_dev"]
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-def dev_config(
-    env: dict[str, str] | os._Environ[str], http: str | None, listen: str | None
-) -> Config:
+def dev_config(env: Mapping[str, str], http: str | None, listen: str | None) -> Config:
     """The node's configuration in dev mode: the environment as for `worcr node`, the flags on
     top, and the node named `dev-node` unless WORCR_NODE_ID says otherwise."""
     merged = dict(env)

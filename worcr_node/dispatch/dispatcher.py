@@ -414,7 +414,7 @@ class Dispatcher(Service):
         """The node stops: claim nothing more, and see every claim under way to its end (pushed
         to its worker while the connection is still open, or given back at once as `yielded`
         when it cannot be), so no job is left running for a worker that never got it. The
-        caller bounds the wait; a claim cut short there comes back when its lease expires."""
+        caller bounds the wait; `stop` gives back what a claim cut short there wrote."""
         self._draining = True
         self._wake.set()
         await self._idle.wait()

@@ -34,7 +34,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.log import server_logger
 from aiohttp.web_protocol import RequestPayloadError
 
-from worcr.wire import ErrorCode
+from worcr.wire import ErrorCode, quote
 from worcr_node.http.errors import error_response
 
 __all__ = ["BodyBudget", "BodyLimits", "ServerLog", "edge_middleware"]
@@ -140,14 +140,14 @@ def _body_refusal(request: web.Request, limits: BodyLimits) -> web.Response | No
     if size is not None and size > limits.max_body:
         return error_response(413, ErrorCode.BAD_REQUEST, f"body over {limits.max_body} bytes")
     if hdrs.CONTENT_TYPE not in request.headers or not _is_json(request.content_type):
-        given = request.headers.get(hdrs.CONTENT_TYPE, "none")[:64]
+        given = quote(request.headers.get(hdrs.CONTENT_TYPE, "none"))
         return error_response(
-            415, ErrorCode.BAD_REQUEST, f"content type {given!r}: a body must be application/json"
+            415, ErrorCode.BAD_REQUEST, f"content type {given}: a body must be application/json"
         )
     charset = (request.charset or "utf-8").lower()
     if charset not in ("utf-8", "utf8"):
         return error_response(
-            415, ErrorCode.BAD_REQUEST, f"charset {charset[:32]!r}: a JSON body must be UTF-8"
+            415, ErrorCode.BAD_REQUEST, f"charset {quote(charset)}: a JSON body must be UTF-8"
         )
     return None
 
@@ -166,8 +166,8 @@ def _cross_origin(request: web.Request) -> web.Response | None:
     if origin is None or _same_host(origin, request.host):
         return None
     return error_response(403, ErrorCode.UNAUTHORIZED,
-                          f"cross-origin request refused: Origin {origin[:100]!r} is not "
-                          f"{request.host[:100]!r}; the API takes no requests from other "
+                          f"cross-origin request refused: Origin {quote(origin)} is not "
+                          f"{quote(request.host)}; the API takes no requests from other "
                           "sites' pages")  # fmt: skip
 
 

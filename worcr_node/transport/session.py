@@ -487,9 +487,9 @@ async def on_enqueue(s: Session, p: dict[str, Any]) -> dict[str, Any]:
 async def on_ack(s: Session, p: dict[str, Any]) -> dict[str, Any]:
     refs = _job_refs(p, s.hub.limits)
     items = []
+    limits = s.hub.limits
     for r in refs:
         result = r.get("result")
-        limits = s.hub.limits
         packed = (
             None
             if result is None
