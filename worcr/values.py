@@ -25,8 +25,6 @@ __all__ = ["Problem", "json_form_problem"]
 _LEAVES = frozenset({type(None), bool, int, str, bytes})  # always fine
 _NUMBERS = frozenset({bool, int, float})  # math.isfinite takes them all
 _KEYS = frozenset({str, bytes})
-_OTHER = "holds an object of type "
-_NOT_FINITE_TEXT = "holds NaN or infinity, which JSON has no form for (finite numbers only)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +36,7 @@ class Problem:
     wrong_type: bool = False
 
 
-_NOT_FINITE = Problem(_NOT_FINITE_TEXT)
+_NOT_FINITE = Problem("holds NaN or infinity, which JSON has no form for (finite numbers only)")
 
 
 def json_form_problem(value: Any, max_depth: int, *, others_ok: bool = False) -> Problem | None:
@@ -59,8 +57,8 @@ def json_form_problem(value: Any, max_depth: int, *, others_ok: bool = False) ->
         elif isinstance(item, list | tuple) and not isinstance(item, msgpack.ExtType):
             items = item
         else:
-            problem = _scalar_problem(item)
-            if problem is not None and not (others_ok and problem.message.startswith(_OTHER)):
+            problem = _scalar_problem(item, others_ok)
+            if problem is not None:
                 return problem
             continue
         if depth >= max_depth:
@@ -79,7 +77,7 @@ def json_form_problem(value: Any, max_depth: int, *, others_ok: bool = False) ->
     return None
 
 
-def _scalar_problem(item: Any) -> Problem | None:
+def _scalar_problem(item: Any, others_ok: bool) -> Problem | None:
     if type(item) in _LEAVES:
         return None
     if isinstance(item, float):
@@ -90,6 +88,7 @@ def _scalar_problem(item: Any) -> Problem | None:
     if isinstance(item, msgpack.ExtType):
         return Problem(f"holds msgpack extension type {item.code}, which has no JSON form: send "
                        "it as a number, a string or bytes", wrong_type=True)  # fmt: skip
-    if isinstance(item, bool | int | str | bytes):  # subclasses
+    if isinstance(item, bool | int | str | bytes) or others_ok:  # subclasses; or msgpack's call
         return None
-    return Problem(f"{_OTHER}{type(item).__name__}, which has no JSON form", wrong_type=True)
+    return Problem(f"holds an object of type {type(item).__name__}, which has no JSON form",
+                   wrong_type=True)  # fmt: skip
