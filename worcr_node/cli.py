@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import os
 import signal
@@ -64,6 +65,20 @@ async def _run_node(config: Config, ready_message: str | None = None) -> int:
     print("stopping node...", flush=True)
     await node.stop()
     return 1 if node.crashed.is_set() else 0
+
+
+# What a node imports beyond the SDK: the "node" extra (pyproject.toml). Without it, this install
+# is the worker/producer SDK only, and the node's commands say so in one line.
+NODE_MODULES = ("aiohttp", "asyncpg", "redis", "lupa", "quickjs", "psutil", "uuid_utils")
+
+
+def _node_installed(command: str) -> bool:
+    missing = [m for m in NODE_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        print(f"worcr {command}: this install is the worker SDK only (missing: "
+              f"{', '.join(missing)}); a node needs the node extra: pip install 'worcr[node]'",
+              file=sys.stderr)  # fmt: skip
+    return not missing
 
 
 def _config() -> Config | None:
@@ -158,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     worker.add_argument("rest", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     _setup_logging(args.log_level)
+    if args.command != "worker" and not _node_installed(args.command):
+        return 2
     handlers = {"node": cmd_node, "migrate": cmd_migrate, "dev": cmd_dev, "worker": cmd_worker}
     return handlers[args.command](args)
 
