@@ -13,6 +13,7 @@ import json
 import uuid
 from typing import Any
 
+import asyncpg
 import msgpack
 import pytest
 
@@ -224,6 +225,36 @@ async def test_a_job_past_its_run_time_is_asked_to_yield(node_factory: NodeFacto
     outcomes = [a["outcome"] for a in await node.store.attempts_of_job(uuid.UUID(job["id"]))]
     assert outcomes == ["yielded"]
     await c.close()
+
+
+async def test_a_job_whose_row_is_busy_is_still_asked_to_yield(
+    node_factory: NodeFactory, database_url: str
+) -> None:
+    """A job that writes checkpoints all the time has its row locked much of the time: the
+    run-time duty waits for the lock instead of skipping the job (it did, and such a job could
+    run past its maximum run time unasked on a loaded machine)."""
+    node = await node_factory()
+    c, job = await _running(node, {"kind": "busy", "max_run_time": 1})
+    holder, watcher = await asyncpg.connect(database_url), await asyncpg.connect(database_url)
+    try:
+
+        async def duty_waits() -> bool:
+            n = await watcher.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND datname = current_database()"
+            )
+            return bool(n)
+
+        async with holder.transaction():
+            await holder.execute("SELECT 1 FROM worcr_jobs WHERE id = $1 FOR UPDATE",
+                                 uuid.UUID(job["id"]))  # fmt: skip
+            await wait_until(duty_waits, timeout=10)  # past 1 s: the duty wants the row
+        asked = await c.next_notification("yield", timeout=10)
+        assert asked == {"jobs": [_ref(job)], "reason": "max_run_time"}
+    finally:
+        await holder.close()
+        await watcher.close()
+        await c.close()
 
 
 async def test_a_worker_that_does_not_yield_loses_the_attempt(node_factory: NodeFactory) -> None:

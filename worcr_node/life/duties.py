@@ -2,11 +2,11 @@
 
 Every node runs them; both are safe to run on several nodes at once. Run time, once a second:
 running attempts past their maximum run time (the job's, else its kind's) are marked as asked
-(`yield_asked_at`, SKIP LOCKED) and the ask is broadcast, again every second until the grace is
-over, so the node whose session holds the attempt sends its worker a `yield` notification (a
-worker ignores a repeated ask); attempts still running a grace period after the ask are
-revoked (`JobManager.revoke`, fenced by the lease token, so a revocation racing the worker's own
-yield or ack changes nothing twice). Retention, once a minute: log lines older than the
+(`yield_asked_at`; a row locked by a write is waited for) and the ask is broadcast, again every
+second until the grace is over, so the node whose session holds the attempt sends its worker a
+`yield` notification (a worker ignores a repeated ask); attempts still running a grace period after
+the ask are revoked (`JobManager.revoke`, fenced by the lease token, so a revocation racing the
+worker's own yield or ack changes nothing twice). Retention, once a minute: log lines older than the
 retention are deleted in batches.
 """
 

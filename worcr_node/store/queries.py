@@ -487,7 +487,10 @@ DELETE FROM worcr_logs WHERE ctid = ANY(ARRAY(
 """
 
 # Running attempts past their maximum run time (the job's own, else its kind's), not yet asked
-# to yield: mark them asked. Each branch reads a small partial index. Returns (id, token).
+# to yield: mark them asked. Each branch reads a small partial index. Returns (id, token). Rows
+# locked by a checkpoint or progress write are waited for, not skipped (a job that writes all
+# the time would be skipped at every tick); locks are taken in id order like every writer's, and
+# a row asked by another node meanwhile is left out (yield_asked_at is checked again).
 RUN_TIME_ASK_YIELD = """
 WITH due AS (
     SELECT d.id FROM worcr_kinds k
@@ -509,7 +512,7 @@ WITH due AS (
       AND j.state = 'running' AND j.yield_asked_at IS NULL
     ORDER BY j.id
     LIMIT $1
-    FOR UPDATE OF j SKIP LOCKED
+    FOR UPDATE OF j
 )
 UPDATE worcr_jobs j SET yield_asked_at = now()
 FROM locked WHERE j.id = locked.id
