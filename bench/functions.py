@@ -1,4 +1,4 @@
-"""Worcr embedded functions (issue 6): the cost of one call, and of a weight function to dispatch.
+"""Worcr embedded functions: the cost of one call, of a weight function to dispatch, of on_enqueue.
 
     .venv/bin/python bench/functions.py            # full run: --rounds 4, ~10 min
     .venv/bin/python bench/functions.py --quick    # smoke run, < 3 min
@@ -24,7 +24,12 @@ the same copy, so edits to the checkout during the run cannot mix code versions.
    - `<lang>.on_enqueue.raw` / `.runner`: an on_enqueue function answering {expires_at =
      enqueued_at + 12 h} (the same shape in both languages); `<lang>.on_enqueue.apply`:
      `apply_on_enqueue` for one job (function lookup, job view, call, validate, change the job),
-     what an enqueue pays per job when one on_enqueue function matches.
+     in this process. Since the function process (code with `functions/host.py`): the job-time
+     hooks are coroutines (run to completion on an event loop here, with the in-process host),
+     `.weight.runner` is a remembered answer read as the dispatcher reads it
+     (`FunctionRunner.known`), and `<lang>.on_enqueue.process_x100` is 100 on_enqueue calls
+     at once through a real function process (what an enqueue batch of 100 pays, wall time;
+     divide by 100 for one job).
    Each case is timed with timeit, --call-rounds rounds of about --round-s seconds each, the
    cases interleaved within a round (the order rotating), median and min reported. Compile time:
    `compile_function` + `close` of the weight function, --compiles times per language,
@@ -55,6 +60,14 @@ the same copy, so edits to the checkout during the run cannot mix code versions.
    within a round (function / static), and their median is reported; the target is >= 0.7.
    The node does not report how many function calls it made; `function_calls_expected` is one
    per (ready lane, worker class) pair (the verdict cache), plus 2 for the explain check.
+3. enqueue (the on_enqueue cost as a producer sees it, and as the node pays it). Per run: a
+   fresh database and node; no function, or an on_enqueue function (Lua, JavaScript; the
+   expiry function of part 1, no rule) installed over HTTP; --producers clients each enqueue
+   batches of --enqueue-batch jobs (`enqueue_many`) until --enqueue-jobs are in, after a
+   warm-up of two batches each. Reported: jobs/s, and the node's CPU ms per job for its own
+   process (its event loop: where the calls ran before the function process) and with its
+   children (the function process included). Each run checks the function changed every job
+   (an expiry). --rounds rounds, order rotating; ratios (function / none) within a round.
 
 Machine load: the load average at the start; at the start and the end, the benchmarks and tests
 seen running (command lines) and the processes using >= 10 % of a core (`busy_at_start`,
@@ -134,6 +147,7 @@ QUICK = {
     "round_s": 0.1,
     "compiles": 5,
     "quiet_wait": 20.0,
+    "enqueue_jobs": 4000,
 }
 
 
@@ -177,6 +191,7 @@ def call_cases() -> tuple[dict[str, Callable[[], Any]], dict[str, Any]]:
     from worcr_node.functions.judge import LaneJudge
     from worcr_node.functions.model import Function, Hook
     from worcr_node.functions.runner import FunctionRunner
+    from worcr_node.functions.sandbox import compile_function
     from worcr_node.functions.views import lane_view, worker_view
     from worcr_node.jobspec import NewJob, lane_of
     from worcr_node.state import JobState
@@ -194,10 +209,25 @@ def call_cases() -> tuple[dict[str, Callable[[], Any]], dict[str, Any]]:
         return NewJob(uuid.uuid4(), kind, msgpack.packb(ARGS_SAMPLE), tags, tenant, 1.0,
                       JobState.QUEUED, None, None, 3, None, None, 0.0, lane, False)  # fmt: skip
 
+    old_api = hasattr(FunctionRunner, "compile")  # --code before the function process
+    loop = asyncio.new_event_loop()
+
+    def done(value: Any) -> Any:  # the new runner's job-time hooks are coroutines
+        return loop.run_until_complete(value) if asyncio.iscoroutine(value) else value
+
     runner = FunctionRunner()
     fns = [Function(f"{SHORT[lang]}_{name}", lang, Hook.WEIGHT, SOURCES[lang, name], 1)
            for lang in LANGS for name in ("weight", "weight_kind")]  # fmt: skip
     runner.set_functions(fns)
+    if old_api:
+        weight: Callable[..., Any] = runner.weight
+    else:  # a remembered answer, read like the dispatcher reads it (asked once first)
+        for fn in fns:
+            done(runner.weight(fn.name, job, worker, lane))
+
+        def weight(name: str, job: Any, worker: Any, lane: str) -> Any:
+            return runner.known(name, Hook.WEIGHT, (job, worker), lane, worker)
+
     static = [parse_rule(STATIC_RULE)]
     cases: dict[str, Callable[[], Any]] = {}
     expect: dict[str, Any] = {}
@@ -206,11 +236,11 @@ def call_cases() -> tuple[dict[str, Callable[[], Any]], dict[str, Any]]:
     for lang in LANGS:
         s = SHORT[lang]
         name = f"{s}_weight"
-        code = runner.compile(runner.functions[name])
+        code = compile_function(lang, SOURCES[lang, "weight"], "weight")
         cases[f"{s}.weight.raw"] = lambda code=code: code.call(job, worker)
-        cases[f"{s}.weight.runner"] = lambda name=name: runner.weight(name, job, worker, lane)
-        cases[f"{s}.weight_kind.runner"] = lambda s=s: runner.weight(f"{s}_weight_kind", job,
-                                                                     worker, lane)  # fmt: skip
+        cases[f"{s}.weight.runner"] = lambda name=name: weight(name, job, worker, lane)
+        cases[f"{s}.weight_kind.runner"] = lambda s=s: weight(f"{s}_weight_kind", job,
+                                                              worker, lane)  # fmt: skip
         expect.update({f"{s}.weight.raw": 10, f"{s}.weight.runner": 10.0,
                        f"{s}.weight_kind.runner": 10.0})  # fmt: skip
         rule = [parse_rule({"name": "fn", "action": "multiply", "function": name})]
@@ -226,19 +256,36 @@ def call_cases() -> tuple[dict[str, Callable[[], Any]], dict[str, Any]]:
         fn = Function(f"{s}_expiry", lang, Hook.ON_ENQUEUE, SOURCES[lang, "on_enqueue"], 1)
         enq.set_functions([fn])
         view = job_view(new_job(), ARGS_SAMPLE, now)
-        ecode = enq.compile(fn)
+        ecode = compile_function(lang, SOURCES[lang, "on_enqueue"], "on_enqueue")
         nj = new_job()
         cases[f"{s}.on_enqueue.raw"] = lambda ecode=ecode, view=view: ecode.call(view)
-        cases[f"{s}.on_enqueue.runner"] = lambda enq=enq, fn=fn, view=view: enq.on_enqueue(
+        cases[f"{s}.on_enqueue.runner"] = lambda enq=enq, fn=fn, view=view: done(enq.on_enqueue(
             fn, view, "00000000-0000-0000-0000-000000000000"
-        )
-        cases[f"{s}.on_enqueue.apply"] = lambda enq=enq, nj=nj: apply_on_enqueue(
+        ))  # fmt: skip
+        cases[f"{s}.on_enqueue.apply"] = lambda enq=enq, nj=nj: done(apply_on_enqueue(
             enq, nj, ARGS_SAMPLE, now, Limits()
-        )
+        ))  # fmt: skip
         expiry = now + 12 * 3600
         expect.update({f"{s}.on_enqueue.raw": {"expires_at": expiry},
                        f"{s}.on_enqueue.runner": {"expires_at": expiry},
                        f"{s}.on_enqueue.apply": expiry})  # fmt: skip
+        if not old_api:  # what a node pays: 100 calls through its function process, at once
+            from worcr_node.functions.host import ProcessHost
+            from worcr_node.functions.sandbox import Limits as Caps
+
+            async def make(fn: Function = fn) -> Any:
+                r = FunctionRunner(Caps(), None, ProcessHost(Caps()))
+                r.set_functions([fn])
+                return r
+
+            proc = loop.run_until_complete(make())
+
+            async def hundred(proc: Any = proc, fn: Function = fn, view: Any = view) -> Any:
+                outs = await asyncio.gather(*(proc.on_enqueue(fn, view, "0") for _ in range(100)))
+                return outs[-1]
+
+            cases[f"{s}.on_enqueue.process_x100"] = lambda h=hundred: done(h())
+            expect[f"{s}.on_enqueue.process_x100"] = {"expires_at": expiry}
     return cases, expect
 
 
@@ -325,7 +372,7 @@ def compile_times(a: argparse.Namespace) -> dict[str, Any]:
 @dataclass(frozen=True)
 class Variant:
     name: str
-    rule: dict[str, Any]
+    rule: dict[str, Any] | None  # None: the function alone (on_enqueue)
     function: dict[str, Any] | None = None  # PUT /api/v1/functions/{name} body, with "name"
     classes_split: bool = False  # the rule sees worker tags: one class per worker tag set
     info: dict[str, Any] = field(default_factory=dict)
@@ -405,6 +452,8 @@ class FunctionsBench(ScaleBench):
                     if resp.status not in (200, 201):
                         raise RuntimeError(f"PUT function: {resp.status} {fn}")
                 self.res["function"] = {k: fn.get(k) for k in ("name", "version", "language")}
+            if v.rule is None:
+                return
             async with http.post("/api/v1/rules", json=v.rule) as resp:
                 rule = await resp.json()
                 if resp.status != 201:
@@ -479,6 +528,102 @@ class FunctionsBench(ScaleBench):
             await self.teardown()
         return {k: round(x, 4) if isinstance(x, float) else x for k, x in self.res.items()}
 
+    async def enqueue_run(self, lang: str | None, rep: int) -> dict[str, Any]:
+        """Part 3: --enqueue-jobs jobs enqueued in batches of --enqueue-batch by --producers
+        concurrent producers, through the on_enqueue function of `lang` (None: no function)."""
+        import asyncpg
+
+        from bench.throughput import tree_cpu
+        from worcr import Client
+
+        a = self.args
+        name = f"enqueue_{SHORT[lang] if lang else 'none'}"
+        self.begin(name, rep)
+        say(f"== {name} (round {rep + 1}/{a.rounds}): {a.enqueue_jobs:,} jobs, batches of "
+            f"{a.enqueue_batch}, {a.producers} producers")  # fmt: skip
+        self.res.update(jobs=a.enqueue_jobs, batch=a.enqueue_batch, producers=a.producers)
+        try:
+            await self.fresh_db("round_robin")
+            self.start_node()
+            log = (self.tmp / "node.log").read_text(errors="replace")
+            found = re.search(r"HTTP API (http://\S+?),", log)
+            if found is None:
+                raise RuntimeError("no HTTP address in node.log")
+            self.http = found.group(1)
+            if lang is not None:
+                fn = {"name": f"expiry_{SHORT[lang]}", "language": lang, "hook": "on_enqueue",
+                      "source": SOURCES[lang, "on_enqueue"]}  # fmt: skip
+                await self.install(Variant(name, None, fn))
+            clients = [await Client.connect(self.node_addr) for _ in range(a.producers)]
+            db = await asyncpg.connect(self.db_url)
+            try:
+                n, b = a.enqueue_jobs, a.enqueue_batch
+
+                async def produce(client: Any, k: int, lo: int, hi: int) -> None:
+                    for i in range(lo + k * b, hi, a.producers * b):
+                        await client.enqueue_many([{"kind": "light", "tenant": f"t{j % 50}",
+                                                    "args": ARGS_SAMPLE}
+                                                   for j in range(i, min(hi, i + b))])  # fmt: skip
+
+                async def run(lo: int, hi: int) -> None:
+                    await asyncio.gather(*(produce(c, k, lo, hi) for k, c in enumerate(clients)))
+
+                await run(0, 2 * b * a.producers)  # warm-up: connections, compile, caches
+                await self.wait_quiet()
+                pid = self.node.pid if self.node else 0
+                node = psutil.Process(pid)
+                own0, tree0 = sum(node.cpu_times()[:2]), tree_cpu([pid])
+                t0 = time.perf_counter()
+                await run(2 * b * a.producers, 2 * b * a.producers + n)
+                wall = time.perf_counter() - t0
+                own, tree = sum(node.cpu_times()[:2]) - own0, tree_cpu([pid]) - tree0
+                self.res.update(
+                    jobs_per_s=round(n / wall, 1),
+                    ms_per_job=round(1000 * wall / n, 4),
+                    node_loop_cpu_ms_per_job=round(1000 * own / n, 4),
+                    node_tree_cpu_ms_per_job=round(1000 * tree / n, 4),
+                )
+                expiring = await db.fetchval(
+                    "SELECT count(*) FROM worcr_jobs WHERE expires_at IS NOT NULL"
+                )
+                self.res["jobs_changed_by_the_function"] = expiring
+                if (expiring != 0) != (lang is not None):
+                    raise RuntimeError(f"{expiring} jobs have an expiry: the function "
+                                       f"{'did not run' if lang else 'ran'}")  # fmt: skip
+                say(f"  {self.res['jobs_per_s']:,.0f} jobs/s; node CPU ms/job: event loop "
+                    f"{self.res['node_loop_cpu_ms_per_job']}, with children "
+                    f"{self.res['node_tree_cpu_ms_per_job']}")  # fmt: skip
+            finally:
+                for c in clients:
+                    await c.close()
+                await db.close()
+        except Exception as exc:  # one failed run must not lose the others
+            say(f"  {name} failed: {exc!r}")
+            self.res["status"] = f"error: {exc!r}"
+        finally:
+            await self.teardown()
+        return {k: round(x, 4) if isinstance(x, float) else x for k, x in self.res.items()}
+
+    async def wait_quiet(self) -> None:
+        """Until other processes use at most --max-other-cores (at most --quiet-wait s)."""
+        deadline = time.time() + self.args.quiet_wait
+        while time.time() < deadline:
+            b0, t0 = foreign_busy(), time.time()
+            await asyncio.sleep(1.0)
+            if (foreign_busy() - b0) / (time.time() - t0) <= self.args.max_other_cores:
+                return
+
+    async def run_enqueue(self) -> dict[str, list[dict[str, Any]]]:
+        """--rounds rounds of enqueue without a function, through Lua, through JavaScript."""
+        order: list[str | None] = [None, *LANGS]
+        runs: dict[str, list[dict[str, Any]]] = {}
+        for rep in range(self.args.rounds):
+            k = rep % len(order)
+            for lang in order[k:] + order[:k]:
+                r = await self.enqueue_run(lang, rep)
+                runs.setdefault(r["name"], []).append(r)
+        return runs
+
     async def run(self) -> dict[str, list[dict[str, Any]]]:
         """--rounds rounds of every variant, the order rotating from round to round."""
         table = variants()
@@ -550,6 +695,29 @@ def dispatch_report(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     }
 
 
+def enqueue_report(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    keys = ("jobs_per_s", "ms_per_job", "node_loop_cpu_ms_per_job", "node_tree_cpu_ms_per_job")
+    summary = {name: {k: med([r.get(k) for r in rs if ok(r)]) for k in keys}
+               for name, rs in runs.items()}  # fmt: skip
+    for name, rs in runs.items():
+        summary[name]["jobs_per_s_runs"] = [r.get("jobs_per_s") if ok(r) else None for r in rs]
+    base = runs.get("enqueue_none", [])
+    ratios = {}
+    for name, rs in runs.items():
+        if name == "enqueue_none":
+            continue
+        rate = [round(x["jobs_per_s"] / y["jobs_per_s"], 3) if ok(x) and ok(y) else None
+                for x, y in zip(rs, base, strict=False)]  # fmt: skip
+        extra = [round(x["node_tree_cpu_ms_per_job"] - y["node_tree_cpu_ms_per_job"], 4)
+                 if ok(x) and ok(y) else None for x, y in zip(rs, base, strict=False)]  # fmt: skip
+        ratios[f"{name} / enqueue_none"] = {
+            "rate_ratio_median": med(rate),
+            "rate_ratio_per_round": rate,
+            "function_cpu_ms_per_job_median": med(extra),
+        }
+    return {"summary": summary, "ratios": ratios}
+
+
 def print_summary(out: dict[str, Any]) -> None:
     calls = out.get("calls")
     if calls:
@@ -558,6 +726,16 @@ def print_summary(out: dict[str, Any]) -> None:
             say(f"  {name:28s} {c['us_median']:9.2f}")
         for lang, c in calls["compile"].items():
             say(f"  compile {lang:20s} {c['ms_median']:9.3f} ms")
+    e = out.get("enqueue")
+    if e:
+        say("enqueue (median jobs/s; node CPU ms/job: event loop, with the function process):")
+        for name, x in e["summary"].items():
+            say(f"  {name:15s} {fmt(x['jobs_per_s'])} jobs/s {x['node_loop_cpu_ms_per_job']} "
+                f"{x['node_tree_cpu_ms_per_job']} runs {x['jobs_per_s_runs']}")  # fmt: skip
+        for name, x in e["ratios"].items():
+            say(f"  {name:30s} rate ratio median {x['rate_ratio_median']} per round "
+                f"{x['rate_ratio_per_round']}; function CPU ms/job "
+                f"{x['function_cpu_ms_per_job_median']}")  # fmt: skip
     d = out.get("dispatch")
     if d:
         say("dispatch (median jobs/s, node CPU ms/job; runs in round order):")
@@ -582,7 +760,11 @@ def parse_args() -> argparse.Namespace:
     )
     add = ap.add_argument
     add("--quick", action="store_true", help="smoke run: " + json.dumps(QUICK))
-    add("--parts", default="calls,dispatch", help="comma-separated subset of calls,dispatch")
+    add("--parts", default="calls,dispatch,enqueue",
+        help="comma-separated subset of calls,dispatch,enqueue")  # fmt: skip
+    add("--enqueue-jobs", type=int, default=20_000, help="jobs per enqueue run (20000)")
+    add("--enqueue-batch", type=int, default=100, help="jobs per enqueue_many (100)")
+    add("--producers", type=int, default=4, help="concurrent producers in the enqueue part (4)")
     add("--variants", default="static,lua,js", help="dispatch variants, in round order "
         "(static,lua,js; also static_classes)")  # fmt: skip
     add("--rounds", type=int, default=4, help="rounds of every dispatch variant (4)")
@@ -612,7 +794,7 @@ def parse_args() -> argparse.Namespace:
                 setattr(args, key, value)
     args.parts = [p for p in args.parts.split(",") if p]
     args.variants = [v for v in args.variants.split(",") if v]
-    if bad := sorted(set(args.parts) - {"calls", "dispatch"}) + sorted(
+    if bad := sorted(set(args.parts) - {"calls", "dispatch", "enqueue"}) + sorted(
         set(args.variants) - set(variants())
     ):
         ap.error(f"unknown parts or variants {bad}")
@@ -640,13 +822,14 @@ def main() -> None:
     out["busy_at_start"] = busy_others()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("terminated"))
     bench: FunctionsBench | None = None
+    enqueue_runs: dict[str, list[dict[str, Any]]] = {}
     try:
         if "calls" in args.parts:
             out["calls"] = part_calls(args)
             import worcr_node
 
             out["calls"]["worcr_node_from"] = str(Path(worcr_node.__file__).parent.parent)
-        if "dispatch" in args.parts:
+        if "dispatch" in args.parts or "enqueue" in args.parts:
             try:
                 import uvloop
 
@@ -656,7 +839,10 @@ def main() -> None:
             bench = FunctionsBench(args)
             bench.start_services()
             with runner:
-                runner.run(bench.run())
+                if "enqueue" in args.parts:
+                    enqueue_runs = runner.run(bench.run_enqueue())
+                if "dispatch" in args.parts:
+                    runner.run(bench.run())
     except KeyboardInterrupt:
         say("interrupted")
     finally:
@@ -664,7 +850,12 @@ def main() -> None:
             bench.stop_all()
         if snap is not None and not args.keep:
             shutil.rmtree(snap, ignore_errors=True)
-    if bench is not None:
+    if enqueue_runs:
+        out["enqueue"] = enqueue_report(enqueue_runs)
+        keys = ("enqueue_jobs", "enqueue_batch", "producers", "rounds")
+        out["enqueue"]["setup"] = {k: getattr(args, k) for k in keys}
+        out["enqueue"]["runs"] = enqueue_runs
+    if bench is not None and bench.runs:
         out["dispatch"] = dispatch_report(bench.runs)
         keys = ("jobs", "window", "tenants", "workers", "concurrency", "rounds", "variants")
         out["dispatch"]["setup"] = {k: getattr(args, k) for k in keys}

@@ -259,9 +259,9 @@ class Duties(Service):
                 args = msgpack.unpackb(r["args"], raw=False, strict_map_key=False)
                 part = r["partition"]
                 part = json.loads(part) if isinstance(part, str) else part
-                mine = [(c, 1) for c in limits.for_job(r["kind"], r["tenant"], tags, args,
-                                                       workers.get(r["worker_id"]), part,
-                                                       jid)]  # fmt: skip
+                mine = [(c, 1) for c in await limits.for_job(r["kind"], r["tenant"], tags, args,
+                                                             workers.get(r["worker_id"]), part,
+                                                             jid)]  # fmt: skip
                 for item in r["holds"]:  # limit id, key (any text), units
                     limit_id, rest = item.split("\x1f", 1)
                     key, units = rest.rsplit("\x1f", 1)
@@ -309,11 +309,11 @@ class Duties(Service):
 
 def _partitioner(
     limits: CompiledLimits, paths: tuple[str, ...], kind: str, tenant: str, tags: tuple[str, ...]
-) -> Callable[[Any, str], Partition]:
+) -> Callable[[Any, str], Awaitable[Partition]]:
     """What splits one waiting job's lane, from its args and id (lane split duty)."""
     job = {"kind": kind, "tenant": tenant, "tags": list(tags)}
 
-    def partition(args: Any, job_id: str) -> Partition:
-        return limits.partition(paths, job, args, job_id)
+    async def partition(args: Any, job_id: str) -> Partition:
+        return await limits.partition(paths, job, args, job_id)
 
     return partition

@@ -8,11 +8,12 @@ reconciler, never reported as a failed operation, because PostgreSQL already hol
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 from worcr.wire import Limits
@@ -52,7 +53,17 @@ Ready = dict[str, list[tuple[int, uuid.UUID]]]
 StateChange = tuple[str, str, str, str]  # (job id, new state, kind, tenant)
 DISCARD_REASON = "discarded by load shedding: a discard rule (or shed function) took its lane"
 # (paths, job {kind, tenant, tags}, args, job id) -> the values that split the job's lane
-Partitioner = Callable[[Sequence[str], Mapping[str, Any], Any, str | None], Partition]
+Partitioner = Callable[[Sequence[str], Mapping[str, Any], Any, str | None], Awaitable[Partition]]
+
+
+async def _args_partition(
+    paths: Sequence[str], job: Mapping[str, Any], args: Any, job_id: str | None
+) -> Partition:
+    return partition_for(paths, args)
+
+
+async def _no_shed(lane: str, kind: str, tenant: str, tags: tuple[str, ...], weight: float) -> None:
+    return None
 
 
 class JobManager:
@@ -78,12 +89,12 @@ class JobManager:
         # The args paths job limits split a (kind, tenant, tags) lane by (set with each policy),
         # and what splits one job's lane (values of those paths, keys of limit_key functions).
         self.partition_paths: PartitionPaths = lambda kind, tenant, tags: ()
-        self.partition: Partitioner = lambda paths, job, args, job_id: partition_for(paths, args)
+        self.partition: Partitioner = _args_partition
         # Embedded functions (on_enqueue, retry); the dispatcher's runner, set by the node.
         self.functions = FunctionRunner()
         # "discard" / "hold" / None for a lane (kind, tenant, tags, weight): load-shedding rules.
-        self.shed: Callable[[str, str, str, tuple[str, ...], float], str | None] = lambda *lane: (
-            None
+        self.shed: Callable[[str, str, str, tuple[str, ...], float], Awaitable[str | None]] = (
+            _no_shed
         )
         # Some concurrency limit is in force: acks release units before their commit is flushed.
         self.early_release = False
@@ -108,43 +119,63 @@ class JobManager:
 
     # -- enqueue ---------------------------------------------------------------------------------
 
-    def parse(self, specs: Sequence[Any]) -> list[NewJob | uuid.UUID]:
+    async def parse(self, specs: Sequence[Any]) -> list[NewJob | uuid.UUID]:
         """Validate a batch of job specs and run the on_enqueue functions; SpecError names the
         first bad (or rejected) one. The id of a job discarded (by a function or a discard
         rule) stands in its place."""
         if not 1 <= len(specs) <= self.limits.max_batch:
             raise SpecError(f"jobs: expected 1 to {self.limits.max_batch} job specs")
         now = self.clock.now()
-        hooks = self.functions.has(Hook.ON_ENQUEUE)
-        jobs: list[NewJob | uuid.UUID] = []
+        jobs: list[tuple[NewJob, Any]] = []
         for i, spec in enumerate(specs):
             try:
-                job = parse_job_spec(spec, now, self.limits)
-                args = spec.get("args", [])
-                kept = apply_on_enqueue(self.functions, job, args, now, self.limits) if hooks \
-                    else job  # fmt: skip
-                placed = None if kept is None else self._place(kept, args)
+                jobs.append((parse_job_spec(spec, now, self.limits), spec.get("args", [])))
             except SpecError as exc:
                 raise SpecError(f"jobs[{i}].{exc}") from None
-            jobs.append(job.id if placed is None else placed)
-        return jobs
+        placed: list[NewJob | None] = []
+        if len(jobs) == 1 or not self._asks_functions():
+            for i, (job, args) in enumerate(jobs):
+                placed.append(await self._prepare(i, job, args, now))
+        else:  # the calls of every job queue up together in the function process
+            done = await asyncio.gather(
+                *(self._prepare(i, job, args, now) for i, (job, args) in enumerate(jobs)),
+                return_exceptions=True,
+            )
+            for p in done:  # the first bad one, in order
+                if isinstance(p, BaseException):
+                    raise p
+                placed.append(p)
+        return [job.id if p is None else p for (job, _), p in zip(jobs, placed, strict=True)]
 
-    def _place(self, job: NewJob, args: Any) -> NewJob | None:
+    def _asks_functions(self) -> bool:
+        return self.functions.has(Hook.ON_ENQUEUE) or self.functions.has(Hook.LIMIT_KEY) or \
+            self.functions.has(Hook.SHED)  # fmt: skip
+
+    async def _prepare(self, i: int, job: NewJob, args: Any, now: float) -> NewJob | None:
+        """Job `i` of a batch after its on_enqueue functions, with its lane; None: discarded."""
+        try:
+            kept: NewJob | None = job
+            if self.functions.has(Hook.ON_ENQUEUE):
+                kept = await apply_on_enqueue(self.functions, job, args, now, self.limits)
+            return None if kept is None else await self._place(kept, args)
+        except SpecError as exc:
+            raise SpecError(f"jobs[{i}].{exc}") from None
+
+    async def _place(self, job: NewJob, args: Any) -> NewJob | None:
         """Give the job its lane (split by what job limits key on); None if a discard rule
         takes its lane."""
         paths = self.partition_paths(job.kind, job.tenant, job.tags)
         if paths:
             view = {"kind": job.kind, "tenant": job.tenant, "tags": list(job.tags)}
-            job.partition = self.partition(paths, view, args, str(job.id))
+            job.partition = await self.partition(paths, view, args, str(job.id))
         job.lane = lane_of(job.kind, job.tenant, job.tags, job.weight, job.partition)
-        if self.shed(job.lane, job.kind, job.tenant, job.tags, job.weight) == "discard":
-            return None
-        return job
+        shed = await self.shed(job.lane, job.kind, job.tenant, job.tags, job.weight)
+        return None if shed == "discard" else job
 
     async def enqueue(self, specs: Sequence[Any]) -> list[InsertResult]:
         """Durable on return: the jobs are committed in PostgreSQL. A discarded job's result
         has state "discarded" (it is not stored)."""
-        parsed = self.parse(specs)
+        parsed = await self.parse(specs)
         jobs = [j for j in parsed if isinstance(j, NewJob)]
         results = iter(await self._enqueue.submit(jobs) if jobs else [])
         return [next(results) if isinstance(j, NewJob) else InsertResult(j, DISCARDED, False)
@@ -272,14 +303,18 @@ class JobManager:
     async def _flush_fail(self, items: list[Failure]) -> list[bool]:
         by_key = {(f.id, f.token): f for f in items}
         now = self.clock.now()
+        chosen: dict[tuple[uuid.UUID, int], float | bool | None] = {}
         retry = RetryHook(self.functions) if self.functions.has(Hook.RETRY) else None
+        if retry is not None:  # asked before the transaction: no row is locked while it runs
+            rows = await self.store.job_running_rows(list(by_key))
+            chosen = await retry.ask(rows, by_key)
 
         def decide(row: Row) -> FinishOutcome:
             f = by_key[(row["id"], row["lease_token"])]
-            return decide_failure(row, f, now, self.rand(), retry)
+            answer = chosen.get((row["id"], row["lease_token"]))
+            return decide_failure(row, f, now, self.rand(), answer)
 
-        done = await self._finish([(f.id, f.token) for f in items], decide, release=True,
-                                  full_rows=retry is not None)  # fmt: skip
+        done = await self._finish([(f.id, f.token) for f in items], decide, release=True)
         if retry is not None and retry.errors:
             try:  # a record for the operator: the failures themselves are committed already
                 await self.store.job_function_errors_add(retry.errors)
@@ -318,9 +353,8 @@ class JobManager:
         *,
         release: bool,
         before_ready: Callable[[Sequence[Moved]], None] | None = None,
-        full_rows: bool = False,
     ) -> list[bool]:
-        moved = await self.store.job_finish_many(items, decide, full_rows)
+        moved = await self.store.job_finish_many(items, decide)
         changed = {r[0] for r in moved}
         self.on_done(changed)
         self.on_states((str(r[0]), r[3], r[4], r[5]) for r in moved)

@@ -20,6 +20,7 @@ from worcr_node.dispatch.dispatcher import Dispatcher
 from worcr_node.dispatch.policy import Policy, PolicyStore, PolicyWatcher
 from worcr_node.duties import Duties
 from worcr_node.functions.errors import FunctionErrorLog
+from worcr_node.functions.host import ProcessHost
 from worcr_node.functions.runner import FunctionRunner
 from worcr_node.functions.sandbox import Limits as SandboxLimits
 from worcr_node.http.api import build_app
@@ -59,10 +60,9 @@ class Node:
             self.store, self.index, config.node_id, self.clock, config.limits, rand
         )
         self.function_errors = FunctionErrorLog(self.store, config.node_id)
-        self.functions = FunctionRunner(
-            SandboxLimits(config.function_time_ms / 1000, config.function_memory_mb << 20),
-            self.function_errors.record,
-        )
+        caps = SandboxLimits(config.function_time_ms / 1000, config.function_memory_mb << 20)
+        # user functions run in a child process, never on this event loop (functions/host.py)
+        self.functions = FunctionRunner(caps, self.function_errors.record, ProcessHost(caps))
         self.dispatcher = Dispatcher(
             self.manager,
             self.store,
@@ -163,6 +163,7 @@ class Node:
             await _bounded(s.name, s.stop(), 10)
         await _bounded("batches", self.manager.close(), 35)
         await _bounded("job-life batches", self.life.close(), 10)
+        await _bounded("function process", self.functions.close(), 5)
         await _bounded("redis", self.index.close(), 5)
         await _bounded("postgresql", self.store.close(), 10)
 

@@ -6,7 +6,7 @@ Kept free of I/O so the retry policy can be unit-tested with injected time and r
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,19 +26,19 @@ class Failure:
     retryable: bool
 
 
-# (row, error, backtrace) -> seconds until the next attempt, False: give up, None: the backoff
-RetryFunction = Callable[[Mapping[str, Any], str, str | None], float | bool | None]
-
-
 def decide_failure(
-    row: Mapping[str, Any], f: Failure, now: float, rand: float, retry: RetryFunction | None = None
+    row: Mapping[str, Any],
+    f: Failure,
+    now: float,
+    rand: float,
+    chosen: float | bool | None = None,
 ) -> FinishOutcome:
-    """A failed attempt: retrying after the backoff delay (or the delay a retry function
-    chose), or dead after the last attempt (or when a retry function gives up)."""
+    """A failed attempt: retrying after the backoff delay (or the delay `chosen` by a retry
+    function, asked beforehand), or dead after the last attempt (or when a retry function gave
+    up: `chosen` False)."""
     attempt = int(row["attempt"])
     if not f.retryable or attempt >= int(row["max_attempts"]):
         return FinishOutcome(f.id, f.token, JobState.DEAD, None, 0, "failed", f.error, f.backtrace)
-    chosen = None if retry is None else retry(row, f.error, f.backtrace)
     if chosen is False:
         error = f"{f.error} (a retry function gave up)"
         return FinishOutcome(f.id, f.token, JobState.DEAD, None, 0, "failed", error, f.backtrace)

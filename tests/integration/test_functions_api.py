@@ -276,7 +276,7 @@ async def test_a_new_version_reaches_another_node_within_a_second(
 
         await wait_until(compiled, timeout=5)
         took = time.monotonic() - saved
-        assert other.functions.weight("boost", job, worker).value == want
+        assert (await other.functions.weight("boost", job, worker)).value == want
         print(f"version {version} reached the other node in {took * 1000:.0f} ms")
 
 
@@ -291,7 +291,7 @@ async def test_errors_are_listed_with_their_function(
     await wait_until(known)
     worker = {"kinds": [], "tags": []}
     for i in range(20):
-        out = node.functions.weight("boom", {"kind": "k"}, worker, lane=f"lane-{i}")
+        out = await node.functions.weight("boom", {"kind": "k"}, worker, lane=f"lane-{i}")
         assert out.value == 1.0
         assert out.failure is not None
         assert "no" in out.failure.message

@@ -40,7 +40,7 @@ from worcr_node.dispatch.rules import (
     relevant_tags,
     worker_tag_relevance,
 )
-from worcr_node.functions.judge import LaneJudge
+from worcr_node.functions.judge import LaneJudge, judged
 from worcr_node.functions.runner import FunctionRunner
 from worcr_node.limits.compiled import CompiledLimits
 from worcr_node.manager import JobManager
@@ -171,9 +171,12 @@ class Dispatcher(Service):
         # (class, lane) verdicts built on a fallback for a failure that may pass (a function
         # timed out, ran out of memory, was tripped): judged again every DOUBT_EVERY seconds
         self._doubtful: dict[tuple[ClassKey, str], bool] = {}  # -> its own call hit the cap
+        # (class, lane) pairs whose verdict waits for functions' answers (asked in the
+        # background), by answer key: not offered until the runner has it, then judged again
+        self._pending: dict[Any, set[tuple[ClassKey, str]]] = {}
         index.on_freed = self.freed
         manager.functions = self.functions
-        manager.shed = self.shed
+        manager.shed = self.shed_settled
         manager.on_ready = self.lanes_ready
         manager.on_done = self.jobs_done
 
@@ -227,6 +230,7 @@ class Dispatcher(Service):
         self._uses_functions = any(r.function is not None for r in policy.rules)
         self._shed.clear()
         self._doubtful.clear()
+        self._pending.clear()
         self._shed_rules = tuple(r for r in policy.rules
                                  if r.enabled and r.action in JOB_SIDE_ACTIONS)  # fmt: skip
         self.limits = CompiledLimits(policy.limits, self.index.limit_keys, self.functions)
@@ -300,16 +304,36 @@ class Dispatcher(Service):
         self, lane: str, kind: str, tenant: str, tags: Collection[str], weight: float
     ) -> str | None:
         """ "discard" or "hold" if load-shedding rules (hold, discard, shed) take the lane's
-        jobs, whatever the worker; cached per lane until the policy changes."""
+        jobs, whatever the worker; cached per lane until the policy changes. While a shed
+        function's answer is being asked: "hold" (not kept)."""
         if not self._shed_rules:
             return None
         if lane in self._shed:
             return self._shed[lane]
         tagset = TagSet(tags)
-        info = LaneInfo(lane, kind, tenant, tagset, weight)
-        judge = self.judge(info, (), TagSet(()))
+        judge = self.judge(LaneInfo(lane, kind, tenant, tagset, weight), (), TagSet(()))
         v = evaluate(self._shed_rules, kind, tenant, tagset, TagSet(()), judge)
+        return self._shed_answer(lane, v, judge)
+
+    async def shed_settled(
+        self, lane: str, kind: str, tenant: str, tags: Collection[str], weight: float
+    ) -> str | None:
+        """`shed`, once every function it asks has answered (the enqueue path)."""
+        if not self._shed_rules or lane in self._shed:
+            return self._shed.get(lane)
+        tagset = TagSet(tags)
+        info = LaneInfo(lane, kind, tenant, tagset, weight)
+        rules = self._shed_rules
+        v, judge = await judged(
+            lambda: self.judge(info, (), TagSet(())),
+            lambda j: evaluate(rules, kind, tenant, tagset, TagSet(()), j),
+        )
+        return self._shed_answer(lane, v, judge)
+
+    def _shed_answer(self, lane: str, v: Verdict, judge: LaneJudge) -> str | None:
         out = "discard" if v.discarded_by else "hold" if v.held_by else None
+        if judge.pending:
+            return "hold"  # not kept: asked again next time
         if judge.doubtful:
             return out  # not kept: asked again next time
         if len(self._shed) > 100_000:  # bounded; recomputed on demand
@@ -336,6 +360,10 @@ class Dispatcher(Service):
             judge = self.judge(info, cls.key[0], cls.tags) if self._uses_functions else None
             v = self.verdict(info, cls.key[0], cls.tags, judge)
             if v is None:
+                return
+            if judge is not None and judge.pending:  # judged again when the answers come
+                for key in judge.waiting:
+                    self._pending.setdefault(key, set()).add((cls.key, info.lane))
                 return
             cls.verdicts[info.lane] = v
             if judge is not None and judge.doubtful:  # a function's fallback for a timeout...
@@ -382,6 +410,7 @@ class Dispatcher(Service):
                                      lambda: self.stopping), "freed-listener")  # fmt: skip
         self.spawn(self._resync_loop(), "ready-resync")
         self.spawn(self._running_loop(), "running-counts")
+        self.spawn(self._answers_loop(), "function-answers")
 
     async def _loop(self) -> None:
         while not self.stopping:
@@ -771,13 +800,21 @@ class Dispatcher(Service):
         log.info("forgot %d idle lane(s)", idle, extra={"action": "forget_lanes"})
         return idle
 
-    def judge_again(self) -> None:
-        """Verdicts built on a fallback for a failure that may pass are judged again (a tripped
-        function answers at once; one that works again restores its lanes)."""
-        doubtful, self._doubtful = self._doubtful, {}
-        # the pairs only tripped by others first: they get their answers while the breaker is
-        # closed, before the pairs whose calls hit the cap trip it again
-        for key, lane in sorted(doubtful, key=lambda pair: doubtful[pair]):
+    async def _answers_loop(self) -> None:
+        """Pairs waiting for a function's answer are judged again when it comes."""
+        while True:
+            keys = await self.functions.answered()
+            pairs: set[tuple[ClassKey, str]] = set()
+            for key in keys:
+                pairs |= self._pending.pop(key, set())
+            if pairs:
+                try:
+                    self._rejudge(pairs)
+                except Exception:  # never let this end the loop
+                    log.exception("judging pairs again after functions answered failed")
+
+    def _rejudge(self, pairs: Collection[tuple[ClassKey, str]]) -> None:
+        for key, lane in pairs:
             cls = self.classes.get(key)
             info = self.lanes.get(lane)
             if cls is None or info is None:
@@ -786,6 +823,14 @@ class Dispatcher(Service):
             cls.view.remove(lane)
             self._offer(cls, info)
         self.wake()
+
+    def judge_again(self) -> None:
+        """Verdicts built on a fallback for a failure that may pass are judged again (a tripped
+        function answers at once; one that works again restores its lanes)."""
+        doubtful, self._doubtful = self._doubtful, {}
+        # the pairs only tripped by others first: they get their answers while the breaker is
+        # closed, before the pairs whose calls hit the cap trip it again
+        self._rejudge(sorted(doubtful, key=lambda pair: doubtful[pair]))
 
     async def resync(self) -> None:
         """Adopt the cluster-wide ready set (covers missed pub/sub messages)."""

@@ -15,7 +15,7 @@ from typing import Any
 
 from worcr_node.dispatch.dispatcher import Dispatcher, LaneInfo
 from worcr_node.dispatch.rules import Rule, TagSet, Verdict, evaluate, rule_matches
-from worcr_node.functions.judge import LaneJudge
+from worcr_node.functions.judge import LaneJudge, judged
 
 __all__ = ["WorkerDesc", "explain"]
 
@@ -35,7 +35,7 @@ class WorkerDesc:
                 "kinds": list(self.kinds) or None, "source": self.source}  # fmt: skip
 
 
-def explain(
+async def explain(
     d: Dispatcher, job: dict[str, Any], lane: LaneInfo, worker: WorkerDesc, args: Any = None
 ) -> dict[str, Any]:
     """`job` is the rendered job (id, state, kind, tenant, tags, weight); `args` its args."""
@@ -46,8 +46,10 @@ def explain(
     if not kind_ok:
         reasons.append(f"the worker does not run kind {lane.kind!r} (it runs "
                        f"{sorted(worker.kinds)})")  # fmt: skip
-    judge = d.judge(lane, worker.kinds, wtags)
-    verdict = evaluate(policy.rules, lane.kind, lane.tenant, lane.tags, wtags, judge)
+    verdict, judge = await judged(
+        lambda: d.judge(lane, worker.kinds, wtags),
+        lambda j: evaluate(policy.rules, lane.kind, lane.tenant, lane.tags, wtags, j),
+    )
     rules = [_rule(rule, lane, wtags, verdict, judge) for rule in policy.rules]
     factor = verdict.factor
     for r in verdict.forbidden_by:
@@ -74,7 +76,7 @@ def explain(
         "rule_factor": factor,
         "effective_weight": lane.weight * factor if allowed else None,
         "fairness": _fairness(d, lane, worker) if allowed else None,
-        "limits": _limits(d, lane, wtags, args, job.get("id")),
+        "limits": await _limits(d, lane, wtags, args, job.get("id")),
         "policy_version": policy.version,
         "node": d.manager.node_id,
     }
@@ -134,7 +136,7 @@ def _fairness(d: Dispatcher, lane: LaneInfo, worker: WorkerDesc) -> dict[str, An
     return out
 
 
-def _limits(
+async def _limits(
     d: Dispatcher, lane: LaneInfo, wtags: TagSet, args: Any, job_id: str | None
 ) -> list[dict[str, Any]]:
     """Every enabled job limit: whether it applies to this (job, worker), and with which key."""
@@ -144,7 +146,7 @@ def _limits(
         entry: dict[str, Any] = {"name": lim.name, "type": lim.type.value, "limit": lim.limit,
                                  "applies": why is None}  # fmt: skip
         if why is None:
-            found = d.limits.key_of(lim, lane.kind, lane.tenant, lane.tags, args, job_id)
+            found = await d.limits.key_of(lim, lane.kind, lane.tenant, lane.tags, args, job_id)
             if found is None:
                 entry["applies"] = False
                 entry["why_not"] = "its limit_key function answered nothing for this job"

@@ -1,6 +1,7 @@
 """The on_enqueue hook: functions that change, refuse or drop a new job before it is stored.
 
-`JobManager.parse` calls `apply_on_enqueue` for each validated job spec when some enabled
+`JobManager.parse` calls `apply_on_enqueue` for each validated job spec (the jobs of a batch
+concurrently: their calls queue up in the function process) when some enabled
 on_enqueue function exists. Each function whose `match` selects the job runs in name order and
 sees the job as the previous one left it. A function answers nothing (keep the job), the job or a
 table of the fields to change (`tags`, `tenant`, `weight`, `run_at`, `expires_at`; the other job
@@ -46,7 +47,7 @@ def job_view(job: NewJob, args: Any, now: float) -> dict[str, Any]:
     }
 
 
-def apply_on_enqueue(
+async def apply_on_enqueue(
     runner: FunctionRunner, job: NewJob, args: Any, now: float, limits: Limits
 ) -> NewJob | None:
     """The job as the on_enqueue functions leave it (in place), or None if one discarded it.
@@ -55,7 +56,7 @@ def apply_on_enqueue(
         # matched against the job as the previous functions left it
         if fn.match.job_side(job.kind, job.tenant, TagSet(job.tags)) is not None:
             continue
-        outcome = runner.on_enqueue(fn, job_view(job, args, now), str(job.id))
+        outcome = await runner.on_enqueue(fn, job_view(job, args, now), str(job.id))
         if outcome.failure is not None:
             job.function_errors.append(outcome.failure.to_json())
             continue

@@ -1,11 +1,11 @@
 """Compiles and calls user functions written in JavaScript (QuickJS, `quickjs` package), sandboxed.
 
-The runner in worcr_node/functions/ calls these on the event loop thread, through
+The function process (`child.py`; in tests, the in-process host) calls these one at a time, through
 `sandbox.compile_function`. Each compiled function owns one `quickjs.Context` (its own JSRuntime):
 memory capped at `Limits.memory` bytes, the C stack used by JS at `STACK_SIZE`, and each eval or
 call at `Limits.time` seconds of process CPU time (the binding's interrupt handler compares C
-`clock()` with the value it took when that eval/call started: every call gets the full budget,
-and CPU time burnt by other threads of the process counts too).
+`clock()` with the value it took when that eval/call started: every call gets the full budget, and
+CPU time burnt by other threads of the process counts too).
 
 What the code can reach: the ECMAScript built-ins (eval and Function included: they stay in the
 same context) and nothing else. This build of QuickJS has no `std`/`os` modules, no `require`,

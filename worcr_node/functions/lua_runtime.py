@@ -1,6 +1,6 @@
 """Compiles and calls user functions written in Lua 5.4 (lupa), in a sandbox.
 
-The runner in worcr_node/functions/ calls these on the event loop thread, through
+The function process (`child.py`; in tests, the in-process host) calls these one at a time, through
 `sandbox.compile_function`. Each compiled function owns one Lua state (`LuaRuntime`, capped at
 `Limits.memory` bytes by lupa's allocator), built by `_PRELUDE` below:
 

@@ -11,13 +11,15 @@ A function that keeps hitting its CPU or memory cap is *tripped* (`TRIP_AFTER` s
 among its last `WINDOW` calls, or one call that ran `OVERRUN` times past the CPU cap, which the
 engines check only every so many operations): its calls fail at once with kind "tripped" for
 `TRIP_FOR` seconds, doubled for each trip in a row (at most `MAX_TRIP`), so a broken function
-costs the node a few capped calls, not one per job. All calls run on the event loop thread;
-dispatch-time answers are remembered per (function version, lane, worker class) (`_remembered`),
-so those calls are rare.
+costs the node a few capped calls, not one per job. Calls run in the runner's `FunctionHost`
+(`host.py`: a child process in a node, so no call holds the event loop); dispatch-time answers
+are remembered per (function version, lane, worker class) (`known`, `answer`), so those calls
+are rare.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -27,15 +29,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from worcr_node.dispatch.rules import TagSet
+from worcr_node.functions.host import FunctionHost, InlineHost, Reply
 from worcr_node.functions.model import Function, Hook
-from worcr_node.functions.sandbox import (
-    CallError,
-    Compiled,
-    CompileError,
-    Limits,
-    SandboxError,
-    compile_function,
-)
+from worcr_node.functions.sandbox import CallError, CompileError, Limits, SandboxError
 
 __all__ = [
     "CHECKS",
@@ -57,6 +53,9 @@ TRIP_FOR = 10.0  # seconds, doubled for each trip in a row
 MAX_TRIP = 600.0
 OVERRUN = 5  # a call that took this many times the CPU cap trips its function at once
 MAX_ANSWERS = 200_000  # remembered dispatch-time answers (then forgotten all at once)
+MAX_RECENT = 10_000  # answers for failures that may pass, kept for RECENT_FOR seconds
+RECENT_FOR = 1.0  # (less than the dispatcher's doubt period: a doubtful verdict asks again)
+PIPELINE = 4  # calls of one function in flight at once (1 while it is hitting its caps)
 PASSING = frozenset({"timeout", "memory", "tripped"})  # failures not remembered
 MAX_FACTOR = 1e6
 MAX_RETRY_DELAY = 30 * 86400.0
@@ -100,12 +99,20 @@ class _Breaker:
     hits its cap on every other job trips too), or one far overrun. Each trip lasts twice the
     previous one, until `WINDOW` calls in a row go well."""
 
-    __slots__ = ("recent", "trips", "until")
+    __slots__ = ("one", "recent", "slots", "trips", "until")
 
     def __init__(self) -> None:
         self.recent: deque[bool] = deque(maxlen=WINDOW)  # True: the call hit a cap
         self.trips = 0
         self.until = 0.0  # tripped until (monotonic)
+        # Calls in flight: a few at once (they queue up in the host), one at a time while
+        # the function is suspect, so the breaker sees each capped call before the next is sent.
+        self.slots = asyncio.Semaphore(PIPELINE)
+        self.one = asyncio.Lock()
+
+    @property
+    def suspect(self) -> bool:
+        return any(self.recent)
 
     def heavy_failure(self, overran: bool) -> None:
         """A call hit a cap; `overran`: it ran far past the CPU cap (an engine checks its cap
@@ -124,16 +131,27 @@ class _Breaker:
 
 
 class FunctionRunner:
-    def __init__(self, limits: Limits | None = None, record: Recorder | None = None) -> None:
+    def __init__(
+        self,
+        limits: Limits | None = None,
+        record: Recorder | None = None,
+        host: FunctionHost | None = None,
+    ) -> None:
         self.limits = limits or Limits()
         self.record: Recorder = record or (lambda f, job, lane: None)
+        self.host: FunctionHost = host or InlineHost(self.limits)
         self.functions: dict[str, Function] = {}
         self._hooks: set[Hook] = set()
         self._by_hook: dict[Hook, list[Function]] = {}
-        self._compiled: dict[tuple[str, int], Compiled | CompileError] = {}
         self._breakers: dict[tuple[str, int], _Breaker] = {}
         # (name, version, hook, lane, worker class) -> answer, for weight, match and shed
         self._answers: dict[tuple[Any, ...], Outcome] = {}
+        # answers not remembered (failures that may pass), kept a moment: (answer, until)
+        self._recent: dict[tuple[Any, ...], tuple[Outcome, float]] = {}
+        self._asking: dict[tuple[Any, ...], asyncio.Task[Outcome]] = {}
+        self._unkeyed: set[asyncio.Task[Outcome]] = set()
+        self._answered = asyncio.Event()
+        self._answered_keys: set[tuple[Any, ...]] = set()
         self.calls = 0
         self.failures = 0
 
@@ -141,6 +159,7 @@ class FunctionRunner:
 
     def set_functions(self, functions: Iterable[Function]) -> None:
         """The functions of a new policy. Compiled code of unchanged versions is kept."""
+        old = {f.key for f in self.functions.values()}
         self.functions = {f.name: f for f in functions}
         self._hooks = {f.hook for f in self.functions.values() if f.enabled}
         self._by_hook = {h: [f for f in sorted(self.functions.values(), key=lambda f: f.name)
@@ -148,11 +167,9 @@ class FunctionRunner:
         keep = {f.key for f in self.functions.values()}
         if any((k[0], k[1]) not in keep for k in self._answers):
             self._answers = {k: v for k, v in self._answers.items() if (k[0], k[1]) in keep}
-        for key in [k for k in self._compiled if k not in keep]:
-            code = self._compiled.pop(key)
-            self._breakers.pop(key, None)
-            if not isinstance(code, CompileError):
-                code.close()
+        for key in [k for k in self._breakers if k not in keep]:
+            del self._breakers[key]
+        self.host.forget(old - keep)
 
     def for_jobs(self, hook: Hook, kind: str, tenant: str, tags: TagSet) -> list[Function]:
         """Enabled functions of a job hook (on_enqueue, retry) whose match selects the job, in
@@ -168,22 +185,14 @@ class FunctionRunner:
         """Some enabled function serves `hook` (cheap: asked once per batch)."""
         return hook in self._hooks
 
-    def compile(self, fn: Function) -> Compiled:
-        """The compiled code of a function version (compiled on first use); CompileError."""
-        code = self._compiled.get(fn.key)
-        if code is None:
-            try:
-                code = compile_function(fn.language, fn.source, fn.hook.value, self.limits)
-            except CompileError as exc:
-                code = exc
-            self._compiled[fn.key] = code
-        if isinstance(code, CompileError):
-            raise code
-        return code
+    async def close(self) -> None:
+        for task in [*self._asking.values(), *self._unkeyed]:
+            task.cancel()
+        await self.host.close()
 
     # -- calls -------------------------------------------------------------------------------------
 
-    def call(
+    async def call(
         self,
         name: str,
         hook: Hook,
@@ -201,33 +210,73 @@ class FunctionRunner:
             what = "does not exist" if fn is None else f"is a {fn.hook} function"
             return self._failed(Failure(name, 0, hook, "missing", f"{name!r} {what}"),
                                 fallback, 0.0, job, lane)  # fmt: skip
-        breaker = self._breakers.setdefault(fn.key, _Breaker())
+        breaker = self._breaker(fn)
+        async with breaker.slots:
+            if not breaker.suspect:
+                return await self._call(fn, breaker, args, check, fallback, job, lane)
+            async with breaker.one:
+                return await self._call(fn, breaker, args, check, fallback, job, lane)
+
+    async def _call(
+        self,
+        fn: Function,
+        breaker: _Breaker,
+        args: tuple[Any, ...],
+        check: Callable[[Any], Any],
+        fallback: Any,
+        job: str | None,
+        lane: str | None,
+    ) -> Outcome:
         now = time.monotonic()
         if breaker.until > now:
-            failure = Failure(fn.name, fn.version, hook, "tripped",
+            failure = Failure(fn.name, fn.version, fn.hook, "tripped",
                               "kept hitting its CPU or memory cap; calls skipped for "
                               f"{breaker.until - now:.0f} s more")  # fmt: skip
             return self._failed(failure, fallback, 0.0, job, lane)
         self.calls += 1
         started = time.perf_counter()
-        cpu = time.process_time()
-        try:
-            raw = self.compile(fn).call(*args)
-            value = check(raw)
-        except CompileError as exc:
-            failure = Failure(fn.name, fn.version, hook, "compile", str(exc))
-        except CallError as exc:
-            failure = Failure(fn.name, fn.version, hook, exc.kind, exc.message)
-            if exc.kind in ("timeout", "memory"):
+        reply = await self.host.call(fn.key, fn.language, fn.source, fn.hook.value, args)
+        current = self.functions.get(fn.name)
+        if current is None or current.key != fn.key:  # replaced while the call waited: its
+            self.host.forget([fn.key])  # code may have been compiled again for this call
+        return self.outcome(fn, reply, check, fallback, time.perf_counter() - started, job, lane)
+
+    def _breaker(self, fn: Function) -> _Breaker:
+        found = self._breakers.get(fn.key)
+        if found is None:
+            found = self._breakers[fn.key] = _Breaker()
+        return found
+
+    def outcome(
+        self,
+        fn: Function,
+        reply: Reply,
+        check: Callable[[Any], Any],
+        fallback: Any,
+        seconds: float,
+        job: str | None = None,
+        lane: str | None = None,
+    ) -> Outcome:
+        """A host's reply as the hook's answer (checked; the fallback on failure, recorded)."""
+        hook = fn.hook
+        breaker = self._breaker(fn)
+        error = reply.error
+        if isinstance(error, CompileError):
+            failure = Failure(fn.name, fn.version, hook, "compile", str(error))
+        elif isinstance(error, CallError):
+            failure = Failure(fn.name, fn.version, hook, error.kind, error.message)
+            if error.kind in ("timeout", "memory"):
                 # CPU time, like the cap (a loaded machine stretches wall time, not this)
-                took = time.process_time() - cpu
-                breaker.heavy_failure(took > OVERRUN * self.limits.time)
-        except (ValueError, TypeError, SandboxError) as exc:
-            failure = Failure(fn.name, fn.version, hook, "result", str(exc))
+                breaker.heavy_failure(reply.cpu > OVERRUN * self.limits.time)
         else:
-            breaker.ok()
-            return Outcome(value, None, time.perf_counter() - started)
-        return self._failed(failure, fallback, time.perf_counter() - started, job, lane)
+            try:
+                value = check(reply.value)
+            except (ValueError, TypeError, SandboxError) as exc:
+                failure = Failure(fn.name, fn.version, hook, "result", str(exc))
+            else:
+                breaker.ok()
+                return Outcome(value, None, seconds)
+        return self._failed(failure, fallback, seconds, job, lane)
 
     def _failed(
         self, failure: Failure, fallback: Any, seconds: float, job: str | None, lane: str | None
@@ -241,22 +290,56 @@ class FunctionRunner:
 
     # -- hooks -------------------------------------------------------------------------------------
 
-    def weight(self, name: str, job: Mapping[str, Any], worker: Mapping[str, Any],
-               lane: str | None = None) -> Outcome:  # fmt: skip
-        """A weight factor; fallback 1 (the rule has no effect)."""
-        return self._remembered(name, Hook.WEIGHT, (job, worker), lane, worker)
+    # Dispatch-time hooks (weight, match, shed): an answer depends only on the function version,
+    # the lane (its id names kind, tenant, tags and weight) and the worker class, so it is
+    # remembered across policy versions; a change elsewhere in the policy does not call every
+    # function again for every (lane, class). The dispatcher reads answers synchronously
+    # (`known`): a missing one is asked in the background, and `answered()` wakes the dispatcher
+    # when it comes. Failures that may pass (timeout, memory, tripped) are not remembered: such
+    # an answer is kept for `RECENT_FOR` seconds only, so the pair is asked again later.
 
-    def match(self, name: str, job: Mapping[str, Any], worker: Mapping[str, Any],
-              lane: str | None = None) -> Outcome:  # fmt: skip
-        """True: allowed; fallback False (forbidden: a broken match rule fails closed, the jobs
-        wait for the fix rather than go to the wrong workers)."""
-        return self._remembered(name, Hook.MATCH, (job, worker), lane, worker)
+    def answer_key(self, name: str, hook: Hook, lane: str | None,
+                   worker: Mapping[str, Any] | None) -> tuple[Any, ...] | None:  # fmt: skip
+        """What an answer is remembered by (None: not remembered)."""
+        fn = self.functions.get(name)
+        if lane is None or fn is None:
+            return None
+        wkey = None if worker is None else (tuple(worker["kinds"]), tuple(worker["tags"]))
+        return (name, fn.version, hook, lane, wkey)
 
-    def shed(self, name: str, job: Mapping[str, Any], lane: str | None = None) -> Outcome:
-        """ "hold", "discard" or None; fallback None (a broken function sheds nothing)."""
-        return self._remembered(name, Hook.SHED, (job,), lane, None)
+    def known(
+        self,
+        name: str,
+        hook: Hook,
+        args: tuple[Any, ...],
+        lane: str | None,
+        worker: Mapping[str, Any] | None,
+    ) -> Outcome | None:
+        """The answer if there is one now; else None, and it is asked in the background (its
+        key is among those `answered()` returns once it came)."""
+        fn = self.functions.get(name)
+        if fn is None or fn.hook != hook:  # answered at once, as `call` would
+            what = "does not exist" if fn is None else f"is a {fn.hook} function"
+            return self._failed(Failure(name, 0, hook, "missing", f"{name!r} {what}"),
+                                FALLBACKS[hook], 0.0, None, lane)  # fmt: skip
+        key = self.answer_key(name, hook, lane, worker)
+        if key is not None:
+            out = self._answers.get(key) or self._fresh(key)
+            if out is not None:
+                return out
+        self._ask(key, name, hook, args, lane)
+        return None
 
-    def _remembered(
+    def _fresh(self, key: tuple[Any, ...]) -> Outcome | None:
+        found = self._recent.get(key)
+        if found is None:
+            return None
+        if found[1] < time.monotonic():
+            del self._recent[key]
+            return None
+        return found[0]
+
+    async def answer(
         self,
         name: str,
         hook: Hook,
@@ -264,43 +347,92 @@ class FunctionRunner:
         lane: str | None,
         worker: Mapping[str, Any] | None,
     ) -> Outcome:
-        """A dispatch-time answer depends only on the function version, the lane (its id names
-        kind, tenant, tags and weight) and the worker class: it is remembered across policy
-        versions, so a change elsewhere in the policy does not call every function again for
-        every (lane, class). Failures that may pass (timeout, memory, tripped) are not."""
-        fn = self.functions.get(name)
-        check, fallback = CHECKS[hook], FALLBACKS[hook]
-        if lane is None or fn is None:
-            return self.call(name, hook, args, check, fallback, lane=lane)
-        wkey = None if worker is None else (tuple(worker["kinds"]), tuple(worker["tags"]))
-        key = (name, fn.version, hook, lane, wkey)
-        out = self._answers.get(key)
-        if out is None:
-            out = self.call(name, hook, args, check, fallback, lane=lane)
+        """The answer, asked now if it is not known (and remembered like any other)."""
+        key = self.answer_key(name, hook, lane, worker)
+        if key is not None:
+            out = self._answers.get(key) or self._fresh(key)
+            if out is not None:
+                return out
+        return await asyncio.shield(self._ask(key, name, hook, args, lane))
+
+    def _ask(
+        self, key: tuple[Any, ...] | None, name: str, hook: Hook, args: tuple[Any, ...],
+        lane: str | None,
+    ) -> asyncio.Task[Outcome]:  # fmt: skip
+        task = self._asking.get(key) if key is not None else None
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._asked(key, name, hook, args, lane))
+            if key is not None:
+                self._asking[key] = task
+            else:  # (kept referenced until done)
+                self._unkeyed.add(task)
+                task.add_done_callback(self._unkeyed.discard)
+        return task
+
+    async def _asked(
+        self, key: tuple[Any, ...] | None, name: str, hook: Hook, args: tuple[Any, ...],
+        lane: str | None,
+    ) -> Outcome:  # fmt: skip
+        try:
+            out = await self.call(name, hook, args, CHECKS[hook], FALLBACKS[hook], lane=lane)
+        finally:
+            if key is not None:
+                self._asking.pop(key, None)
+        if key is not None:
             if out.failure is None or out.failure.kind not in PASSING:
                 if len(self._answers) >= MAX_ANSWERS:
                     self._answers.clear()
                 self._answers[key] = out
+            else:
+                if len(self._recent) >= MAX_RECENT:
+                    self._recent.clear()
+                self._recent[key] = (out, time.monotonic() + RECENT_FOR)
+            self._answered_keys.add(key)
+            self._answered.set()
         return out
 
-    def limit_key(self, name: str, job: Mapping[str, Any], job_id: str | None) -> Outcome:
+    async def answered(self) -> set[tuple[Any, ...]]:
+        """The keys of the answers that came since the last call (waits for one)."""
+        await self._answered.wait()
+        self._answered.clear()
+        keys, self._answered_keys = self._answered_keys, set()
+        return keys
+
+    async def weight(self, name: str, job: Mapping[str, Any], worker: Mapping[str, Any],
+                     lane: str | None = None) -> Outcome:  # fmt: skip
+        """A weight factor; fallback 1 (the rule has no effect)."""
+        return await self.answer(name, Hook.WEIGHT, (job, worker), lane, worker)
+
+    async def match(self, name: str, job: Mapping[str, Any], worker: Mapping[str, Any],
+                    lane: str | None = None) -> Outcome:  # fmt: skip
+        """True: allowed; fallback False (forbidden: a broken match rule fails closed, the jobs
+        wait for the fix rather than go to the wrong workers)."""
+        return await self.answer(name, Hook.MATCH, (job, worker), lane, worker)
+
+    async def shed(self, name: str, job: Mapping[str, Any], lane: str | None = None) -> Outcome:
+        """ "hold", "discard" or None; fallback None (a broken function sheds nothing)."""
+        return await self.answer(name, Hook.SHED, (job,), lane, None)
+
+    # Job-time hooks: asked for each job.
+
+    async def limit_key(self, name: str, job: Mapping[str, Any], job_id: str | None) -> Outcome:
         """(key, limit or None), or None if the limit does not apply to the job; fallback
         ("!error", None): every job whose key failed shares one key, still limited."""
-        return self.call(name, Hook.LIMIT_KEY, (job,), check_limit_key,
-                         FALLBACKS[Hook.LIMIT_KEY], job=job_id)  # fmt: skip
+        return await self.call(name, Hook.LIMIT_KEY, (job,), check_limit_key,
+                               FALLBACKS[Hook.LIMIT_KEY], job=job_id)  # fmt: skip
 
-    def retry(self, fn: Function, job: Mapping[str, Any], error: Mapping[str, Any],
-              attempt: int, job_id: str) -> Outcome:  # fmt: skip
+    async def retry(self, fn: Function, job: Mapping[str, Any], error: Mapping[str, Any],
+                    attempt: int, job_id: str) -> Outcome:  # fmt: skip
         """Seconds until the next attempt, False to give up, None for the job's backoff;
         fallback None."""
-        return self.call(fn.name, Hook.RETRY, (job, error, attempt), check_retry,
-                         FALLBACKS[Hook.RETRY], job=job_id, fn=fn)  # fmt: skip
+        return await self.call(fn.name, Hook.RETRY, (job, error, attempt), check_retry,
+                               FALLBACKS[Hook.RETRY], job=job_id, fn=fn)  # fmt: skip
 
-    def on_enqueue(self, fn: Function, job: Mapping[str, Any], job_id: str) -> Outcome:
+    async def on_enqueue(self, fn: Function, job: Mapping[str, Any], job_id: str) -> Outcome:
         """The function's raw answer, checked by the enqueue path (functions/enqueue.py);
         fallback None (the job as it was)."""
-        return self.call(fn.name, Hook.ON_ENQUEUE, (job,), check_enqueue,
-                         FALLBACKS[Hook.ON_ENQUEUE], job=job_id, fn=fn)  # fmt: skip
+        return await self.call(fn.name, Hook.ON_ENQUEUE, (job,), check_enqueue,
+                               FALLBACKS[Hook.ON_ENQUEUE], job=job_id, fn=fn)  # fmt: skip
 
 
 # -- result checks (pure; raise ValueError with what was expected) ---------------------------------

@@ -1,12 +1,13 @@
 """Compiles and calls user functions (hooks) in a sandbox: the common types and the dispatch.
 
-The runner (`worcr_node/functions/runner.py`) compiles each stored function once with
-`compile_function` and calls the result many times, synchronously, on the event loop thread. Each
-language has its own runtime module: `lua_runtime.py` (Lua 5.4 through lupa) and `js_runtime.py`
-(QuickJS through the `quickjs` package). Both give every compiled function its own interpreter
-state (a Lua state, a JS runtime), cap each call's CPU time and the state's memory, pass the
-arguments in as fresh native values on each call and bring the result back as plain Python values
-(None, bool, int, float, str, list, dict with str keys), or raise `CallError`.
+The function process (`worcr_node/functions/child.py`, driven by the runner through `host.py`)
+compiles each stored function once with `compile_function` and calls the result many times,
+synchronously, one call at a time. Each language has its own runtime module: `lua_runtime.py` (Lua
+5.4 through lupa) and `js_runtime.py` (QuickJS through the `quickjs` package). Both give every
+compiled function its own interpreter state (a Lua state, a JS runtime), cap each call's CPU time
+and the state's memory, pass the arguments in as fresh native values on each call and bring the
+result back as plain Python values (None, bool, int, float, str, list, dict with str keys), or raise
+`CallError`.
 
 What a function can reach, what it cannot, and what the caps do and do not cover is written at the
 top of each runtime module.

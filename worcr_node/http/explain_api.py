@@ -63,7 +63,7 @@ class ExplainApi:
                         float(row["weight"]))  # fmt: skip
         job = render_job(row)
         job["lane"] = row["lane"]
-        answer = explain(self.d, job, lane, worker, job["args"])
+        answer = await explain(self.d, job, lane, worker, job["args"])
         await self._usage(answer)
         return web.json_response(answer)
 

@@ -19,7 +19,7 @@ from aiohttp import web
 from worcr.wire import ErrorCode, quoted
 from worcr_node.functions.model import Function, FunctionError, Hook, parse_function, valid_name
 from worcr_node.functions.runner import CHECKS, FALLBACKS, FunctionRunner
-from worcr_node.functions.sandbox import CallError, CompileError, compile_function
+from worcr_node.functions.sandbox import CallError, CompileError
 from worcr_node.functions.store import FunctionConflict, FunctionStore, function_from_row, row_times
 from worcr_node.functions.views import plain
 from worcr_node.http.errors import ApiError, bad_request, json_body, query_int, refuse_unknown
@@ -46,20 +46,24 @@ class FunctionsApi:
         self.store = store
         self.runner = runner
 
-    def _compiled_check(self, fn: Function) -> None:
-        """Compile to validate (syntax, the entry function, the top level within the caps)."""
-        try:
-            compile_function(fn.language, fn.source, fn.hook.value, self.runner.limits).close()
-        except CompileError as exc:
+    async def _compiled_check(self, fn: Function) -> None:
+        """Compile to validate (syntax, the entry function, the top level within the caps), in
+        the runner's function host (never on the event loop)."""
+        reply = await self.runner.host.check(fn.language, fn.source, fn.hook.value)
+        exc = reply.error
+        if isinstance(exc, CompileError):
             details = {"line": exc.line, "column": exc.column}
-            raise ApiError(400, ErrorCode.BAD_REQUEST, f"source: {exc}", details) from None
+            raise ApiError(400, ErrorCode.BAD_REQUEST, f"source: {exc}", details)
+        if exc is not None:  # the top level ran past a cap, or the process failed
+            raise ApiError(400, ErrorCode.BAD_REQUEST, f"source: {exc}", {"line": None,
+                           "column": None})  # fmt: skip
 
-    def _parse(self, body: Any, name: str) -> Function:
+    async def _parse(self, body: Any, name: str) -> Function:
         try:
             fn = parse_function(body, name)
         except FunctionError as exc:
             raise bad_request(str(exc)) from None
-        self._compiled_check(fn)
+        await self._compiled_check(fn)
         return fn
 
     async def list(self, request: web.Request) -> web.Response:
@@ -73,11 +77,11 @@ class FunctionsApi:
         name = body.get("name")
         if not isinstance(name, str):
             raise bad_request("name: expected the function's name")
-        return await self._put(self._parse(body, name), create_only=True)
+        return await self._put(await self._parse(body, name), create_only=True)
 
     async def put(self, request: web.Request) -> web.Response:
         name = _name(request)
-        return await self._put(self._parse(await json_body(request), name), create_only=False)
+        return await self._put(await self._parse(await json_body(request), name), create_only=False)
 
     async def _put(self, fn: Function, create_only: bool) -> web.Response:
         try:
@@ -147,23 +151,18 @@ class FunctionsApi:
         fn = await self._trial_function(name, body)
         args = _trial_args(fn.hook, body)
         started = time.perf_counter()
-        try:
-            code = compile_function(fn.language, fn.source, fn.hook.value, self.runner.limits)
-        except CompileError as exc:
+        reply = await self.runner.host.trial(fn.language, fn.source, fn.hook.value, args)
+        exc = reply.error
+        if isinstance(exc, CompileError):
             return _tried(fn, None, {"kind": "compile", "message": str(exc), "line": exc.line,
                                      "column": exc.column}, started)  # fmt: skip
-        raw: Any = None
-        called = time.perf_counter()
+        if isinstance(exc, CallError):
+            return _tried(fn, None, {"kind": exc.kind, "message": exc.message}, started)
         try:
-            raw = code.call(*args)
-            value = CHECKS[fn.hook](raw)
-        except CallError as exc:
-            return _tried(fn, None, {"kind": exc.kind, "message": exc.message}, called)
-        except (ValueError, TypeError) as exc:
-            return _tried(fn, raw, {"kind": "result", "message": str(exc)}, called)
-        finally:
-            code.close()
-        return _tried(fn, raw, None, called, value)
+            value = CHECKS[fn.hook](reply.value)
+        except (ValueError, TypeError) as e:
+            return _tried(fn, reply.value, {"kind": "result", "message": str(e)}, started)
+        return _tried(fn, reply.value, None, started, value)
 
     async def _trial_function(self, name: str, body: dict[str, Any]) -> Function:
         """The stored function, or a draft (`source`, with `language` and `hook` unless the

@@ -79,7 +79,7 @@ class CompiledLimits:
     def _paths_uncached(self, kind: str, tenant: str, tags: tuple[str, ...]) -> tuple[str, ...]:
         return partition_paths(self.job, kind, tenant, TagSet(tags))
 
-    def partition(
+    async def partition(
         self, paths: Sequence[str], job: Mapping[str, Any], args: Any, job_id: str | None
     ) -> tuple[tuple[str, str], ...]:
         """The values that split a job's lane: args values, and for each limit_key function
@@ -96,7 +96,7 @@ class CompiledLimits:
             if limit is not None and limit.function is not None:
                 if view is None:
                     view = {**job, "id": job_id, "args": plain(args)}
-                answer = self.functions.limit_key(limit.function, view, job_id).value
+                answer = (await self.functions.limit_key(limit.function, view, job_id)).value
                 if answer is not None:
                     key, units = answer
                     value = key if units is None else f"{units}{_SEP}{key}"
@@ -142,7 +142,7 @@ class CompiledLimits:
             out.append(self.check(lim, key))
         return tuple(out)
 
-    def for_job(
+    async def for_job(
         self,
         kind: str,
         tenant: str,
@@ -168,14 +168,14 @@ class CompiledLimits:
                 if partition is not None and FUNCTION_PATH + lim.name in partition:
                     found = self._function_key(lim, partition)
                 else:  # its lane predates the limit: as the split will key it
-                    found = self.key_of(lim, kind, tenant, tags, args, job_id)
+                    found = await self.key_of(lim, kind, tenant, tags, args, job_id)
                 if found is not None:
                     out.append(self.check(lim, *found))
                 continue
             out.append(self.check(lim, lim.key.render(kind, tenant, tags, args)))
         return out
 
-    def key_of(
+    async def key_of(
         self, lim: Limit, kind: str, tenant: str, tags: TagSet, args: Any, job_id: str | None
     ) -> tuple[str, int | None] | None:
         """A job's key (and dynamic limit) under `lim`; None: the limit does not apply."""
@@ -183,4 +183,4 @@ class CompiledLimits:
             return lim.key.render(kind, tenant, tags, args), None
         path = FUNCTION_PATH + lim.name
         job = {"kind": kind, "tenant": tenant, "tags": sorted(tags.tags)}
-        return self._function_key(lim, dict(self.partition((path,), job, args, job_id)))
+        return self._function_key(lim, dict(await self.partition((path,), job, args, job_id)))

@@ -11,7 +11,7 @@ import asyncio
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -298,21 +298,19 @@ class PgStore:
         self,
         items: Sequence[tuple[uuid.UUID, int]],
         decide: Callable[[asyncpg.Record], FinishOutcome],
-        full_rows: bool = False,
     ) -> list[Moved]:
         """End running attempts other than by completion.
 
-        Locks the current rows, lets `decide` (pure, in Python) choose each next state, writes
-        them and their attempt rows. Returns (id, seq, lane, new state, kind, tenant) for the
-        rows changed; items whose token is stale are absent.
+        Locks the current rows, lets `decide` (pure, in Python: nothing that waits) choose each
+        next state, writes them and their attempt rows. Returns (id, seq, lane, new state, kind,
+        tenant) for the rows changed; items whose token is stale are absent.
         """
 
         async def tx(conn: asyncpg.Connection) -> list[Moved]:
             async with conn.transaction():
                 rows = await conn.fetch(
-                    q.JOB_LOCK_RUNNING_FULL if full_rows else q.JOB_LOCK_RUNNING,
-                    [i[0] for i in items], [i[1] for i in items],
-                )  # fmt: skip
+                    q.JOB_LOCK_RUNNING, [i[0] for i in items], [i[1] for i in items]
+                )
                 if not rows:
                     return []
                 outs = [decide(r) for r in rows]
@@ -330,6 +328,16 @@ class PgStore:
             return [(r[0], r[1], r[2], r[3], r[4], r[5]) for r in moved]
 
         return await self.run(tx)
+
+    async def job_running_rows(
+        self, items: Sequence[tuple[uuid.UUID, int]]
+    ) -> list[dict[str, Any]]:
+        """The running attempts among (id, token), with kind, tenant, tags, args, attempt and
+        max_attempts; not locked (a retry function is asked about them before the write)."""
+        rows = await self.run(
+            lambda c: c.fetch(q.JOB_RUNNING_FULL, [i[0] for i in items], [i[1] for i in items])
+        )
+        return [dict(r) for r in rows]
 
     async def job_function_errors_add(self, errors: dict[uuid.UUID, list[dict[str, Any]]]) -> None:
         """Append function failures to jobs' `function_errors` (the latest 20 kept)."""
@@ -421,27 +429,52 @@ class PgStore:
         tenant: str,
         tags: tuple[str, ...],
         weight: float,
-        partition: Callable[[Any, str], Partition],
+        partition: Callable[[Any, str], Awaitable[Partition]],
         batch: int = 1000,
     ) -> dict[str, int]:
         """Move the waiting jobs of a lane to lanes split by `partition(args, job id)` (values
         of args paths, keys of limit_key functions); returns {new lane: jobs moved there that
-        are ready now}. One transaction per batch."""
+        are ready now}. Per batch: the jobs are read, `partition` is asked with no lock held,
+        then one transaction moves those still waiting in the lane (several nodes may split
+        one lane at once: a job moved by another is left as it is)."""
         ready: dict[str, int] = {}
+        while True:
+            rows = await self.run(lambda c: c.fetch(q.LANE_JOBS_TO_SPLIT, lane, batch))
+            if not rows:
+                break
+            targets: dict[str, Partition] = {}
+            moves: list[str] = []
+            for r in rows:
+                args = msgpack.unpackb(r["args"], raw=False, strict_map_key=False)
+                part = await partition(args, str(r["id"]))
+                new = lane_of(kind, tenant, tags, weight, part)
+                targets[new] = part
+                moves.append(new)
 
-        async def tx(conn: asyncpg.Connection) -> int:
+            moved = await self._lane_move(lane, kind, tenant, tags, weight, targets,
+                                          [r["id"] for r in rows], moves)  # fmt: skip
+            for r in moved:
+                if r["state"] == JobState.QUEUED:
+                    ready[r["lane"]] = ready.get(r["lane"], 0) + 1
+            if len(rows) < batch or not moved:
+                break
+        return ready
+
+    async def _lane_move(
+        self,
+        lane: str,
+        kind: str,
+        tenant: str,
+        tags: tuple[str, ...],
+        weight: float,
+        targets: Mapping[str, Partition],
+        ids: Sequence[uuid.UUID],
+        moves: Sequence[str],
+    ) -> list[asyncpg.Record]:
+        """Create the target lanes, move the jobs still waiting in `lane` (one transaction)."""
+
+        async def tx(conn: asyncpg.Connection) -> list[asyncpg.Record]:
             async with conn.transaction():
-                rows = await conn.fetch(q.LANE_JOBS_TO_SPLIT, lane, batch)
-                if not rows:
-                    return 0
-                targets: dict[str, Partition] = {}
-                moves: list[str] = []
-                for r in rows:
-                    args = msgpack.unpackb(r["args"], raw=False, strict_map_key=False)
-                    part = partition(args, str(r["id"]))
-                    new = lane_of(kind, tenant, tags, weight, part)
-                    targets[new] = part
-                    moves.append(new)
                 await conn.execute(
                     q.LANE_INSERT_MANY,
                     list(targets),
@@ -451,14 +484,9 @@ class PgStore:
                     [weight] * len(targets),
                     [json.dumps(dict(p)) if p else None for p in targets.values()],
                 )
-                for r in await conn.fetch(q.JOB_MOVE_LANES, [r["id"] for r in rows], moves):
-                    if r["state"] == JobState.QUEUED:
-                        ready[r["lane"]] = ready.get(r["lane"], 0) + 1
-                return len(rows)
+                return list(await conn.fetch(q.JOB_MOVE_LANES, ids, moves, lane))
 
-        while await self.run(tx) == batch:
-            pass
-        return ready
+        return await self.run(tx)
 
     async def lane_discard_queued(
         self, lanes: Sequence[str], limit: int, reason: str

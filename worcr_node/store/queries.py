@@ -88,15 +88,13 @@ WITH u AS (
 SELECT id, kind, tenant FROM done
 """
 
-# The same with what a retry function sees of the job.
-JOB_LOCK_RUNNING_FULL = """
-SELECT j.id, j.lease_token, j.attempt, j.max_attempts, j.backoff, j.expires_at, j.kind, j.tenant,
-       j.tags, j.args
+# Running attempts with what a retry function sees of the job, not locked: the function is asked
+# before the transaction that ends them (JOB_LOCK_RUNNING, JOB_FINISH_ATTEMPT_MANY).
+JOB_RUNNING_FULL = """
+SELECT j.id, j.lease_token, j.attempt, j.max_attempts, j.kind, j.tenant, j.tags, j.args
 FROM worcr_jobs j JOIN unnest($1::uuid[], $2::int8[]) AS u(id, token)
   ON j.id = u.id AND j.lease_token = u.token
 WHERE j.state = 'running'
-ORDER BY j.id
-FOR UPDATE OF j
 """
 
 # Rows of running attempts, locked, for failure handling computed in Python.
@@ -376,17 +374,18 @@ ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = now()
 
 # Splitting a lane by args values (a job limit keyed on an args path was created after its jobs
 # were enqueued): the waiting jobs of the lane, then their moves to the split lanes.
+# A lane's waiting jobs, read without locks: what splits each is asked of functions (limit_key)
+# outside any transaction, then JOB_MOVE_LANES moves those still waiting in that lane.
 LANE_JOBS_TO_SPLIT = """
 SELECT id, args FROM worcr_jobs
 WHERE lane = $1 AND state IN ('queued', 'scheduled', 'retrying')
 ORDER BY seq
 LIMIT $2
-FOR UPDATE SKIP LOCKED
 """
 JOB_MOVE_LANES = """
 UPDATE worcr_jobs j SET lane = u.lane, updated_at = now()
 FROM unnest($1::uuid[], $2::text[]) AS u(id, lane)
-WHERE j.id = u.id AND j.state IN ('queued', 'scheduled', 'retrying')
+WHERE j.id = u.id AND j.lane = $3 AND j.state IN ('queued', 'scheduled', 'retrying')
 RETURNING j.lane, j.state
 """
 

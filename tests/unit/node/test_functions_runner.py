@@ -12,7 +12,7 @@ from worcr.wire import Limits as WireLimits
 from worcr_node.dispatch.rules import TagSet, evaluate, parse_rule, relevant_tags
 from worcr_node.dispatch.rules import worker_tag_relevance as relevance
 from worcr_node.functions.enqueue import apply_on_enqueue
-from worcr_node.functions.judge import LaneJudge
+from worcr_node.functions.judge import LaneJudge, judged
 from worcr_node.functions.model import FunctionError, Hook, parse_function
 from worcr_node.functions.runner import (
     MAX_TRIP,
@@ -43,19 +43,19 @@ def runner(*functions: tuple[str, str, str, str], record: Any = None) -> Functio
     return r
 
 
-def test_a_function_is_compiled_once_per_version() -> None:
+async def test_a_function_is_compiled_once_per_version() -> None:
     r = runner(("w", "lua", "weight", "n = (n or 0) + 1\nfunction weight() return n end"))
-    assert [r.weight("w", JOB, WORKER).value for _ in range(3)] == [1.0, 1.0, 1.0]
+    assert [(await r.weight("w", JOB, WORKER)).value for _ in range(3)] == [1.0, 1.0, 1.0]
     same = parse_function({"language": "lua", "hook": "weight", "source": "x"}, "w", version=1)
     r.set_functions([same])  # same (name, version): the compiled code is kept
-    assert r.weight("w", JOB, WORKER).value == 1.0
+    assert (await r.weight("w", JOB, WORKER)).value == 1.0
     newer = parse_function(
         {"language": "lua", "hook": "weight", "source": "function weight() return 3 end"},
         "w",
         version=2,
     )
     r.set_functions([newer])
-    assert r.weight("w", JOB, WORKER).value == 3.0
+    assert (await r.weight("w", JOB, WORKER)).value == 3.0
 
 
 @pytest.mark.parametrize(
@@ -70,14 +70,14 @@ def test_a_function_is_compiled_once_per_version() -> None:
         ("function weight( return 1 end", "compile", "line 1"),
     ],
 )
-def test_a_failing_weight_falls_back_to_one_and_is_recorded(
+async def test_a_failing_weight_falls_back_to_one_and_is_recorded(
     source: str, kind: str, words: str
 ) -> None:
     seen: list[tuple[Failure, str | None, str | None]] = []
     r = runner(
         ("w", "lua", "weight", source), record=lambda f, job, lane: seen.append((f, job, lane))
     )
-    out = r.weight("w", JOB, WORKER, lane="L")
+    out = await r.weight("w", JOB, WORKER, lane="L")
     assert out.value == 1.0
     assert out.failure is not None
     assert (out.failure.kind, out.failure.function, out.failure.hook) == (kind, "w", "weight")
@@ -85,38 +85,43 @@ def test_a_failing_weight_falls_back_to_one_and_is_recorded(
     assert seen == [(out.failure, None, "L")]
 
 
-def test_dispatch_answers_are_remembered_per_version_lane_and_worker_class() -> None:
+async def test_dispatch_answers_are_remembered_per_version_lane_and_worker_class() -> None:
     r = runner(("w", "lua", "weight", "function weight(job, worker) return #worker.tags + 1 end"))
     gpu, cpu = {"kinds": [], "tags": ["gpu"]}, {"kinds": [], "tags": ["a", "b"]}
-    assert [r.weight("w", JOB, w, lane="L").value for w in (gpu, cpu, gpu, cpu)] == [2, 3, 2, 3]
-    assert r.weight("w", JOB, gpu, lane="L2").value == 2
+    assert [(await r.weight("w", JOB, w, lane="L")).value for w in (gpu, cpu, gpu, cpu)] == [
+        2,
+        3,
+        2,
+        3,
+    ]
+    assert (await r.weight("w", JOB, gpu, lane="L2")).value == 2
     assert r.calls == 3  # (L, gpu), (L, cpu), (L2, gpu)
     same = parse_function({"language": "lua", "hook": "weight", "source": "x"}, "w", version=1)
     r.set_functions([same])  # another policy version, same function version: still remembered
-    assert r.weight("w", JOB, gpu, lane="L").value == 2
+    assert (await r.weight("w", JOB, gpu, lane="L")).value == 2
     assert r.calls == 3
     body = {"language": "lua", "hook": "weight", "source": "function weight() return 7 end"}
     r.set_functions([parse_function(body, "w", version=2)])
-    assert r.weight("w", JOB, gpu, lane="L").value == 7
+    assert (await r.weight("w", JOB, gpu, lane="L")).value == 7
     assert r.calls == 4
 
 
-def test_missing_or_wrong_hook_functions_fall_back() -> None:
+async def test_missing_or_wrong_hook_functions_fall_back() -> None:
     r = runner(("m", "lua", "match", "function match() return true end"))
-    assert r.weight("m", JOB, WORKER).failure.kind == "missing"  # type: ignore[union-attr]
-    assert r.weight("gone", JOB, WORKER).value == 1.0
-    assert r.match("gone", JOB, WORKER).value is False  # a match rule fails closed
-    assert r.match("m", JOB, WORKER).value is True
+    assert (await r.weight("m", JOB, WORKER)).failure.kind == "missing"  # type: ignore[union-attr]
+    assert (await r.weight("gone", JOB, WORKER)).value == 1.0
+    assert (await r.match("gone", JOB, WORKER)).value is False  # a match rule fails closed
+    assert (await r.match("m", JOB, WORKER)).value is True
 
 
-def test_the_breaker_trips_after_capped_failures_in_a_row() -> None:
+async def test_the_breaker_trips_after_capped_failures_in_a_row() -> None:
     r = runner(("w", "javascript", "weight", "function weight() { for(;;){} }"))
-    kinds = [r.weight("w", JOB, WORKER).failure.kind for _ in range(TRIP_AFTER + 3)]  # type: ignore[union-attr]
+    kinds = [(await r.weight("w", JOB, WORKER)).failure.kind for _ in range(TRIP_AFTER + 3)]  # type: ignore[union-attr]
     assert kinds == ["timeout"] * TRIP_AFTER + ["tripped"] * 3
     assert r.calls == TRIP_AFTER  # tripped calls never reach the sandbox
 
 
-def test_a_call_far_past_the_cap_trips_at_once() -> None:
+async def test_a_call_far_past_the_cap_trips_at_once() -> None:
     """QuickJS checks its interrupt every ~10,000 operations: comparing two 2 MiB strings in a
     loop runs far past a 20 ms cap (~1 ms a comparison). One such call trips the function."""
     source = """function weight() {
@@ -126,11 +131,11 @@ def test_a_call_far_past_the_cap_trips_at_once() -> None:
     r = FunctionRunner(Limits(time=0.02, memory=16 << 20))
     r.set_functions([parse_function({"language": "javascript", "hook": "weight",
                                      "source": source}, "w", 1)])  # fmt: skip
-    first = r.weight("w", JOB, WORKER)
+    first = await r.weight("w", JOB, WORKER)
     assert first.failure is not None
     assert first.failure.kind == "timeout"
     assert first.seconds > OVERRUN * 0.02, first.seconds
-    assert r.weight("w", JOB, WORKER).failure.kind == "tripped"  # type: ignore[union-attr]
+    assert (await r.weight("w", JOB, WORKER)).failure.kind == "tripped"  # type: ignore[union-attr]
     assert r.calls == 1
 
 
@@ -191,7 +196,7 @@ def test_result_checks() -> None:
         check_enqueue([1])
 
 
-def test_function_rules_in_evaluate() -> None:
+async def test_function_rules_in_evaluate() -> None:
     r = runner(
         ("w", "lua", "weight", "function weight(job, worker) return #worker.tags + 1 end"),
         ("m", "javascript", "match", "function match(job, w) { return w.tags.includes('gpu') }"),
@@ -202,18 +207,33 @@ def test_function_rules_in_evaluate() -> None:
         parse_rule({"name": "m", "action": "match", "function": "m"}),
     ]
     tags = TagSet(["premium"])
-    gpu = LaneJudge(r, "L", "k", "t", ["premium"], 1.0, (), ["gpu"])
-    v = evaluate(rules, "k", "t", tags, TagSet(["gpu"]), gpu)
+    v, gpu = await judged(
+        lambda: LaneJudge(r, "L", "k", "t", ["premium"], 1.0, (), ["gpu"]),
+        lambda j: evaluate(rules, "k", "t", tags, TagSet(["gpu"]), j),
+    )
     assert (v.allowed, v.factor, v.errors) == (True, 2.0, ())
     assert gpu.answers == {rules[0].id: (2.0, None), rules[1].id: (True, None)}
-    cpu = LaneJudge(r, "L", "k", "t", ["premium"], 1.0, (), ["cpu", "x"])
-    v = evaluate(rules, "k", "t", tags, TagSet(["cpu", "x"]), cpu)
+    v, _ = await judged(
+        lambda: LaneJudge(r, "L", "k", "t", ["premium"], 1.0, (), ["cpu", "x"]),
+        lambda j: evaluate(rules, "k", "t", tags, TagSet(["cpu", "x"]), j),
+    )
     assert (v.allowed, v.factor, v.forbidden_by) == (False, 3.0, (rules[1],))
     shed = [parse_rule({"name": "s", "action": "shed", "function": "s"})]
-    v = evaluate(shed, "k", "t", tags, TagSet(()), LaneJudge(r, "L", "k", "t", [], 1.0))
+    v, _ = await judged(lambda: LaneJudge(r, "L", "k", "t", [], 1.0),
+                        lambda j: evaluate(shed, "k", "t", tags, TagSet(()), j))  # fmt: skip
     assert (v.allowed, v.held_by) == (False, (shed[0],))
-    v = evaluate(shed, "k", "u", tags, TagSet(()), LaneJudge(r, "L2", "k", "u", [], 1.0))
+    v, _ = await judged(lambda: LaneJudge(r, "L2", "k", "u", [], 1.0),
+                        lambda j: evaluate(shed, "k", "u", tags, TagSet(()), j))  # fmt: skip
     assert (v.allowed, v.matched) == (True, ())  # the function did not shed: no effect
+    # a judge that does not wait: answers not known yet are asked, and the verdict is pending
+    fresh = LaneJudge(r, "L3", "k", "t", ["premium"], 1.0, (), ["gpu"])
+    evaluate(rules, "k", "t", tags, TagSet(["gpu"]), fresh)
+    assert fresh.pending
+    await fresh.settle()
+    again = LaneJudge(r, "L3", "k", "t", ["premium"], 1.0, (), ["gpu"])
+    v = evaluate(rules, "k", "t", tags, TagSet(["gpu"]), again)
+    assert not again.pending
+    assert (v.allowed, v.factor) == (True, 2.0)
     # without a judge, function rules get their fallbacks
     v = evaluate(rules, "k", "t", tags, TagSet(["gpu"]))
     assert (v.allowed, v.factor) == (False, 1.0)
@@ -260,7 +280,7 @@ def _job(**spec: Any) -> Any:
     return parse_job_spec({"kind": "k", **spec}, 1000.0, WireLimits())
 
 
-def test_on_enqueue_answers() -> None:
+async def test_on_enqueue_answers() -> None:
     r = runner(
         (
             "a",
@@ -277,16 +297,16 @@ function on_enqueue(job)
 end""",
         )
     )
-    assert apply_on_enqueue(r, _job(), {"discard": True}, 1000.0, WireLimits()) is None
+    assert await apply_on_enqueue(r, _job(), {"discard": True}, 1000.0, WireLimits()) is None
     with pytest.raises(SpecError, match="rejected by function 'a': no"):
-        apply_on_enqueue(r, _job(), {"reject": "no"}, 1000.0, WireLimits())
-    job = apply_on_enqueue(r, _job(), {"tags": ["b", "a", "a"]}, 1000.0, WireLimits())
+        await apply_on_enqueue(r, _job(), {"reject": "no"}, 1000.0, WireLimits())
+    job = await apply_on_enqueue(r, _job(), {"tags": ["b", "a", "a"]}, 1000.0, WireLimits())
     assert job is not None
     assert (job.tags, job.weight) == (("a", "b"), 3.0)
-    job = apply_on_enqueue(r, _job(), {"later": 60}, 1000.0, WireLimits())
+    job = await apply_on_enqueue(r, _job(), {"later": 60}, 1000.0, WireLimits())
     assert job is not None
     assert (job.run_at, job.state) == (1060.0, "scheduled")
-    job = apply_on_enqueue(r, _job(tags=["x"]), {"bad": True}, 1000.0, WireLimits())
+    job = await apply_on_enqueue(r, _job(tags=["x"]), {"bad": True}, 1000.0, WireLimits())
     assert job is not None
     assert job.tags == ("x",)  # unchanged
     (error,) = job.function_errors

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -149,9 +150,9 @@ def test_what_applies_to_a_lane_and_worker_class() -> None:
     # a lane not split by customer (jobs enqueued before the limit existed): cannot be keyed
     assert compiled.for_lane("k", "acme", tags, None, TagSet(["cpu"])) is None
     # recount: worker tags unknown counts every limit whose job side matches
-    held = compiled.for_job("k", "acme", tags, {"customer": 7}, None)
+    held = asyncio.run(compiled.for_job("k", "acme", tags, {"customer": 7}, None))
     assert [c.label for c in held] == ["acme"]
-    assert compiled.for_job("k", "acme", tags, {}, TagSet(["cpu"])) == []
+    assert asyncio.run(compiled.for_job("k", "acme", tags, {}, TagSet(["cpu"]))) == []
 
 
 def test_shape_changes_with_meaning_not_with_numbers() -> None:
