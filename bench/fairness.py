@@ -218,6 +218,17 @@ def figures(run: Run, head: int) -> dict[str, Any]:
 # -- the benchmark -------------------------------------------------------------------------------
 
 
+def policy_store(store: Any, index: Any) -> Any:
+    """A PolicyStore of the code under test (--code may name one from before the bus)."""
+    from worcr_node.dispatch.policy import PolicyStore
+
+    try:
+        from worcr_node.bus import Bus
+    except ImportError:  # before worcr_node/bus.py: it took the index
+        return PolicyStore(store, index)
+    return PolicyStore(store, Bus(index))
+
+
 class FairnessBench(Bench):
     """Reuses bench/throughput.py's services, node start and worker stop; one node per strategy."""
 
@@ -274,7 +285,6 @@ class FairnessBench(Bench):
         import redis
 
         from worcr_node.dispatch.fairness import Strategy
-        from worcr_node.dispatch.policy import PolicyStore
         from worcr_node.store.pg import PgStore
         from worcr_node.store.redis_index import RedisIndex
 
@@ -295,7 +305,7 @@ class FairnessBench(Bench):
         store, index = PgStore(self.db_url), RedisIndex(self.redis.url, "worcr")
         await store.open()  # runs the migrations
         try:
-            policy = PolicyStore(store, index)
+            policy = policy_store(store, index)
             await policy.fairness_set(Strategy(strategy), {})
             stored = (await policy.load()).fairness.to_json()
         finally:

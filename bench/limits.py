@@ -371,7 +371,7 @@ class LimitsBench(ScaleBench):
         self.logdir.mkdir(parents=True)
 
     async def fresh_state(self, limits: list[dict[str, Any]]) -> None:
-        from worcr_node.dispatch.policy import PolicyStore
+        from bench.fairness import policy_store
         from worcr_node.limits.model import parse_limit
         from worcr_node.limits.store import LimitStore
         from worcr_node.store.pg import PgStore
@@ -389,7 +389,7 @@ class LimitsBench(ScaleBench):
         store, index = PgStore(self.db_url), RedisIndex(self.redis.url, "worcr")
         await store.open()
         try:
-            ls = LimitStore(PolicyStore(store, index))
+            ls = LimitStore(policy_store(store, index))
             for body in limits:
                 await ls.create(parse_limit(body))
             stored = [x.to_json() for x in await ls.list()]

@@ -20,6 +20,7 @@ from typing import Any
 
 import msgpack
 
+from worcr_node.bus import Bus
 from worcr_node.clock import Clock
 from worcr_node.dispatch.dispatcher import MISFILED, Dispatcher
 from worcr_node.dispatch.rules import TagSet
@@ -28,6 +29,7 @@ from worcr_node.limits.compiled import CompiledLimits
 from worcr_node.limits.model import LimitType
 from worcr_node.limits.usage import prune_usage_index
 from worcr_node.manager import JobManager
+from worcr_node.messages import UnitsFreed
 from worcr_node.scheduler import Duty
 from worcr_node.service import Service
 from worcr_node.store.pg import PgStore, StorageUnavailable
@@ -51,6 +53,7 @@ class Duties(Service):
         index: RedisIndex,
         dispatcher: Dispatcher,
         clock: Clock,
+        bus: Bus,
         *,
         promote_every: float = 0.2,
         leases_every: float = 0.2,
@@ -67,6 +70,7 @@ class Duties(Service):
         self.index = index
         self.dispatcher = dispatcher
         self.clock = clock
+        self.bus = bus
         self.epoch: str | None = None
         self.rebuilds = 0
         self._every = {
@@ -283,7 +287,9 @@ class Duties(Service):
             still = {str(i) for i in await self.store.job_running_still(
                 [uuid.UUID(i) for i in created])}  # fmt: skip
             ended = [i for i in created if i not in still]
-            await self.index.lease_release(ended)
+            freed = await self.index.lease_release(ended)
+            if freed:
+                await self.bus.publish(UnitsFreed(tuple(freed)))
             if still:
                 log.warning("re-created %d lease(s) from PostgreSQL", len(still),
                             extra={"action": "reconcile"})  # fmt: skip

@@ -18,13 +18,15 @@ from typing import Any
 
 from worcr.wire import Limits
 from worcr_node.batcher import Batcher
+from worcr_node.bus import Bus
 from worcr_node.clock import Clock
-from worcr_node.functions.enqueue import DISCARDED, apply_on_enqueue
+from worcr_node.functions.enqueue import DISCARDED, apply_on_enqueue_many
 from worcr_node.functions.model import Hook
 from worcr_node.functions.retry import RetryHook
 from worcr_node.functions.runner import FunctionRunner
 from worcr_node.jobspec import NewJob, Partition, PartitionPaths, SpecError, lane_of, parse_job_spec
 from worcr_node.limits.model import partition_for
+from worcr_node.messages import LanesReady, StopAttempts, UnitsFreed
 from worcr_node.outcome import (
     Failure,
     decide_failure,
@@ -74,16 +76,16 @@ class JobManager:
         node_id: str,
         clock: Clock,
         limits: Limits,
+        bus: Bus,
         rand: Callable[[], float] = random.random,
     ) -> None:
         self.store = store
         self.index = index
+        self.bus = bus  # ready lanes, freed units and cancels: to this node and the others
         self.node_id = node_id
         self.clock = clock
         self.limits = limits
         self.rand = rand
-        # Called with {lane: oldest seq} for lanes that just got ready work (wakes the dispatcher).
-        self.on_ready: Callable[[Mapping[str, int | None]], None] = lambda lanes: None
         # Called with ids of jobs that stopped running through this node (fewest_running counts).
         self.on_done: Callable[[Collection[uuid.UUID]], None] = lambda ids: None
         # The args paths job limits split a (kind, tenant, tags) lane by (set with each policy),
@@ -98,8 +100,6 @@ class JobManager:
         )
         # Some concurrency limit is in force: acks release units before their commit is flushed.
         self.early_release = False
-        # Called with (job id, token) of running jobs that were cancelled, and why.
-        self.on_cancel: Callable[[Sequence[tuple[str, int]], str], None] = lambda jobs, why: None
         # Called with (job id, new state, kind, tenant) of jobs that changed state (the event
         # stream; it consumes the iterable only while somebody watches).
         self.on_states: Callable[[Iterable[StateChange]], None] = lambda changes: None
@@ -132,32 +132,35 @@ class JobManager:
                 jobs.append((parse_job_spec(spec, now, self.limits), spec.get("args", [])))
             except SpecError as exc:
                 raise SpecError(f"jobs[{i}].{exc}") from None
-        placed: list[NewJob | None] = []
-        if len(jobs) == 1 or not self._asks_functions():
-            for i, (job, args) in enumerate(jobs):
-                placed.append(await self._prepare(i, job, args, now))
-        else:  # the calls of every job queue up together in the function process
-            done = await asyncio.gather(
-                *(self._prepare(i, job, args, now) for i, (job, args) in enumerate(jobs)),
-                return_exceptions=True,
-            )
-            for p in done:  # the first bad one, in order
+        kept: list[NewJob | SpecError | None] = [job for job, _ in jobs]
+        if self.functions.has(Hook.ON_ENQUEUE):
+            kept = await apply_on_enqueue_many(self.functions, jobs, now, self.limits)
+        for i, k in enumerate(kept):  # the first rejected one, in order
+            if isinstance(k, SpecError):
+                raise SpecError(f"jobs[{i}].{k}")
+        todo = [(i, k, args) for i, (k, (_, args)) in enumerate(zip(kept, jobs, strict=True))
+                if isinstance(k, NewJob)]  # fmt: skip
+        placed: dict[int, NewJob | None] = {}
+        if len(todo) <= 1 or not self._asks_functions():
+            for i, job, args in todo:
+                placed[i] = await self._prepare(i, job, args)
+        else:  # the limit_key and shed calls of every job go to the function process together
+            done = await asyncio.gather(*(self._prepare(i, job, args) for i, job, args in todo),
+                                        return_exceptions=True)  # fmt: skip
+            for (i, _, _), p in zip(todo, done, strict=True):  # the first bad one, in order
                 if isinstance(p, BaseException):
                     raise p
-                placed.append(p)
-        return [job.id if p is None else p for (job, _), p in zip(jobs, placed, strict=True)]
+                placed[i] = p
+        return [p if (p := placed.get(i)) is not None else job.id
+                for i, (job, _) in enumerate(jobs)]  # fmt: skip
 
     def _asks_functions(self) -> bool:
-        return self.functions.has(Hook.ON_ENQUEUE) or self.functions.has(Hook.LIMIT_KEY) or \
-            self.functions.has(Hook.SHED)  # fmt: skip
+        return self.functions.has(Hook.LIMIT_KEY) or self.functions.has(Hook.SHED)
 
-    async def _prepare(self, i: int, job: NewJob, args: Any, now: float) -> NewJob | None:
-        """Job `i` of a batch after its on_enqueue functions, with its lane; None: discarded."""
+    async def _prepare(self, i: int, job: NewJob, args: Any) -> NewJob | None:
+        """Job `i` of a batch with its lane; None: a discard rule took it."""
         try:
-            kept: NewJob | None = job
-            if self.functions.has(Hook.ON_ENQUEUE):
-                kept = await apply_on_enqueue(self.functions, job, args, now, self.limits)
-            return None if kept is None else await self._place(kept, args)
+            return await self._place(job, args)
         except SpecError as exc:
             raise SpecError(f"jobs[{i}].{exc}") from None
 
@@ -201,7 +204,8 @@ class JobManager:
         except IndexUnavailable as exc:
             log.warning("Redis unavailable after commit; reconciler will index: %s", exc,
                         extra={"action": "push_ready"})  # fmt: skip
-        self.on_ready({lane: min(seq for seq, _ in items) for lane, items in ready.items()})
+        self.bus.deliver(LanesReady({lane: min(seq for seq, _ in items)
+                                      for lane, items in ready.items()}))  # fmt: skip
 
     # -- dispatch ----------------------------------------------------------------------------------
 
@@ -232,7 +236,7 @@ class JobManager:
                     await self.index.mark_ready(lanes)
                 except IndexUnavailable as exc:
                     log.warning("lanes not marked ready (the reconciler will): %s", exc)
-                self.on_ready(dict.fromkeys(lanes))
+                self.bus.deliver(LanesReady(dict.fromkeys(lanes)))
         return got
 
     async def _flush_claim(
@@ -247,7 +251,9 @@ class JobManager:
 
     async def _release(self, ids: Sequence[str]) -> bool:
         try:
-            await self.index.lease_release(ids)
+            freed = await self.index.lease_release(ids)
+            if freed:
+                await self.bus.publish(UnitsFreed(tuple(freed)))
         except IndexUnavailable as exc:
             log.warning("could not release leases: %s", exc, extra={"action": "release"})
             return False
@@ -379,7 +385,7 @@ class JobManager:
         def stop_local(moved: Sequence[Moved]) -> None:
             # Before the jobs are ready again (and perhaps dispatched to another worker here).
             revoked.extend((str(r[0]), token_of[r[0]]) for r in moved)
-            self.on_cancel(revoked, "max_run_time")
+            self.bus.deliver(StopAttempts(tuple(revoked), "max_run_time"))
 
         await self._finish(
             [(i[0], i[1]) for i in items],
@@ -396,13 +402,12 @@ class JobManager:
     async def _broadcast_cancel(
         self, attempts: Sequence[tuple[str, int]], reason: str, local: bool = True
     ) -> None:
-        """Tell the workers holding these (job id, token) attempts (on any node) to stop them."""
+        """Tell the workers holding these (job id, token) attempts (on any node) to stop them;
+        `local` False: this node's were told already."""
         try:
-            await self.index.publish_cancel([f"{jid}:{token}" for jid, token in attempts], reason)
+            await self.bus.publish(StopAttempts(tuple(attempts), reason), here=local)
         except IndexUnavailable:
             log.warning("cancel of %d attempt(s) not broadcast (Redis unavailable)", len(attempts))
-        if local:
-            self.on_cancel(attempts, reason)
 
     # -- time-driven -------------------------------------------------------------------------------
 

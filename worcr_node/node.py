@@ -14,6 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
+from worcr_node.bus import Bus
 from worcr_node.clock import Clock, SystemClock
 from worcr_node.config import Config
 from worcr_node.dispatch.dispatcher import Dispatcher
@@ -26,11 +27,19 @@ from worcr_node.functions.sandbox import Limits as SandboxLimits
 from worcr_node.http.api import build_app
 from worcr_node.http.edge import ServerLog
 from worcr_node.life.duties import LifeDuties
-from worcr_node.life.events import EventBus
+from worcr_node.life.events import EventStreams
 from worcr_node.life.writer import JobLife
 from worcr_node.limits.rate import RateLimiter
 from worcr_node.listen import listen_error
 from worcr_node.manager import JobManager
+from worcr_node.messages import (
+    JobEvents,
+    LanesReady,
+    PolicyChanged,
+    StopAttempts,
+    UnitsFreed,
+    YieldAttempts,
+)
 from worcr_node.scheduler import DutyScheduler
 from worcr_node.service import Service
 from worcr_node.store.life import LifeStore
@@ -56,8 +65,10 @@ class Node:
         self.clock = clock or SystemClock()
         self.store = PgStore(config.database_url, config.db_pool_size)
         self.index = RedisIndex(config.redis_url, config.redis_prefix, config.lane_window)
+        # every message between nodes (messages.py); the store publishes ready lanes itself
+        self.bus = Bus(self.index, self.index.sender)
         self.manager = JobManager(
-            self.store, self.index, config.node_id, self.clock, config.limits, rand
+            self.store, self.index, config.node_id, self.clock, config.limits, self.bus, rand
         )
         self.function_errors = FunctionErrorLog(self.store, config.node_id)
         caps = SandboxLimits(config.function_time_ms / 1000, config.function_memory_mb << 20)
@@ -72,9 +83,9 @@ class Node:
             config.window_budget,
             self.functions,
         )
-        self.policy_store = PolicyStore(self.store, self.index)
+        self.policy_store = PolicyStore(self.store, self.bus)
         self.duties = Duties(
-            self.manager, self.store, self.index, self.dispatcher, self.clock,
+            self.manager, self.store, self.index, self.dispatcher, self.clock, self.bus,
             **{f"{k}_every": v for k, v in (duty_periods or {}).items()},
         )  # fmt: skip
         self.policy = PolicyWatcher(self.policy_store, self._policy_changed)
@@ -89,32 +100,41 @@ class Node:
             self.dispatcher.remove,
             self.dispatcher.wake,
         )
-        self.manager.on_cancel = self.hub.cancel_jobs
-        self.events = EventBus(self.index)
+        self.events = EventStreams(self.index, self.bus)
         self.manager.on_states = self.events.publish_states
         self.life_store = LifeStore(self.store)
         self.life = JobLife(self.life_store, self.events, config.limits)
         self.hub.life = self.life
         self.life_duties = LifeDuties(
-            self.manager, self.life_store, self.index, self.clock,
+            self.manager, self.life_store, self.bus, self.clock,
             yield_grace=config.yield_grace, log_retention=config.log_retention,
         )  # fmt: skip
-        self.rate = RateLimiter(self.index, self.store, lambda: self.dispatcher.limits)
+        self.rate = RateLimiter(self.index, self.store, lambda: self.dispatcher.limits, self.bus)
         self.hub.rate = self.rate
-        self.dispatcher.on_freed = self.rate.freed
+        self._hear()
         self.tcp = TcpServer(self.hub, config.listen)
         self.http_port = config.http.port
         self._runner: web.AppRunner | None = None
-        self._cancel_listener = _CancelListener(self.index, self.hub)
         self.crashed = asyncio.Event()
         self.drain_timeout = 15.0  # seconds a stop waits for claims under way to reach workers
         self.scheduler = DutyScheduler([*self.duties.duties(), *self.life_duties.duties()])
         self._services: list[Service] = [
-            self.policy, self.events, self.function_errors, self.dispatcher, self.duties,
-            self.scheduler, self._cancel_listener, self.tcp,
+            self.bus, self.policy, self.events, self.function_errors, self.dispatcher,
+            self.duties, self.scheduler, self.tcp,
         ]  # fmt: skip
         for s in self._services:
             s.on_crash = self._on_crash
+
+    def _hear(self) -> None:
+        """Who hears which message of the bus (this node's and the other nodes')."""
+        bus = self.bus
+        bus.subscribe(LanesReady, lambda m: self.dispatcher.lanes_ready(m.heads))
+        bus.subscribe(UnitsFreed, lambda m: self.dispatcher.freed(m.keys))
+        bus.subscribe(UnitsFreed, lambda m: self.rate.freed(m.keys))
+        bus.subscribe(StopAttempts, lambda m: self.hub.cancel_jobs(m.attempts, m.reason))
+        bus.subscribe(YieldAttempts, lambda m: self.hub.ask_yield(m.attempts, m.reason))
+        bus.subscribe(PolicyChanged, lambda m: self.policy.nudge())
+        bus.subscribe(JobEvents, self.events.deliver)
 
     def _policy_changed(self, policy: Policy) -> None:
         self.dispatcher.set_policy(policy)
@@ -184,47 +204,3 @@ async def _bounded(what: str, coro: Coroutine[Any, Any, Any], seconds: float) ->
     except TimeoutError:
         log.error("shutdown: %s did not stop within %.0f s", what, seconds,
                   extra={"action": "stop"})  # fmt: skip
-
-
-class _CancelListener(Service):
-    """Cancels and yield requests broadcast by any node reach the node whose worker holds the
-    attempt."""
-
-    name = "cancel-listener"
-
-    def __init__(self, index: RedisIndex, hub: Hub) -> None:
-        super().__init__()
-        self.index = index
-        self.hub = hub
-
-    async def start(self) -> None:
-        self.spawn(self._listen(), "listen")
-        self.spawn(self._listen_yield(), "listen-yield")
-
-    async def _listen(self) -> None:
-        await self.index.listen(self.index.cancel_channel, self._cancel, lambda: self.stopping)
-
-    async def _listen_yield(self) -> None:
-        await self.index.listen(self.index.yield_channel, self._yield, lambda: self.stopping)
-
-    def _cancel(self, data: str) -> None:
-        reason, jobs = _attempts(data)
-        self.hub.cancel_jobs(jobs, reason or "cancelled")
-
-    def _yield(self, data: str) -> None:
-        reason, jobs = _attempts(data)
-        self.hub.ask_yield(jobs, reason or "max_run_time")
-
-
-def _attempts(data: str) -> tuple[str | None, list[tuple[str, int]]]:
-    """A broadcast "[!reason] job-id:token ..." -> (reason, [(job id, token)])."""
-    reason = None
-    jobs = []
-    for item in data.split():
-        if item.startswith("!"):
-            reason = item[1:]
-            continue
-        job_id, _, token = item.partition(":")
-        if token.isdigit():
-            jobs.append((job_id, int(token)))
-    return reason, jobs

@@ -22,7 +22,7 @@ import contextlib
 import json
 import logging
 from collections import Counter
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -162,7 +162,6 @@ class Dispatcher(Service):
         self._counted: set[str] = set()
         self._uncounted: set[str] = set()
         self.misfiled: set[str] = set()  # lanes to split (repartition duty)
-        self.on_freed: Callable[[Collection[str]], None] = lambda keys: None
         # embedded functions: verdicts cached per (lane, class), load shedding per lane (the
         # runner remembers the functions' answers themselves)
         self._uses_functions = False
@@ -174,10 +173,8 @@ class Dispatcher(Service):
         # (class, lane) pairs whose verdict waits for functions' answers (asked in the
         # background), by answer key: not offered until the runner has it, then judged again
         self._pending: dict[Any, set[tuple[ClassKey, str]]] = {}
-        index.on_freed = self.freed
         manager.functions = self.functions
         manager.shed = self.shed_settled
-        manager.on_ready = self.lanes_ready
         manager.on_done = self.jobs_done
 
     # -- inputs ------------------------------------------------------------------------------------
@@ -405,9 +402,6 @@ class Dispatcher(Service):
 
     async def start(self) -> None:
         self.spawn(self._loop(), "dispatch")
-        self.spawn(self._listen(), "ready-listener")
-        self.spawn(self.index.listen(self.index.freed_channel, self._freed,
-                                     lambda: self.stopping), "freed-listener")  # fmt: skip
         self.spawn(self._resync_loop(), "ready-resync")
         self.spawn(self._running_loop(), "running-counts")
         self.spawn(self._answers_loop(), "function-answers")
@@ -645,16 +639,10 @@ class Dispatcher(Service):
     def unpark(self, key: str, budget: int | None) -> None:
         self.parking.unpark(key, budget)
 
-    def freed(self, keys: list[str]) -> None:
-        """Units of these limit keys (one entry per unit) were released: by this node (called
-        straight from the release), or by another (heard on the limits-freed channel)."""
-        self.parking.freed(keys)
-        self.on_freed(set(keys))
-
-    def _freed(self, data: str) -> None:
-        sender, _, rest = data.partition("\n")
-        if sender != self.index.sender and rest:
-            self.freed(rest.split("\n"))
+    def freed(self, keys: Sequence[str]) -> None:
+        """Units of these limit keys (one entry per unit) were released, by this node or another
+        (`UnitsFreed` on the bus)."""
+        self.parking.freed(list(keys))
 
     async def _finish_claim(self, c: Consumer, ids: list[Claimed], reserved: int) -> None:
         claim = asyncio.ensure_future(self.manager.claim(ids, c.worker_id))
@@ -752,16 +740,6 @@ class Dispatcher(Service):
             await self.index.workers_forget([worker_id])
 
     # -- other nodes -------------------------------------------------------------------------------
-
-    async def _listen(self) -> None:
-        await self.index.listen(self.index.ready_channel, self._heard, lambda: self.stopping)
-
-    def _heard(self, data: str) -> None:
-        lanes: dict[str, int | None] = {}
-        for item in data.split():
-            lane, _, seq = item.partition(":")
-            lanes[lane] = int(seq) if seq.isdigit() else None
-        self.lanes_ready(lanes)
 
     async def _resync_loop(self) -> None:
         turns = 0

@@ -19,16 +19,18 @@ from typing import Any
 
 import asyncpg
 
+from worcr_node.bus import Bus
 from worcr_node.dispatch.fairness import DEFAULT_SCOPE, Fairness, Strategy
 from worcr_node.dispatch.rules import FUNCTION_ACTIONS, MAX_RULES, Rule, RuleError, parse_rule
 from worcr_node.functions.model import Function, Hook
 from worcr_node.functions.store import check_reference, function_from_row
 from worcr_node.limits.model import Limit, LimitError
 from worcr_node.limits.store import limit_from_row
+from worcr_node.messages import PolicyChanged
 from worcr_node.service import Service
 from worcr_node.store import queries as q
 from worcr_node.store.pg import PgStore, StorageUnavailable
-from worcr_node.store.redis_index import IndexUnavailable, RedisIndex
+from worcr_node.store.redis_index import IndexUnavailable
 
 __all__ = ["Policy", "PolicyStore", "PolicyWatcher", "RuleConflict"]
 
@@ -65,9 +67,9 @@ def rule_from_row(r: asyncpg.Record) -> Rule:
 
 
 class PolicyStore:
-    def __init__(self, pg: PgStore, index: RedisIndex) -> None:
+    def __init__(self, pg: PgStore, bus: Bus) -> None:
         self.pg = pg
-        self.index = index
+        self.bus = bus  # PolicyChanged, after each write
 
     async def version(self) -> int:
         return int(await self.pg.run(lambda c: c.fetchval(q.POLICY_VERSION)))
@@ -96,7 +98,7 @@ class PolicyStore:
 
         out = await self.pg.run(tx)
         try:
-            await self.index.publish_policy()
+            await self.bus.publish(PolicyChanged())
         except IndexUnavailable:
             pass  # nodes also poll the version
         return out
@@ -197,9 +199,10 @@ class PolicyWatcher(Service):
         except (StorageUnavailable, RuleError, LimitError) as exc:
             log.warning("dispatch policy not loaded yet: %s", exc)
         self.spawn(self._poll(), "poll")
-        self.spawn(self.store.index.listen(
-            self.store.index.policy_channel, lambda _: self._nudge.set(), lambda: self.stopping,
-        ), "listen")  # fmt: skip
+
+    def nudge(self) -> None:
+        """Read the version now (`PolicyChanged` on the bus), not at the next poll."""
+        self._nudge.set()
 
     async def refresh(self) -> bool:
         """Reload the policy if its version moved; True if it changed."""

@@ -7,6 +7,9 @@ caps of argv) keyed by (name, version), so a function is compiled once per proce
 
     ["call", id, [name, version], language, source or nil, entry, args]
         source is sent the first time this process sees the key (and again after a restart)
+    ["calls", id, [name, version], language, source or nil, entry, [args, ...]]
+        the same function called with each args in turn: one answer per call, in order, each
+        written as soon as its call returned (so the host sees progress, call by call)
     ["forget", id, [[name, version], ...]]      free those states
     ["check", id, language, source, entry]      compile, then free (the API's syntax check)
     ["trial", id, language, source, entry, args] compile, call once, free (a draft's trial)
@@ -24,6 +27,7 @@ from __future__ import annotations
 import struct
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any, BinaryIO
 
 import msgpack
@@ -33,6 +37,7 @@ from worcr_node.functions.sandbox import CallError, Compiled, CompileError, Limi
 __all__ = ["main"]
 
 _HEAD = struct.Struct(">I")
+FLUSH_EVERY = 0.005  # seconds: answers of a "calls" request written together
 
 
 def _read(stream: BinaryIO) -> Any | None:
@@ -63,12 +68,32 @@ def _write(stream: BinaryIO, answer: list[Any]) -> None:
     stream.flush()
 
 
+def _send(stream: BinaryIO, frames: list[bytes]) -> None:
+    if frames:
+        stream.write(b"".join(frames))
+        stream.flush()
+        frames.clear()
+
+
 class Functions:
     """The compiled functions of this process, and the requests on them."""
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
         self.compiled: dict[tuple[str, int], Compiled | CompileError] = {}
+
+    def answers(self, request: list[Any]) -> Iterator[list[Any]]:
+        """The answers to a request: one, or one per call of a "calls" request (each as soon
+        as its call returned)."""
+        if request[0] != "calls":
+            yield self.handle(request)
+            return
+        _, rid, key, language, source, entry, many = request
+        for args in many:
+            answer = self.handle(["call", rid, key, language, source, entry, args])
+            yield answer
+            if answer[1] == "missing":
+                return
 
     def handle(self, request: list[Any]) -> list[Any]:
         op, rid = request[0], request[1]
@@ -126,10 +151,18 @@ def main(argv: list[str] | None = None) -> int:
         if request is None:
             return 0
         try:
-            answer = functions.handle(request)
+            # the answers of a "calls" request go out together every FLUSH_EVERY seconds (the
+            # host wakes once per write, not once per call; it still sees steady progress)
+            pending: list[bytes] = []
+            flushed = time.monotonic()
+            for answer in functions.answers(request):
+                pending.append(encode(answer))
+                if time.monotonic() - flushed >= FLUSH_EVERY:
+                    _send(stdout, pending)
+                    flushed = time.monotonic()
+            _send(stdout, pending)
         except Exception as exc:  # a malformed request: answered, never fatal
-            answer = [request[1] if len(request) > 1 else 0, "call", "error", repr(exc), 0.0]
-        _write(stdout, answer)
+            _write(stdout, [request[1] if len(request) > 1 else 0, "call", "error", repr(exc), 0.0])
 
 
 if __name__ == "__main__":

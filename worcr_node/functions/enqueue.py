@@ -1,14 +1,14 @@
 """The on_enqueue hook: functions that change, refuse or drop a new job before it is stored.
 
-`JobManager.parse` calls `apply_on_enqueue` for each validated job spec (the jobs of a batch
-concurrently: their calls queue up in the function process) when some enabled
-on_enqueue function exists. Each function whose `match` selects the job runs in name order and
-sees the job as the previous one left it. A function answers nothing (keep the job), the job or a
-table of the fields to change (`tags`, `tenant`, `weight`, `run_at`, `expires_at`; the other job
-fields may be present and are ignored), `{reject = "why"}` (the enqueue fails with that reason)
-or `{discard = true}` (the job is not stored; the producer sees state "discarded"). A change is
-validated like a job spec; a function that fails or answers something invalid leaves the job as
-it was, and the error is stored with the job (`function_errors`).
+`JobManager.parse` calls `apply_on_enqueue_many` with the validated job specs of a batch (each
+function over all its jobs at once: their calls go to the function process together) when some
+enabled on_enqueue function exists. Each function whose `match` selects the job runs in name order
+and sees the job as the previous one left it. A function answers nothing (keep the job), the job or
+a table of the fields to change (`tags`, `tenant`, `weight`, `run_at`, `expires_at`; the other job
+fields may be present and are ignored), `{reject = "why"}` (the enqueue fails with that reason) or
+`{discard = true}` (the job is not stored; the producer sees state "discarded"). A change is
+validated like a job spec; a function that fails or answers something invalid leaves the job as it
+was, and the error is stored with the job (`function_errors`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from worcr_node.functions.views import plain
 from worcr_node.jobspec import NewJob, SpecError, number_field, parse_time, tags_field, text_field
 from worcr_node.state import JobState
 
-__all__ = ["DISCARDED", "apply_on_enqueue", "job_view"]
+__all__ = ["DISCARDED", "apply_on_enqueue", "apply_on_enqueue_many", "job_view"]
 
 DISCARDED = "discarded"
 _CHANGES = frozenset({"tags", "tenant", "weight", "run_at", "expires_at"})
@@ -52,29 +52,50 @@ async def apply_on_enqueue(
 ) -> NewJob | None:
     """The job as the on_enqueue functions leave it (in place), or None if one discarded it.
     SpecError if one rejected it. Failures are appended to `job.function_errors`."""
+    [out] = await apply_on_enqueue_many(runner, [(job, args)], now, limits)
+    if isinstance(out, SpecError):
+        raise out
+    return out
+
+
+async def apply_on_enqueue_many(
+    runner: FunctionRunner, items: list[tuple[NewJob, Any]], now: float, limits: Limits
+) -> list[NewJob | SpecError | None]:
+    """`apply_on_enqueue` for the jobs of a batch: each function in name order over all the
+    jobs its match selects (as the previous functions left them), its calls sent together. Per
+    job: the job, None (discarded) or the SpecError that rejected it."""
+    out: list[NewJob | SpecError | None] = [job for job, _ in items]
     for fn in runner.enabled(Hook.ON_ENQUEUE):
-        # matched against the job as the previous functions left it
-        if fn.match.job_side(job.kind, job.tenant, TagSet(job.tags)) is not None:
+        # matched against the jobs as the previous functions left them
+        chosen = [
+            i
+            for i, (job, _) in enumerate(items)
+            if isinstance(out[i], NewJob)
+            and fn.match.job_side(job.kind, job.tenant, TagSet(job.tags)) is None
+        ]
+        if not chosen:
             continue
-        outcome = await runner.on_enqueue(fn, job_view(job, args, now), str(job.id))
-        if outcome.failure is not None:
-            job.function_errors.append(outcome.failure.to_json())
-            continue
-        answer = outcome.value
-        if answer is None:
-            continue
-        try:
-            verdict = _apply(job, answer, now, limits)
-        except SpecError as exc:
-            failure = Failure(fn.name, fn.version, fn.hook, "result", str(exc))
-            runner.record(failure, str(job.id), None)
-            job.function_errors.append(failure.to_json())
-            continue
-        if verdict == "discard":
-            return None
-        if verdict is not None:
-            raise SpecError(f"rejected by function {fn.name!r}: {verdict}")
-    return job
+        views = [job_view(items[i][0], items[i][1], now) for i in chosen]
+        outcomes = await runner.on_enqueue_many(fn, views, [str(items[i][0].id) for i in chosen])
+        for i, outcome in zip(chosen, outcomes, strict=True):
+            job = items[i][0]
+            if outcome.failure is not None:
+                job.function_errors.append(outcome.failure.to_json())
+                continue
+            if outcome.value is None:
+                continue
+            try:
+                verdict = _apply(job, outcome.value, now, limits)
+            except SpecError as exc:
+                failure = Failure(fn.name, fn.version, fn.hook, "result", str(exc))
+                runner.record(failure, str(job.id), None)
+                job.function_errors.append(failure.to_json())
+                continue
+            if verdict == "discard":
+                out[i] = None
+            elif verdict is not None:
+                out[i] = SpecError(f"rejected by function {fn.name!r}: {verdict}")
+    return out
 
 
 def _apply(job: NewJob, answer: dict[str, Any], now: float, limits: Limits) -> str | None:

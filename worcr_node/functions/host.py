@@ -55,6 +55,9 @@ class FunctionHost(Protocol):
     async def call(self, key: Key, language: str, source: str, entry: str,
                    args: tuple[Any, ...]) -> Reply: ...  # fmt: skip
 
+    async def call_many(self, key: Key, language: str, source: str, entry: str,
+                        many: list[tuple[Any, ...]]) -> list[Reply]: ...  # fmt: skip
+
     async def check(self, language: str, source: str, entry: str) -> Reply: ...
 
     async def trial(self, language: str, source: str, entry: str,
@@ -98,6 +101,10 @@ class InlineHost:
                    args: tuple[Any, ...]) -> Reply:  # fmt: skip
         return self.call_now(key, language, source, entry, args)
 
+    async def call_many(self, key: Key, language: str, source: str, entry: str,
+                        many: list[tuple[Any, ...]]) -> list[Reply]:  # fmt: skip
+        return [self.call_now(key, language, source, entry, args) for args in many]
+
     async def check(self, language: str, source: str, entry: str) -> Reply:
         return self._handle(["check", 0, language, source, entry])
 
@@ -115,13 +122,29 @@ class InlineHost:
 @dataclass(slots=True)
 class _Request:
     op: str
-    parts: list[Any]  # after [op, id]; for "call": key, language, source, entry, args
-    future: asyncio.Future[Reply] = field(default_factory=lambda: _loop().create_future())
+    # after [op, id]; "call": key, language, source, entry, args; "calls": the same with a list
+    # of args (one call each)
+    parts: list[Any]
+    future: asyncio.Future[Any] = field(default_factory=lambda: _loop().create_future())
+    results: list[Reply] = field(default_factory=list)  # "calls": the calls answered so far
+    serial: bool = False  # "calls": sent one call at a time (after a process was lost)
+
+    @property
+    def key(self) -> Key | None:
+        return (self.parts[0][0], self.parts[0][1]) if self.op in ("call", "calls") else None
+
+    @property
+    def left(self) -> int:
+        """Answers still to come."""
+        return len(self.parts[4]) - len(self.results) if self.op == "calls" else 1
 
     def frame(self, rid: int, with_source: bool) -> bytes:
         parts = self.parts
-        if self.op == "call" and not with_source:
+        if self.op in ("call", "calls") and not with_source:
             parts = [parts[0], parts[1], None, *parts[3:]]
+        if self.op == "calls":  # the calls not answered yet (after a restart: the rest)
+            done = len(self.results)
+            parts = [*parts[:4], parts[4][done : done + 1 if self.serial else None]]
         body: bytes = msgpack.packb([self.op, rid, *parts], use_bin_type=True)
         return _HEAD.pack(len(body)) + body
 
@@ -131,8 +154,22 @@ def _loop() -> asyncio.AbstractEventLoop:
 
 
 def _settle(request: _Request, reply: Reply) -> None:
+    """The request's last answer: `reply` (for "calls", the last call's, after the others)."""
+    if request.op == "calls":
+        request.results.append(reply)
+        if request.left > 0:
+            return
+        value: Any = list(request.results)
+    else:
+        value = reply
     if not request.future.done():  # (its caller may have given up)
-        request.future.set_result(reply)
+        request.future.set_result(value)
+
+
+def _abandon(request: _Request, reply: Reply) -> None:
+    """Every answer still to come is `reply`."""
+    while request.left > 0 and not request.future.done():
+        _settle(request, reply)
 
 
 def _failed(message: str, kind: str = "error", cpu: float = 0.0) -> Reply:
@@ -158,6 +195,7 @@ class ProcessHost:
         self._tasks: list[asyncio.Task[None]] = []
         self._killed: int | None = None  # the request whose call got its child killed
         self._resending: list[_Request] = []  # taken from a lost child, not sent again yet
+        self._outbox: list[bytes] = []  # frames to write at the end of this turn of the loop
         self._closed = False
 
     @property
@@ -169,14 +207,29 @@ class ProcessHost:
 
     async def call(self, key: Key, language: str, source: str, entry: str,
                    args: tuple[Any, ...]) -> Reply:  # fmt: skip
-        return await self._ask(_Request("call", [list(key), language, source, entry, list(args)]))
+        reply: Reply = await self._ask(
+            _Request("call", [list(key), language, source, entry, list(args)])
+        )
+        return reply
+
+    async def call_many(self, key: Key, language: str, source: str, entry: str,
+                        many: list[tuple[Any, ...]]) -> list[Reply]:  # fmt: skip
+        """The same function called with each args, in one request (one answer per call, so the
+        watchdog still times each call)."""
+        if not many:
+            return []
+        request = _Request("calls", [list(key), language, source, entry, [list(a) for a in many]])
+        answer = await self._ask(request)
+        return answer if isinstance(answer, list) else [answer] * len(many)
 
     async def check(self, language: str, source: str, entry: str) -> Reply:
-        return await self._ask(_Request("check", [language, source, entry]))
+        reply: Reply = await self._ask(_Request("check", [language, source, entry]))
+        return reply
 
     async def trial(self, language: str, source: str, entry: str,
                     args: tuple[Any, ...]) -> Reply:  # fmt: skip
-        return await self._ask(_Request("trial", [language, source, entry, list(args)]))
+        reply: Reply = await self._ask(_Request("trial", [language, source, entry, list(args)]))
+        return reply
 
     def forget(self, keys: Iterable[Key]) -> None:
         gone = [k for k in keys if k in self._loaded]
@@ -185,7 +238,9 @@ class ProcessHost:
             with contextlib.suppress(RuntimeError):
                 self._send(_Request("forget", [[list(k) for k in gone]]))
 
-    async def _ask(self, request: _Request) -> Reply:
+    async def _ask(self, request: _Request) -> Any:
+        """The request's answer: a Reply, or for "calls" a list of them (a Reply if it could
+        not be sent at all)."""
         if self._closed:
             return _failed("the node is stopping")
         try:
@@ -204,9 +259,8 @@ class ProcessHost:
             raise RuntimeError("the function process is not running")
         rid = self._next_id + 1
         with_source = True
-        key: Key | None = None
-        if request.op == "call":
-            key = (request.parts[0][0], request.parts[0][1])
+        key = request.key
+        if key is not None:
             with_source = key not in self._loaded
         frame = request.frame(rid, with_source)  # first: a request that cannot be packed
         self._next_id = rid  # is refused before it is queued
@@ -216,7 +270,15 @@ class ProcessHost:
             self._since = time.monotonic()
             self._busy.set()
         self._queue[rid] = request
-        self._proc.stdin.write(frame)
+        # frames sent in one turn of the loop (a batch's calls) go out in one write
+        if not self._outbox:
+            asyncio.get_running_loop().call_soon(self._flush, self._proc)
+        self._outbox.append(frame)
+
+    def _flush(self, proc: asyncio.subprocess.Process) -> None:
+        frames, self._outbox = self._outbox, []
+        if proc is self._proc and proc.stdin is not None and not proc.stdin.is_closing():
+            proc.stdin.write(b"".join(frames))
 
     # -- the child -----------------------------------------------------------------------------
 
@@ -259,18 +321,25 @@ class ProcessHost:
             await self._lost(proc)
 
     def _answered(self, answer: list[Any]) -> None:
-        request = self._queue.pop(answer[0], None)
-        self._since = time.monotonic()
-        if not self._queue:
-            self._busy.clear()
-        if request is None or request.future.done():
+        rid = answer[0]
+        request = self._queue.get(rid)
+        self._since = time.monotonic()  # the next call (of this request or the next) starts
+        if request is None:
             return
-        if answer[1] == "missing":  # sent before a restart without its source: again, with it
-            key = (request.parts[0][0], request.parts[0][1])
-            self._loaded.discard(key)
+        missing = answer[1] == "missing"
+        if missing or request.left <= 1 or request.serial:
+            del self._queue[rid]
+            if not self._queue:
+                self._busy.clear()
+        if missing:  # sent before a restart without its source: again, with it
+            key = request.key
+            if key is not None:
+                self._loaded.discard(key)
             self._send(request)
             return
         _settle(request, _reply(answer))
+        if request.serial and request.left > 0:
+            self._send(request)  # its next call
 
     async def _watch(self, proc: asyncio.subprocess.Process) -> None:
         """Kill the child when one call runs longer than `kill_after`."""
@@ -311,7 +380,15 @@ class ProcessHost:
                                 "this call")  # fmt: skip
                 log.error("the function process died (exit code %s) while running a %s",
                           code, running.op)  # fmt: skip
-            _settle(running, reply)
+            if running.op == "calls" and running.left > 1 and not running.serial:
+                # Which of its calls was running is not known (the process writes a batch's
+                # answers a few at a time): its calls not answered go to the next process one
+                # at a time, and the guilty one fails then, alone.
+                running.serial = True
+            else:
+                _settle(running, reply)  # its other calls (if any) go to the next process
+            if running.left > 0:
+                queue = {rid: running, **queue}
         else:
             self.deaths += 1
             log.error("the function process exited (code %s)", code)
@@ -331,7 +408,7 @@ class ProcessHost:
         finally:
             self._resending = []
             for r in rest[len(sent) :]:  # not sent: the node stopped, or no process
-                _settle(r, _failed("the function process is not running"))
+                _abandon(r, _failed("the function process is not running"))
 
     async def close(self) -> None:
         self._closed = True
@@ -339,7 +416,7 @@ class ProcessHost:
         for task in self._tasks:
             task.cancel()
         for request in [*self._queue.values(), *self._resending]:
-            _settle(request, _failed("the node is stopping"))
+            _abandon(request, _failed("the node is stopping"))
         self._queue.clear()
         if proc is None:
             return

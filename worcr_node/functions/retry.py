@@ -11,7 +11,6 @@ its backoff; its error is stored with the job (`function_errors`).
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -19,8 +18,8 @@ from typing import Any
 import msgpack
 
 from worcr_node.dispatch.rules import TagSet
-from worcr_node.functions.model import Hook
-from worcr_node.functions.runner import FunctionRunner
+from worcr_node.functions.model import Function, Hook
+from worcr_node.functions.runner import FALLBACKS, FunctionRunner, check_retry
 from worcr_node.functions.views import plain
 from worcr_node.outcome import Failure
 
@@ -35,32 +34,45 @@ class RetryHook:
     async def ask(
         self, rows: Sequence[Mapping[str, Any]], failures: Mapping[tuple[uuid.UUID, int], Failure]
     ) -> dict[tuple[uuid.UUID, int], float | bool | None]:
-        """Each running attempt's answer (by id and token), for those that would be retried;
-        the calls of the batch queue up together."""
-        asked = [r for r in rows if (f := failures.get((r["id"], r["lease_token"]))) is not None
-                 and f.retryable and int(r["attempt"]) < int(r["max_attempts"])]  # fmt: skip
-        answers = await asyncio.gather(*(self.one(r, failures[(r["id"], r["lease_token"])])
-                                         for r in asked))  # fmt: skip
-        return {(r["id"], r["lease_token"]): a for r, a in zip(asked, answers, strict=True)}
+        """Each running attempt's answer (by id and token), for those that would be retried:
+        seconds until the next attempt, False to give up, None for the job's backoff. The calls
+        of one function go to the function process together."""
+        asked: dict[tuple[str, int], list[tuple[tuple[uuid.UUID, int], tuple[Any, ...], str]]] = {}
+        functions: dict[tuple[str, int], Function] = {}
+        for row in rows:
+            f = failures.get((row["id"], row["lease_token"]))
+            if f is None or not f.retryable or int(row["attempt"]) >= int(row["max_attempts"]):
+                continue
+            tags = tuple(t for t in (row["tags"] or ()) if t)
+            found = self.runner.for_jobs(Hook.RETRY, row["kind"], row["tenant"], TagSet(tags))
+            if not found:
+                continue
+            fn = found[0]
+            functions[fn.key] = fn
+            asked.setdefault(fn.key, []).append(
+                ((row["id"], row["lease_token"]), _arguments(row, tags, f), str(row["id"]))
+            )
+        out: dict[tuple[uuid.UUID, int], float | bool | None] = {}
+        for key, calls in asked.items():
+            outcomes = await self.runner.call_many(
+                functions[key], [c[1] for c in calls], check_retry, FALLBACKS[Hook.RETRY],
+                [c[2] for c in calls],
+            )  # fmt: skip
+            for (ref, _, _), outcome in zip(calls, outcomes, strict=True):
+                if outcome.failure is not None:
+                    self.errors[ref[0]] = [outcome.failure.to_json()]
+                out[ref] = outcome.value
+        return out
 
-    async def one(self, row: Mapping[str, Any], failure: Failure) -> float | bool | None:
-        """Seconds until the next attempt, False to give up, None: the job's backoff."""
-        tags = tuple(t for t in (row["tags"] or ()) if t)
-        found = self.runner.for_jobs(Hook.RETRY, row["kind"], row["tenant"], TagSet(tags))
-        if not found:
-            return None
-        fn = found[0]
-        attempt = int(row["attempt"])
-        try:
-            args = msgpack.unpackb(row["args"], raw=False, strict_map_key=False)
-        except (ValueError, msgpack.UnpackException):
-            args = None
-        job = {"id": str(row["id"]), "kind": row["kind"], "tenant": row["tenant"],
-               "tags": list(tags), "args": plain(args), "attempt": attempt,
-               "max_attempts": int(row["max_attempts"])}  # fmt: skip
-        error = {"message": failure.error, "backtrace": failure.backtrace}
-        outcome = await self.runner.retry(fn, job, error, attempt, str(row["id"]))
-        if outcome.failure is not None:
-            self.errors[row["id"]] = [outcome.failure.to_json()]
-        value: float | bool | None = outcome.value
-        return value
+
+def _arguments(row: Mapping[str, Any], tags: tuple[str, ...], failure: Failure) -> tuple[Any, ...]:
+    """What a retry function is called with: (job, error, attempt)."""
+    attempt = int(row["attempt"])
+    try:
+        args = msgpack.unpackb(row["args"], raw=False, strict_map_key=False)
+    except (ValueError, msgpack.UnpackException):
+        args = None
+    job = {"id": str(row["id"]), "kind": row["kind"], "tenant": row["tenant"],
+           "tags": list(tags), "args": plain(args), "attempt": attempt,
+           "max_attempts": int(row["max_attempts"])}  # fmt: skip
+    return job, {"message": failure.error, "backtrace": failure.backtrace}, attempt

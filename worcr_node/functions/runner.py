@@ -24,7 +24,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +56,8 @@ MAX_ANSWERS = 200_000  # remembered dispatch-time answers (then forgotten all at
 MAX_RECENT = 10_000  # answers for failures that may pass, kept for RECENT_FOR seconds
 RECENT_FOR = 1.0  # (less than the dispatcher's doubt period: a doubtful verdict asks again)
 PIPELINE = 4  # calls of one function in flight at once (1 while it is hitting its caps)
+FIRST_CHUNK = 8  # calls sent together by `call_many` at first; doubled while all goes well
+MAX_CHUNK = 128
 PASSING = frozenset({"timeout", "memory", "tripped"})  # failures not remembered
 MAX_FACTOR = 1e6
 MAX_RETRY_DELAY = 30 * 86400.0
@@ -240,6 +242,49 @@ class FunctionRunner:
         if current is None or current.key != fn.key:  # replaced while the call waited: its
             self.host.forget([fn.key])  # code may have been compiled again for this call
         return self.outcome(fn, reply, check, fallback, time.perf_counter() - started, job, lane)
+
+    async def call_many(
+        self,
+        fn: Function,
+        many: Sequence[tuple[Any, ...]],
+        check: Callable[[Any], Any],
+        fallback: Any,
+        jobs: Sequence[str | None],
+    ) -> list[Outcome]:
+        """`call` of `fn` with each args of `many`, sent to the host together: in chunks of
+        `FIRST_CHUNK` calls, doubled while the function does well, one call at a time while it
+        is suspect (so a function that hits its caps costs a few capped calls, not a batch);
+        once it is tripped, the rest fail at once. Never raises."""
+        breaker = self._breaker(fn)
+        outs: list[Outcome] = []
+        size = FIRST_CHUNK
+        async with breaker.slots:
+            while len(outs) < len(many):
+                if breaker.suspect:
+                    async with breaker.one:
+                        i = len(outs)
+                        outs.append(await self._call(fn, breaker, many[i], check, fallback,
+                                                     jobs[i], None))  # fmt: skip
+                    continue
+                now = time.monotonic()
+                if breaker.until > now:  # (tripped by a concurrent call)
+                    i = len(outs)
+                    outs.append(await self._call(fn, breaker, many[i], check, fallback,
+                                                 jobs[i], None))  # fmt: skip
+                    continue
+                part = list(many[len(outs) : len(outs) + size])
+                self.calls += len(part)
+                started = time.perf_counter()
+                replies = await self.host.call_many(fn.key, fn.language, fn.source,
+                                                    fn.hook.value, part)  # fmt: skip
+                each = (time.perf_counter() - started) / len(part)
+                for reply in replies:
+                    outs.append(self.outcome(fn, reply, check, fallback, each, jobs[len(outs)]))
+                size = min(MAX_CHUNK, size * 2)
+        current = self.functions.get(fn.name)
+        if current is None or current.key != fn.key:
+            self.host.forget([fn.key])
+        return outs
 
     def _breaker(self, fn: Function) -> _Breaker:
         found = self._breakers.get(fn.key)
@@ -427,6 +472,13 @@ class FunctionRunner:
         fallback None."""
         return await self.call(fn.name, Hook.RETRY, (job, error, attempt), check_retry,
                                FALLBACKS[Hook.RETRY], job=job_id, fn=fn)  # fmt: skip
+
+    async def on_enqueue_many(
+        self, fn: Function, jobs: Sequence[Mapping[str, Any]], job_ids: Sequence[str]
+    ) -> list[Outcome]:
+        """`on_enqueue` for the jobs of a batch, sent together (`call_many`)."""
+        return await self.call_many(fn, [(job,) for job in jobs], check_enqueue,
+                                    FALLBACKS[Hook.ON_ENQUEUE], [*job_ids])  # fmt: skip
 
     async def on_enqueue(self, fn: Function, job: Mapping[str, Any], job_id: str) -> Outcome:
         """The function's raw answer, checked by the enqueue path (functions/enqueue.py);

@@ -39,7 +39,7 @@ from worcr_node.http.life_api import add_life_routes
 from worcr_node.http.limits_api import add_limits_routes
 from worcr_node.http.render import JobPage, render_attempt, render_job
 from worcr_node.jobspec import SpecError
-from worcr_node.life.events import EventBus
+from worcr_node.life.events import EventStreams
 from worcr_node.manager import JobManager
 from worcr_node.state import JobState
 from worcr_node.store.life import LifeStore
@@ -181,7 +181,7 @@ def build_app(
     policy: PolicyStore,
     dispatcher: Dispatcher,
     life: LifeStore,
-    events: EventBus,
+    events: EventStreams,
     functions: FunctionRunner | None = None,
     body_timeout: float = 30.0,
     body_budget: int = 64 << 20,

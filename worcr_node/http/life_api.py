@@ -2,7 +2,7 @@
 
 Routes registered on the main app by `build_app` (so the bearer-token middleware and JSON errors
 of `api.py` apply). Reads come from PostgreSQL: the job row (`PgStore.job_get`) and `LifeStore`
-(log lines, settings per kind). The two Server-Sent Events streams forward what the `EventBus`
+(log lines, settings per kind). The two Server-Sent Events streams forward what the `EventStreams`
 hands this node, which is what every node of the cluster published: one job's stream opens with
 a snapshot read after subscribing, so nothing falls between the two (docs/events.md).
 
@@ -34,7 +34,7 @@ from worcr_node.http.errors import (
     text_ok,
 )
 from worcr_node.http.render import render_job, render_result
-from worcr_node.life.events import EventBus, Subscription
+from worcr_node.life.events import EventStreams, Subscription
 from worcr_node.manager import JobManager
 from worcr_node.state import FINAL
 from worcr_node.store.life import LifeStore
@@ -149,7 +149,7 @@ Recheck = Callable[[_Stream], Awaitable[bool]]
 
 
 class LifeApi:
-    def __init__(self, manager: JobManager, life: LifeStore, events: EventBus) -> None:
+    def __init__(self, manager: JobManager, life: LifeStore, events: EventStreams) -> None:
         self.m = manager
         self.life = life
         self.events = events
@@ -377,7 +377,7 @@ def _kind_row(row: Any) -> dict[str, Any]:
 
 
 def add_life_routes(
-    app: web.Application, manager: JobManager, life: LifeStore, events: EventBus
+    app: web.Application, manager: JobManager, life: LifeStore, events: EventStreams
 ) -> None:
     api = LifeApi(manager, life, events)
     app.on_shutdown.append(api.on_shutdown)

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import logging
 
+from worcr_node.bus import Bus
 from worcr_node.clock import Clock
 from worcr_node.manager import JobManager
+from worcr_node.messages import YieldAttempts
 from worcr_node.scheduler import Duty
 from worcr_node.store.life import LifeStore
-from worcr_node.store.redis_index import RedisIndex
 
 __all__ = ["LifeDuties"]
 
@@ -32,7 +33,7 @@ class LifeDuties:
         self,
         manager: JobManager,
         store: LifeStore,
-        index: RedisIndex,
+        bus: Bus,
         clock: Clock,
         *,
         yield_grace: float,
@@ -42,7 +43,7 @@ class LifeDuties:
     ) -> None:
         self.manager = manager
         self.store = store
-        self.index = index
+        self.bus = bus
         self.clock = clock
         self.yield_grace = yield_grace
         self.log_retention = log_retention
@@ -72,9 +73,7 @@ class LifeDuties:
         overdue = [(jid, token, run, grace) for jid, token, run, grace, over in asked if over]
         pending = {(jid, token) for jid, token, _, _, over in asked if not over} | set(new)
         if pending:
-            await self.index.publish(
-                self.index.yield_channel, " ".join(f"{jid}:{token}" for jid, token in pending)
-            )
+            await self.bus.publish(YieldAttempts(tuple((str(j), t) for j, t in pending)))
         if overdue:
             self.revoked += await self.manager.revoke(overdue)
 

@@ -1,8 +1,8 @@
 """The event stream: job progress, log lines and state changes, from any node to every watcher.
 
-A node that stores an update publishes it on one Redis channel (a batch of events per message);
-every node listens and hands each event to its local subscribers (HTTP streams), filtered by job,
-kind or tenant. Going through Redis even for local subscribers gives one order for everyone.
+A node that stores an update publishes it on the bus (`JobEvents`, a batch of events per
+message): its own subscribers (HTTP streams) get it at once, every other node's over Redis, each
+filtered by job, kind or tenant.
 
 Events are published only while somebody watches: a node with subscribers keeps a short-lived
 Redis key set, and every node checks it once a second, so a cluster nobody watches pays nothing
@@ -15,15 +15,16 @@ many.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Iterable
 from typing import Any
 
+from worcr_node.bus import Bus
+from worcr_node.messages import JobEvents
 from worcr_node.service import Service
 from worcr_node.store.redis_index import IndexUnavailable, RedisIndex
 
-__all__ = ["EventBus", "Subscription"]
+__all__ = ["EventStreams", "Subscription"]
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +41,13 @@ class Subscription:
 
     def __init__(
         self,
-        bus: EventBus,
+        streams: EventStreams,
         job: str | None = None,
         kinds: Iterable[str] = (),
         tenants: Iterable[str] = (),
         types: Iterable[str] = (),
     ) -> None:
-        self.bus = bus
+        self.streams = streams
         self.job = job
         self.kinds = frozenset(kinds)
         self.tenants = frozenset(tenants)
@@ -78,15 +79,16 @@ class Subscription:
             return None
 
     def close(self) -> None:
-        self.bus.unsubscribe(self)
+        self.streams.unsubscribe(self)
 
 
-class EventBus(Service):
+class EventStreams(Service):
     name = "events"
 
-    def __init__(self, index: RedisIndex) -> None:
+    def __init__(self, index: RedisIndex, bus: Bus) -> None:
         super().__init__()
-        self.index = index
+        self.index = index  # the watched key
+        self.bus = bus  # JobEvents, to this node's streams and the others'
         self.subscribers: set[Subscription] = set()
         self.watched = False  # some node streams events: publish state changes too
         self.published = 0
@@ -96,7 +98,6 @@ class EventBus(Service):
         self._wake = asyncio.Event()
 
     async def start(self) -> None:
-        self.spawn(self._listen(), "listen")
         self.spawn(self._watch(), "watch")
         self.spawn(self._publisher(), "publish")
 
@@ -132,7 +133,7 @@ class EventBus(Service):
             for i in range(0, len(pending), CHUNK):
                 batch = pending[i : i + CHUNK]
                 try:
-                    await self.index.publish(self.index.events_channel, json.dumps(batch))
+                    await self.bus.publish(JobEvents(tuple(batch)))
                     self.published += len(batch)
                 except Exception as exc:  # events are a view: the stored state stays readable
                     self.dropped += len(batch)
@@ -158,22 +159,12 @@ class EventBus(Service):
     def unsubscribe(self, sub: Subscription) -> None:
         self.subscribers.discard(sub)
 
-    async def _listen(self) -> None:
-        await self.index.listen(self.index.events_channel, self._deliver, lambda: self.stopping)
-
-    def _deliver(self, data: str) -> None:
+    def deliver(self, message: JobEvents) -> None:
+        """Events of any node (`JobEvents` on the bus) to this node's subscribers."""
         if not self.subscribers:
             return
-        try:
-            events = json.loads(data)
-        except ValueError:
-            log.warning("ignoring a malformed event message")
-            return
-        if not isinstance(events, list):
-            return
-        for event in events:
-            if not isinstance(event, dict):
-                continue
+        for item in message.events:
+            event = dict(item)
             for sub in self.subscribers:
                 if sub.wants(event):
                     sub.offer(event)

@@ -20,7 +20,7 @@ import msgpack
 
 from worcr.wire import Limits
 from worcr_node.batcher import Batcher
-from worcr_node.life.events import EventBus
+from worcr_node.life.events import EventStreams
 from worcr_node.life.model import LogLine
 from worcr_node.store.life import (
     CheckpointRow,
@@ -55,7 +55,7 @@ class JobLife:
     def __init__(
         self,
         store: LifeStore,
-        events: EventBus,
+        events: EventStreams,
         limits: Limits,
         max_log_lines: Callable[[], int] | None = None,
     ) -> None:

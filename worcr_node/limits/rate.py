@@ -19,9 +19,11 @@ from typing import Any
 
 import msgpack
 
+from worcr_node.bus import Bus
 from worcr_node.dispatch.rules import TagSet
 from worcr_node.limits.compiled import CompiledLimits
 from worcr_node.limits.model import MAX_KEY_LEN, Limit, LimitType, Scope
+from worcr_node.messages import UnitsFreed
 from worcr_node.store.pg import PgStore
 from worcr_node.store.redis_index import AcquireResult, LimitCheck, RedisIndex
 
@@ -57,12 +59,23 @@ class Grant:
 
 class RateLimiter:
     def __init__(
-        self, index: RedisIndex, store: PgStore, limits: Callable[[], CompiledLimits]
+        self,
+        index: RedisIndex,
+        store: PgStore,
+        limits: Callable[[], CompiledLimits],
+        bus: Bus,
     ) -> None:
         self.index = index
+        self.bus = bus  # UnitsFreed when units are given back
         self.store = store
         self.limits = limits
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+
+    async def _give(self, job_id: uuid.UUID, check: LimitCheck, units: int) -> AcquireResult:
+        res = await self.index.acquire(str(job_id), check, units, give=True)
+        if res.value > 0:
+            await self.bus.publish(UnitsFreed((check.state_key,)))
+        return res
 
     def freed(self, keys: Iterable[str]) -> None:
         """Units of these state keys were released (any node): wake their waiters."""
@@ -164,7 +177,7 @@ class RateLimiter:
         try:
             await self.store.hold_add(job_id, token, lim.id, key, units)
         except BaseException:
-            await self.index.acquire(str(job_id), check, units, give=True)
+            await self._give(job_id, check, units)
             raise
 
     async def release(
@@ -182,7 +195,7 @@ class RateLimiter:
         if lim.type != LimitType.CONCURRENCY:
             return 0  # rate units are spent, not held
         check = self.limits().check(lim, k)
-        res = await self.index.acquire(str(job_id), check, units, give=True)
+        res = await self._give(job_id, check, units)
         if res.status == -1:
             raise RateLimitError("STALE_TOKEN", "this attempt holds no lease")
         if res.value:

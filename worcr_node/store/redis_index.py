@@ -24,6 +24,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from worcr_node.messages import LanesReady, encode
+
 __all__ = ["AcquireResult", "ClaimResult", "IndexUnavailable", "LimitCheck", "RedisIndex"]
 
 log = logging.getLogger(__name__)
@@ -101,18 +103,11 @@ class RedisIndex:
         self.ready_key = f"{self.p}:ready"
         self.leases_key = f"{self.p}:leases"
         self.epoch_key = f"{self.p}:epoch"
-        self.ready_channel = f"{self.p}:ready-lanes"
-        self.cancel_channel = f"{self.p}:cancel"
-        self.policy_channel = f"{self.p}:policy"
         self.workers_key = f"{self.p}:workers"
         self.recovered_key = f"{self.p}:recovered"  # when Redis last lost its data (ms)
-        self.freed_channel = f"{self.p}:limits-freed"
-        self.events_channel = f"{self.p}:events"  # job progress, log lines, state changes
-        self.yield_channel = f"{self.p}:yield"  # attempts asked to yield (their run time is up)
         self.watched_key = f"{self.p}:watched"  # set while some node streams events to a client
         self.hold_prefix = f"{self.p}:h:"  # + job id: concurrency units the job holds
-        self.sender = uuid.uuid4().hex  # names this index's freed announcements
-        self.on_freed: Callable[[list[str]], None] = lambda keys: None
+        self.sender = uuid.uuid4().hex  # names the bus messages this index publishes itself
         self._push = self.redis.register_script(_script("push"))
         self._claim = self.redis.register_script(_script("claim"))
         self._claim_limited = self.redis.register_script(_script("claim_limited", limits=True))
@@ -139,7 +134,8 @@ class RedisIndex:
     ) -> None:
         """Jobs committed as ready: add them to their windows (or mark for refill), wake nodes.
 
-        The wake-up message is `lane:oldest-seq ...`, so other nodes learn each lane's head."""
+        The wake-up message (`LanesReady`, on the bus's channel, in the same pipeline) names each
+        lane's oldest new seq, so other nodes learn each lane's head."""
         if not by_lane:
             return
         try:
@@ -155,8 +151,9 @@ class RedisIndex:
                             args=argv,
                             client=pipe,
                         )
-                heads = (f"{lane}:{min(s for s, _ in items)}" for lane, items in by_lane.items())
-                pipe.publish(self.ready_channel, " ".join(heads))
+                heads = {lane: min(s for s, _ in items) for lane, items in by_lane.items()}
+                pipe.publish(self.channel(LanesReady.topic),
+                             encode(LanesReady(heads), self.sender))  # fmt: skip
                 await pipe.execute()
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise IndexUnavailable(str(exc)) from exc
@@ -217,7 +214,8 @@ class RedisIndex:
                 for lane in lanes:
                     pipe.hset(self._meta(lane), "c", "0")
                 pipe.sadd(self.ready_key, *lanes)
-                pipe.publish(self.ready_channel, " ".join(lanes))
+                pipe.publish(self.channel(LanesReady.topic),
+                             encode(LanesReady(dict.fromkeys(lanes)), self.sender))  # fmt: skip
                 await pipe.execute()
         except RedisError as exc:
             raise IndexUnavailable(str(exc)) from exc
@@ -249,27 +247,16 @@ class RedisIndex:
 
     async def lease_release(self, ids: Sequence[str]) -> list[str]:
         """Drop leases and the concurrency units their jobs hold; return the limit state keys
-        that got units back (also announced on the freed channel, for every node)."""
+        that got units back, one entry per unit (the caller announces them: `UnitsFreed`)."""
         if not ids:
             return []
-        freed = list(await self._call(self._release, [self.leases_key], [self.hold_prefix, *ids]))
-        await self._announce_freed(freed)
-        return freed
+        return list(await self._call(self._release, [self.leases_key], [self.hold_prefix, *ids]))
 
     async def lease_take_expired(self, now_ms: int, limit: int, grace_ms: int) -> list[str]:
         """Expired leases, each taken by one caller until now + grace: requeue the jobs, then
         `lease_release` them."""
         args = [now_ms, limit, now_ms + grace_ms]
         return list(await self._call(self._expire, [self.leases_key], args))
-
-    async def _announce_freed(self, freed: list[str]) -> None:
-        """Tell every node (this one at once, the others over pub/sub) which limit keys got units
-        back: one entry per unit. The message's first line names the sender, which skips its own
-        echo."""
-        if freed:
-            self.on_freed(freed)
-            message = "\n".join([self.sender, *freed])
-            await self._redis_op(self.redis.publish(self.freed_channel, message))
 
     async def lease_adopt(
         self,
@@ -304,10 +291,7 @@ class RedisIndex:
                            check.limit, check.period_ms, check.burst, units]  # fmt: skip
         keys = [self.leases_key, self.epoch_key, self.recovered_key]
         res = await self._call(self._acquire, keys, argv)
-        result = AcquireResult(int(res[0]), int(res[1]), int(res[2]))
-        if give and result.value > 0:
-            await self._announce_freed([check.state_key])
-        return result
+        return AcquireResult(int(res[0]), int(res[1]), int(res[2]))
 
     async def limit_usage(
         self, checks: Sequence[LimitCheck], now_ms: str = ""
@@ -362,20 +346,28 @@ class RedisIndex:
         current = await self.epoch()
         return current or value
 
-    async def listen(
-        self, channel: str, handle: Callable[[str], None], stopping: Callable[[], bool]
+    def channel(self, topic: str) -> str:
+        """The pub/sub channel of a bus topic (worcr_node/messages.py)."""
+        return f"{self.p}:{topic}"
+
+    async def listen_many(
+        self,
+        channels: list[str],
+        handle: Callable[[str, str], None],
+        stopping: Callable[[], bool],
     ) -> None:
-        """Call `handle` with each message on `channel` until `stopping()`; resubscribe after a
-        Redis failure (restart, failover), so a listener never dies with the connection."""
+        """Call `handle(channel, message)` with each message on `channels` (one connection)
+        until `stopping()`; resubscribe after a Redis failure (restart, failover), so a listener
+        never dies with the connection."""
         while not stopping():
             pubsub = self.redis.pubsub()
             try:
-                await pubsub.subscribe(channel)
+                await pubsub.subscribe(*channels)
                 async for msg in pubsub.listen():
                     if msg.get("type") == "message":
-                        handle(str(msg["data"]))
+                        handle(str(msg["channel"]), str(msg["data"]))
             except Exception as exc:  # Redis down or restarted
-                log.debug("listener on %s: %s", channel, exc)
+                log.debug("listener on %s: %s", channels, exc)
                 await asyncio.sleep(0.5)
             finally:
                 try:
@@ -402,9 +394,6 @@ class RedisIndex:
         v = await self._redis_op(self.redis.hget(self.workers_key, worker_id))
         return None if v is None else str(v)
 
-    async def publish_policy(self) -> None:
-        await self._redis_op(self.redis.publish(self.policy_channel, "changed"))
-
     async def publish(self, channel: str, message: str) -> None:
         await self._redis_op(self.redis.publish(channel, message))
 
@@ -413,12 +402,6 @@ class RedisIndex:
 
     async def watched(self) -> bool:
         return bool(await self._redis_op(self.redis.exists(self.watched_key)))
-
-    async def publish_cancel(self, refs: Sequence[str], reason: str = "cancelled") -> None:
-        """ "job-id:token" attempts to stop, and why (a word), to every node."""
-        if refs:
-            message = " ".join([f"!{reason}", *refs])
-            await self._redis_op(self.redis.publish(self.cancel_channel, message))
 
     async def _redis_op(self, coro: Any) -> Any:
         try:

@@ -147,3 +147,24 @@ async def test_closing_answers_every_call_in_flight(host: ProcessHost) -> None:
     for call in (runaway, queued):
         reply = await asyncio.wait_for(call, 5)
         assert isinstance(reply.error, CallError)
+
+
+async def test_many_calls_in_one_request_are_timed_one_by_one(host: ProcessHost) -> None:
+    """A batch (one request, one answer per call): a call that runs too long in the middle
+    fails alone, and every other call is answered (the watchdog times each call, not the batch).
+    The process writes a batch's answers a few at a time, so the host cannot tell which call
+    ran when it killed the process: the calls not answered go to the next process one at a
+    time, and the runaway is killed a second time, alone."""
+    source = "function weight(job) if job.loop then while true do end end return job.n end"
+    batch = [({"n": 1},), ({"n": 2},), ({"loop": True},), ({"n": 4},), ({"n": 5},)]
+    replies = await host.call_many(("b", 1), "lua", source, "weight", batch)
+    assert [r.value for r in replies] == [1, 2, None, 4, 5]
+    assert isinstance(replies[2].error, CallError)
+    assert replies[2].error.kind == "timeout"
+    assert all(r.error is None for i, r in enumerate(replies) if i != 2)
+    assert host.kills in (1, 2)  # 2 unless the answers before it were out already
+    fine = await host.call_many(("c", 1), "lua", COUNTER, "weight", [({},)] * 50)
+    assert [r.value for r in fine] == list(range(1, 51))
+    inline = InlineHost(Limits(time=5.0, memory=16 << 20))
+    assert [r.value for r in await inline.call_many(("c", 1), "lua", COUNTER, "weight",
+                                                     [({},)] * 3)] == [1, 2, 3]  # fmt: skip
