@@ -509,7 +509,9 @@ def snapshot_code(args: argparse.Namespace) -> tuple[dict[str, Any], Path | None
     archive = subprocess.run(["git", "archive", rev], cwd=ROOT, check=True, capture_output=True)
     subprocess.run(["tar", "-x", "-C", str(snap)], input=archive.stdout, check=True)
     bench.throughput.ROOT = snap  # Bench.start_node/start_workers: cwd and PYTHONPATH
-    sys.path.insert(0, str(snap))  # the driver's SDK (worcr.Client) too
+    sys.path.insert(0, str(snap))  # the driver's SDK (worcr.Client) and worcr_node too:
+    for name in [m for m in sys.modules if m.partition(".")[0] in ("worcr", "worcr_node")]:
+        del sys.modules[name]  # imported from the checkout already (the embedded servers)
     say(f"node and workers run commit {rev[:10]} from {snap}")
     return {"code": rev}, snap
 

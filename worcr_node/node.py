@@ -19,14 +19,21 @@ from worcr_node.clock import Clock, SystemClock
 from worcr_node.config import Config
 from worcr_node.dispatch.dispatcher import Dispatcher
 from worcr_node.dispatch.policy import Policy, PolicyStore, PolicyWatcher
-from worcr_node.duties import Duties
+from worcr_node.duties.expiry import ExpireJobs
+from worcr_node.duties.lane_split import SplitLanes
+from worcr_node.duties.leases import ExpireLeases
+from worcr_node.duties.log_retention import LogRetention
+from worcr_node.duties.promote import PromoteDue
+from worcr_node.duties.rebuild import RedisRebuild
+from worcr_node.duties.run_time import RunTime
+from worcr_node.duties.shedding import DiscardShed
+from worcr_node.duties.usage import PruneUsage
 from worcr_node.functions.errors import FunctionErrorLog
 from worcr_node.functions.host import ProcessHost
 from worcr_node.functions.runner import FunctionRunner
 from worcr_node.functions.sandbox import Limits as SandboxLimits
 from worcr_node.http.api import build_app
 from worcr_node.http.edge import ServerLog
-from worcr_node.life.duties import LifeDuties
 from worcr_node.life.events import EventStreams
 from worcr_node.life.writer import JobLife
 from worcr_node.limits.rate import RateLimiter
@@ -84,9 +91,10 @@ class Node:
             self.functions,
         )
         self.policy_store = PolicyStore(self.store, self.bus)
-        self.duties = Duties(
-            self.manager, self.store, self.index, self.dispatcher, self.clock, self.bus,
-            **{f"{k}_every": v for k, v in (duty_periods or {}).items()},
+        every = duty_periods or {}  # seconds between runs, by duty name (tests)
+        self.rebuild = RedisRebuild(
+            self.store, self.index, self.dispatcher, self.clock, self.bus,
+            **{f"{k}_every": every[k] for k in ("reconcile", "epoch") if k in every},
         )  # fmt: skip
         self.policy = PolicyWatcher(self.policy_store, self._policy_changed)
         self.hub = Hub(
@@ -105,10 +113,12 @@ class Node:
         self.life_store = LifeStore(self.store)
         self.life = JobLife(self.life_store, self.events, config.limits)
         self.hub.life = self.life
-        self.life_duties = LifeDuties(
-            self.manager, self.life_store, self.bus, self.clock,
-            yield_grace=config.yield_grace, log_retention=config.log_retention,
-        )  # fmt: skip
+        self.run_time = RunTime(
+            self.manager, self.life_store, self.bus, config.yield_grace, every.get("run-time", 1.0)
+        )
+        self.log_retention = LogRetention(
+            self.life_store, self.clock, config.log_retention, every.get("retention", 60.0)
+        )
         self.rate = RateLimiter(self.index, self.store, lambda: self.dispatcher.limits, self.bus)
         self.hub.rate = self.rate
         self._hear()
@@ -117,10 +127,22 @@ class Node:
         self._runner: web.AppRunner | None = None
         self.crashed = asyncio.Event()
         self.drain_timeout = 15.0  # seconds a stop waits for claims under way to reach workers
-        self.scheduler = DutyScheduler([*self.duties.duties(), *self.life_duties.duties()])
+        self.prune_usage = PruneUsage(self.index, self.dispatcher, every.get("usage", 60.0))
+        self.scheduler = DutyScheduler([
+            PromoteDue(self.manager, every.get("promote", 0.2)).duty(),
+            ExpireLeases(self.index, self.manager, self.clock, every.get("leases", 0.2)).duty(),
+            ExpireJobs(self.manager, every.get("expire", 1.0)).duty(),
+            SplitLanes(self.store, self.index, self.dispatcher, every.get("split", 0.5)).duty(),
+            DiscardShed(self.manager, self.index, self.dispatcher,
+                        every.get("discard", 1.0)).duty(),
+            self.prune_usage.duty(),
+            *self.rebuild.duties(),
+            self.run_time.duty(),
+            self.log_retention.duty(),
+        ])  # fmt: skip
         self._services: list[Service] = [
             self.bus, self.policy, self.events, self.function_errors, self.dispatcher,
-            self.duties, self.scheduler, self.tcp,
+            self.rebuild, self.scheduler, self.tcp,
         ]  # fmt: skip
         for s in self._services:
             s.on_crash = self._on_crash
@@ -138,8 +160,8 @@ class Node:
 
     def _policy_changed(self, policy: Policy) -> None:
         self.dispatcher.set_policy(policy)
-        if self.duties.started:
-            self.duties.policy_changed()
+        if self.rebuild.started:
+            self.rebuild.policy_changed()
 
     def _on_crash(self, name: str, exc: BaseException) -> None:
         log.error("service task %s died: stopping the node", name, extra={"action": "crash"})

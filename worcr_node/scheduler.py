@@ -2,7 +2,7 @@
 
 A `Duty` is a name, a period and a coroutine function (promote due jobs, expire leases,
 reconcile Redis with PostgreSQL, ask long attempts to yield, delete old log lines, ...); the
-modules that own the work describe their duties (`Duties.duties()`, `LifeDuties.duties()`) and
+modules of `worcr_node/duties/` describe their duties (one per module: `duty()`) and
 the `DutyScheduler` runs each on its own period. One error policy for all: storage unavailable
 (PostgreSQL or Redis down) skips that run with a warning; any other exception is logged with its
 traceback, counted, and the duty backs off (its period doubled per failure in a row, at most

@@ -63,7 +63,7 @@ async def test_the_recount_keeps_the_enqueue_time_key(node: Node) -> None:
         await wait_until(running)
         holds = node.index.hold_prefix + str(r.id)
         before = await node.index.redis.hgetall(holds)
-        await node.duties.reconcile(full=True)
+        await node.rebuild.reconcile(full=True)
         after = await node.index.redis.hgetall(holds)
     assert before == after
     assert len(after) == 1

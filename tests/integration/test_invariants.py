@@ -183,7 +183,7 @@ async def test_flushall_mid_run_loses_nothing_and_runs_nothing_twice_at_once(
         return sum(sum(w.done.values()) for w in workers) >= len(ids) + len(more)
 
     await wait_until(all_done, timeout=60)
-    assert node.duties.rebuilds >= 1
+    assert node.rebuild.rebuilds >= 1
     done: Counter[str] = Counter()
     for w in workers:
         done.update(w.done)
@@ -333,7 +333,7 @@ async def test_redis_killed_and_restarted_mid_run_loses_nothing(
             return sum(worker.done.values()) >= len(ids) + len(more)
 
         await wait_until(all_done, timeout=60)
-        assert node.duties.rebuilds >= 1
+        assert node.rebuild.rebuilds >= 1
         assert worker.overlaps == []
         assert max(worker.done.values()) == 1
         assert set(worker.done) == set(ids + more)

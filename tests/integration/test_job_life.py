@@ -284,8 +284,8 @@ async def test_log_retention_deletes_old_lines(node_factory: NodeFactory) -> Non
     c, job = await _running(node, {"kind": "digest"})
     now = node.clock.now()
     await c.call("log", _ref(job, lines=[[now - 1800, "info", "old"], [now, "info", "new"]]))
-    node.life_duties.log_retention = 900  # as if configured to 15 minutes
-    await node.life_duties.retention()
+    node.log_retention.log_retention = 900  # as if configured to 15 minutes
+    await node.log_retention.run()
     rows = await node.life_store.logs_of_job(uuid.UUID(job["id"]), 0, None, 10)
     assert [r["message"] for r in rows] == ["new"]
     await c.close()

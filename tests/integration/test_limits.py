@@ -145,7 +145,7 @@ async def lose_redis_data(node: Node, redis: RedisServer) -> None:
 
     async def rebuilt() -> bool:
         try:  # a pooled connection from before the restart fails once
-            return node.duties.rebuilds >= 1 and await node.index.epoch() is not None
+            return node.rebuild.rebuilds >= 1 and await node.index.epoch() is not None
         except IndexUnavailable:
             return False
 
@@ -312,7 +312,7 @@ async def test_a_new_concurrency_limit_admits_nothing_until_running_jobs_are_cou
     while len(got) < 5:
         got += (await c.next_notification("jobs"))["jobs"]
     recounts: list[None] = []
-    node.duties.policy_changed = lambda: recounts.append(None)  # the recount is slow today
+    node.rebuild.policy_changed = lambda: recounts.append(None)  # the recount is slow today
     await add_limit([node], {"name": "two", "type": "concurrency", "limit": 2,
                              "match": {"kinds": ["long"]}})  # fmt: skip
     assert recounts  # it was asked for
@@ -321,7 +321,7 @@ async def test_a_new_concurrency_limit_admits_nothing_until_running_jobs_are_cou
     while not any(j["kind"] == "free" for j in got):  # dispatch went on for other lanes...
         got += (await c.next_notification("jobs"))["jobs"]
     assert sum(1 for j in got if j["kind"] == "long") == 5  # ... but not past an uncounted limit
-    await node.duties.reconcile(full=True)  # the recount: 5 running, over the limit of 2
+    await node.rebuild.reconcile(full=True)  # the recount: 5 running, over the limit of 2
     await c.call("ack", {"jobs": [{"id": j["id"], "token": j["token"]} for j in got[:4]]})
     while sum(1 for j in got if j["kind"] == "long") < 6:  # 1 left running: one more may go
         got += (await c.next_notification("jobs"))["jobs"]
@@ -503,6 +503,6 @@ async def test_the_usage_index_is_pruned_without_anyone_reading_it(node: Node) -
         _, index_key = node.index.limit_keys(lim.id, lim.shape)
         indexes[lim.name] = index_key
         await node.index.redis.zadd(index_key, {"old": now_ms - 7_200_000, "new": now_ms})
-    await node.duties.prune_usage()
+    await node.prune_usage.run()
     for index_key in indexes.values():
         assert [k for k, _ in await node.index.limit_index(index_key, 10)] == ["new"]

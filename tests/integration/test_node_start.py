@@ -30,8 +30,8 @@ async def test_nodes_starting_together_report_no_data_loss(
     caplog.set_level(logging.WARNING, logger="worcr_node")
     database_url = await create_database(pg_server.dsn)  # empty (migrated), like the prefix
     nodes = await asyncio.gather(*(node_factory(database_url=database_url) for _ in range(3)))
-    assert [n.duties.rebuilds for n in nodes] == [0, 0, 0]
-    assert {n.duties.epoch for n in nodes} == {await nodes[0].index.epoch()}
+    assert [n.rebuild.rebuilds for n in nodes] == [0, 0, 0]
+    assert {n.rebuild.epoch for n in nodes} == {await nodes[0].index.epoch()}
     assert not lost_logs(caplog)
 
 
@@ -79,8 +79,8 @@ async def test_the_epoch_set_between_a_starting_nodes_two_reads_is_adopted(
         await asyncio.wait_for(b_between_reads.wait(), 30)
         await asyncio.wait_for(a.start(), 30)
         await asyncio.wait_for(b_start, 30)
-        assert b.duties.rebuilds == 0
-        assert b.duties.epoch == a.duties.epoch == await a.index.epoch()
+        assert b.rebuild.rebuilds == 0
+        assert b.rebuild.epoch == a.rebuild.epoch == await a.index.epoch()
         assert not lost_logs(caplog)
     finally:
         await b.stop()

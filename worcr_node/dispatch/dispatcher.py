@@ -61,7 +61,7 @@ IDLE_LANES = 20_000  # lanes with no ready work remembered (~1.2 KiB each); then
 FORGET_EVERY = 10  # seconds between checks of that bound
 DOUBT_EVERY = 2  # seconds between second looks at verdicts built on a passing failure
 MISFILED = "\x00misfiled:"  # + lane, park key: the lane is not split by an args path a limit
-# keys on (its jobs were enqueued before the limit): the duties split it (Duties.split_lanes)
+# keys on (its jobs were enqueued before the limit): the duties split it (duties/lane_split.py)
 REBUILDING = "\x00rebuilding"  # park key: Redis lost its data, limits wait for the rebuild
 BUCKET_BATCH_MS = 100  # a dry token bucket's lanes come back when this much rate has refilled it
 ClassKey = tuple[frozenset[str], frozenset[str]]  # (kinds, tags); empty kinds: any kind

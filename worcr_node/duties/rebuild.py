@@ -1,12 +1,14 @@
-"""Periodic duties: promote due jobs, expire leases and jobs, reconcile Redis with PostgreSQL.
+"""Duties `reconcile` and `epoch`: Redis is an index that can be rebuilt from PostgreSQL.
 
-Every node runs them; each is safe to run concurrently on several nodes (PostgreSQL row locks with
-SKIP LOCKED, leases taken atomically by a Lua script). The reconciler is what makes Redis a
-rebuildable index: it re-marks lanes that have ready jobs in PostgreSQL, re-creates leases of
-running jobs that have none, and makes running jobs hold the concurrency units their limits say
-(after a Redis loss, or a limit created while they ran). The epoch watchdog notices that Redis lost
-its data (restart, FLUSHALL, failover: the epoch is gone while PostgreSQL remembers one) and
-rebuilds at once; limits then restart conservatively (limits.lua).
+The reconciler makes Redis agree with PostgreSQL: it re-marks lanes that have ready jobs,
+re-creates the leases of running jobs that have none, and makes running jobs hold the
+concurrency units their limits say (after a Redis loss, or a limit created while they ran: a
+full pass, `reconcile(full=True)`, also recounts). The epoch watchdog notices that Redis lost its
+data (restart, FLUSHALL, failover: the epoch is gone while PostgreSQL remembers one) and rebuilds
+at once; limits then restart conservatively (limits.lua). Every node runs both; each step is safe
+on several nodes at once (leases are adopted atomically by a Lua script). `start` learns the
+epoch (rebuilding if needed) before the node takes work; `policy_changed` recounts the running
+jobs against new concurrency limits, until it succeeds.
 """
 
 from __future__ import annotations
@@ -15,74 +17,51 @@ import asyncio
 import json
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import Any
 
 import msgpack
 
 from worcr_node.bus import Bus
 from worcr_node.clock import Clock
-from worcr_node.dispatch.dispatcher import MISFILED, Dispatcher
+from worcr_node.dispatch.dispatcher import Dispatcher
 from worcr_node.dispatch.rules import TagSet
-from worcr_node.jobspec import Partition
-from worcr_node.limits.compiled import CompiledLimits
 from worcr_node.limits.model import LimitType
-from worcr_node.limits.usage import prune_usage_index
-from worcr_node.manager import JobManager
 from worcr_node.messages import UnitsFreed
 from worcr_node.scheduler import Duty
 from worcr_node.service import Service
 from worcr_node.store.pg import PgStore, StorageUnavailable
 from worcr_node.store.redis_index import IndexUnavailable, LimitCheck, RedisIndex
 
-__all__ = ["Duties"]
+__all__ = ["EPOCH", "RedisRebuild"]
 
 log = logging.getLogger(__name__)
 
 EPOCH = "redis_epoch"  # worcr_cluster key: the Redis epoch last seen
-LEASE_GRACE_MS = 30_000  # an expired lease taken for requeueing comes back after this
 
 
-class Duties(Service):
-    name = "duties"
+class RedisRebuild(Service):
+    name = "redis-rebuild"
 
     def __init__(
         self,
-        manager: JobManager,
         store: PgStore,
         index: RedisIndex,
         dispatcher: Dispatcher,
         clock: Clock,
         bus: Bus,
         *,
-        promote_every: float = 0.2,
-        leases_every: float = 0.2,
-        expire_every: float = 1.0,
-        split_every: float = 0.5,
-        discard_every: float = 1.0,
-        usage_every: float = 60.0,
         reconcile_every: float = 5.0,
         epoch_every: float = 0.5,
     ) -> None:
         super().__init__()
-        self.manager = manager
         self.store = store
         self.index = index
         self.dispatcher = dispatcher
         self.clock = clock
         self.bus = bus
+        self.reconcile_every = reconcile_every
+        self.epoch_every = epoch_every
         self.epoch: str | None = None
         self.rebuilds = 0
-        self._every = {
-            "promote": promote_every,
-            "leases": leases_every,
-            "expire": expire_every,
-            "split": split_every,
-            "discard": discard_every,
-            "usage": usage_every,
-            "reconcile": reconcile_every,
-            "epoch": epoch_every,
-        }
         self._lock = asyncio.Lock()
         self._recount: asyncio.Task[None] | None = None
         self.started = False
@@ -94,35 +73,10 @@ class Duties(Service):
         self.started = True
 
     def duties(self) -> list[Duty]:
-        work: dict[str, Callable[[], Awaitable[object]]] = {
-            "promote": self.promote,
-            "leases": self.expire_leases,
-            "expire": self.manager.expire_due,
-            "split": self.split_lanes,
-            "discard": self.discard,
-            "usage": self.prune_usage,
-            "reconcile": self.reconcile,
-            "epoch": self.check_epoch,
-        }
-        return [Duty(name, self._every[name], run) for name, run in work.items()]
-
-    async def promote(self) -> None:
-        while await self.manager.promote_due(1000) == 1000:
-            pass
-
-    async def expire_leases(self) -> int:
-        total = 0
-        while not self.stopping:
-            now_ms = int(self.clock.now() * 1000)
-            ids = await self.index.lease_take_expired(now_ms, 500, LEASE_GRACE_MS)
-            if not ids:
-                return total
-            # If PostgreSQL is down here, the leases stay taken until the grace time, then
-            # expire again (for this node or another).
-            total += await self.manager.requeue_lost(ids)
-            if len(ids) < 500:
-                return total
-        return total
+        return [
+            Duty("reconcile", self.reconcile_every, self.reconcile),
+            Duty("epoch", self.epoch_every, self.check_epoch),
+        ]
 
     async def check_epoch(self) -> None:
         """Notice that Redis lost its data (restart, FLUSHALL, failover) and rebuild from
@@ -160,57 +114,6 @@ class Duties(Service):
         self.epoch = await self.index.epoch_init(fresh)
         if self.epoch == fresh:
             await self.store.cluster_set(EPOCH, fresh)
-
-    async def split_lanes(self) -> int:
-        """Lanes the dispatcher found misfiled (their jobs were enqueued before a job limit that
-        keys on an args path): move their waiting jobs to lanes split by those values, so each
-        value gets its own lane and one saturated key never blocks another. Returns jobs moved.
-        Several nodes may split one lane at once: rows are taken with SKIP LOCKED."""
-        moved = 0
-        for lane in list(self.dispatcher.misfiled):
-            info = self.dispatcher.lane_info(lane)
-            if info is None:
-                self.dispatcher.misfiled.discard(lane)
-                continue
-            tags = tuple(sorted(info.tags.tags))
-            paths = self.dispatcher.limits.paths(info.kind, info.tenant, tags)
-            have = info.partition or {}
-            if paths and not all(p in have for p in paths):
-                ready = await self.store.lane_split(
-                    lane, info.kind, info.tenant, tags, info.weight,
-                    _partitioner(self.dispatcher.limits, paths, info.kind, info.tenant, tags),
-                )  # fmt: skip
-                await self.index.lane_reset(lane)
-                if ready:
-                    await self.index.mark_ready(list(ready))
-                    self.dispatcher.lanes_ready(dict.fromkeys(ready))
-                moved += sum(ready.values())
-                log.info("split lane %s by %s: %d ready job(s) moved", lane, list(paths),
-                         sum(ready.values()), extra={"action": "split"})  # fmt: skip
-            self.dispatcher.misfiled.discard(lane)
-            self.dispatcher.unpark(MISFILED + lane, None)
-        return moved
-
-    async def discard(self) -> int:
-        """Load shedding: cancel the queued jobs of ready lanes a discard rule takes (new jobs
-        of such lanes are refused at enqueue). Returns jobs cancelled."""
-        lanes = self.dispatcher.lanes_to_discard()
-        if not lanes:
-            return 0
-        n = await self.manager.discard_lanes(lanes)
-        for lane in lanes:
-            await self.index.lane_reset(lane)
-            self.dispatcher.forget_lane(lane)
-        if n:
-            log.info("load shedding: %d queued job(s) of %d lane(s) discarded", n, len(lanes),
-                     extra={"action": "discard"})  # fmt: skip
-        return n
-
-    async def prune_usage(self) -> None:
-        """Keep each limit's usage index bounded by the keys used lately."""
-        compiled = self.dispatcher.limits
-        for limit in compiled.limits:
-            await prune_usage_index(self.index, compiled, limit)
 
     def policy_changed(self) -> None:
         """Limits may have changed: count the running jobs against them again, soon."""
@@ -311,15 +214,3 @@ class Duties(Service):
         for c in self.dispatcher.consumers:
             out[c.worker_id] = TagSet(c.tags)
         return out
-
-
-def _partitioner(
-    limits: CompiledLimits, paths: tuple[str, ...], kind: str, tenant: str, tags: tuple[str, ...]
-) -> Callable[[Any, str], Awaitable[Partition]]:
-    """What splits one waiting job's lane, from its args and id (lane split duty)."""
-    job = {"kind": kind, "tenant": tenant, "tags": list(tags)}
-
-    async def partition(args: Any, job_id: str) -> Partition:
-        return await limits.partition(paths, job, args, job_id)
-
-    return partition
