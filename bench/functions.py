@@ -271,7 +271,11 @@ def call_cases() -> tuple[dict[str, Callable[[], Any]], dict[str, Any]]:
                        f"{s}.on_enqueue.apply": expiry})  # fmt: skip
         if not old_api:  # what a node pays: 100 calls through its function process, at once
             from worcr_node.functions.host import ProcessHost
-            from worcr_node.functions.sandbox import Limits as Caps
+
+            try:
+                from worcr_node.functions.sandbox import Caps
+            except ImportError:  # named Limits until 9ee0c41
+                from worcr_node.functions.sandbox import Limits as Caps  # type: ignore
 
             async def make(fn: Function = fn) -> Any:
                 r = FunctionRunner(Caps(), None, ProcessHost(Caps()))

@@ -6,7 +6,7 @@ report: `"{Type}: {message}"` plus the traceback, both cut to the protocol limit
 unless the exception is `worcr.Permanent` or says `retryable = False`.
 
 `JobContext` is built for every job on the worker's hot path, so it is a slotted object whose
-logger and reporting channel (`worcr.reports`: checkpoints, progress, log lines) are made only
+logger and reporting channel (`worcr.job_life`: checkpoints, progress, log lines) are made only
 when first used.
 """
 
@@ -20,8 +20,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from worcr.job_life import JobReports
 from worcr.limits import Grant, NodeLink, acquire
-from worcr.reports import JobReports
 from worcr.wire import Limits
 
 __all__ = [

@@ -38,7 +38,7 @@ from worcr.context import (
 from worcr.errors import Yield
 from worcr.limits import NodeLink
 from worcr.registry import Handler, Registry
-from worcr.report import Reporter
+from worcr.results import Reporter
 from worcr.spec import check_json_form
 from worcr.wire import Limits
 

@@ -35,7 +35,7 @@ from worcr.errors import ConnectionClosed, RemoteError
 from worcr.executor import JobExecutor
 from worcr.limits import NodeLink
 from worcr.registry import Registry
-from worcr.report import Reporter
+from worcr.results import Reporter
 from worcr.session import SessionLoop
 from worcr.wire import PROTOCOL_VERSION, ErrorCode, Limits
 

@@ -4,7 +4,9 @@ them.
 `publish(message)` hands the message to this node's handlers at once, then publishes it (one
 envelope, `messages.encode`) for the other nodes. The bus listens, on one Redis connection, to
 the topics its handlers want; a message from this node itself (its echo) is dropped there, in
-this one place, so every handler hears each message exactly once. A message that cannot be read
+this one place, so every handler hears each message exactly once. One type is the exception:
+`JobEvents` (`via_redis`) reach this node's handlers through Redis too, like everyone's, so all
+watchers see one order of events. A message that cannot be read
 is logged and dropped; a handler that raises is logged and the others still run. Messages are
 hints that save time: a node that misses one (Redis restarting, a full output buffer) learns the
 same from its periodic reads (ready lanes, policy version, leases), so nothing is lost with
@@ -71,7 +73,7 @@ class Bus(Service):
         """To this node's handlers now (unless `here` is False: they were given it already,
         with `deliver`), then to the other nodes (IndexUnavailable if Redis is down: the local
         handlers have heard it anyway)."""
-        if here:
+        if here and not message.via_redis:
             self.deliver(message)
         await self.transport.publish(self.transport.channel(message.topic),
                                      encode(message, self.sender))  # fmt: skip
@@ -91,7 +93,7 @@ class Bus(Service):
             self.dropped += 1
             log.warning("bus: dropped a message on %s: %s", channel, exc)
             return
-        if envelope.sender == self.sender:
+        if envelope.sender == self.sender and not envelope.message.via_redis:
             return  # its echo: this node's handlers heard it when it was published
         self.received += 1
         self.deliver(envelope.message)

@@ -27,8 +27,8 @@ from worcr_node.limits.model import partition_for
 from worcr_node.state import JobState
 
 __all__ = [
-    "Backoff",
     "NewJob",
+    "RetryBackoff",
     "SpecError",
     "check_value",
     "lane_of",
@@ -60,8 +60,10 @@ class SpecError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
-class Backoff:
-    """Delay before retry n (1-based): min(max, base * factor**(n-1)), minus up to jitter*delay."""
+class RetryBackoff:
+    """A job's delay before its next attempt after failed attempt n (1-based):
+    min(max, base * factor**(n-1)), minus up to jitter*delay. (The SDK's `worcr.Backoff` is the
+    producers' and workers' reconnect delay, 0-based.)"""
 
     base: float = 2.0
     factor: float = 2.0
@@ -90,7 +92,7 @@ class NewJob:
     run_at: float | None
     expires_at: float | None
     max_attempts: int
-    backoff: Backoff | None
+    backoff: RetryBackoff | None
     unique_key: str | None
     reserve_for: float
     lane: str
@@ -207,7 +209,7 @@ def check_value(value: Any, field: str, max_depth: int) -> None:
         raise SpecError(f"{field}: {problem.message}")
 
 
-def _backoff(value: Any) -> Backoff | None:
+def _backoff(value: Any) -> RetryBackoff | None:
     if value is None:
         return None
     if not isinstance(value, Mapping):
@@ -215,13 +217,13 @@ def _backoff(value: Any) -> Backoff | None:
     unknown = set(value) - {"base", "factor", "max", "jitter"}
     if unknown:
         raise SpecError(f"backoff: unknown field(s) {quoted(unknown)}")
-    d = Backoff()
+    d = RetryBackoff()
 
     def pick(field: str, low: float, high: float, default: float) -> float:
         number = number_field(value, field, low, high)
         return default if number is None else number
 
-    return Backoff(
+    return RetryBackoff(
         base=pick("base", 0.0, 86400.0, d.base),
         factor=pick("factor", 1.0, 10.0, d.factor),
         max=pick("max", 0.0, 30 * 86400.0, d.max),

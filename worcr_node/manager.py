@@ -28,7 +28,7 @@ from worcr_node.jobspec import NewJob, Partition, PartitionPaths, SpecError, lan
 from worcr_node.limits.model import partition_for
 from worcr_node.messages import LanesReady, StopAttempts, UnitsFreed
 from worcr_node.outcome import (
-    Failure,
+    FailReport,
     decide_failure,
     decide_lost_lease,
     decide_revoked,
@@ -107,7 +107,7 @@ class JobManager:
         self._ack = Batcher[tuple[uuid.UUID, int, bytes | None], bool](
             "ack", self._flush_ack, concurrency=2
         )
-        self._fail = Batcher[Failure, bool]("fail", self._flush_fail)
+        self._fail = Batcher[FailReport, bool]("fail", self._flush_fail)
         self._yield = Batcher[tuple[uuid.UUID, int], bool]("yield", self._flush_yield)
         self._claim = Batcher[tuple[uuid.UUID, str, str, int | None], ClaimedJob | None](
             "claim", self._flush_claim, concurrency=2
@@ -302,11 +302,11 @@ class JobManager:
         self.on_states((str(i), JobState.COMPLETED, *done[i]) for i in done)
         return [i[0] in done for i in items]
 
-    async def fail(self, items: Sequence[Failure]) -> list[bool]:
+    async def fail(self, items: Sequence[FailReport]) -> list[bool]:
         ok = await self._fail.submit(items)
         return await self._already([(f.id, f.token) for f in items], ok, "failed")
 
-    async def _flush_fail(self, items: list[Failure]) -> list[bool]:
+    async def _flush_fail(self, items: list[FailReport]) -> list[bool]:
         by_key = {(f.id, f.token): f for f in items}
         now = self.clock.now()
         chosen: dict[tuple[uuid.UUID, int], float | bool | None] = {}

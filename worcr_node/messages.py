@@ -2,7 +2,7 @@
 
 Every cluster message is one of the frozen types below; on the wire each is a JSON object
 `{"v": 1, "from": <sender>, "t": <topic>, "b": <body>}` published on the Redis channel
-`{prefix}:<topic>` (so a node subscribes to what it needs, and a message too new or malformed is
+`{prefix}:bus:<topic>` (so a node subscribes to what it needs, and a message too new or malformed is
 dropped with a warning, never half-read). `encode`/`decode` are the only code that knows the
 formats; they are pure, so the store can publish a message inside a pipeline (ready lanes,
 atomically with the push) without knowing the bus.
@@ -52,6 +52,7 @@ class BadMessage(ValueError):
 @dataclass(frozen=True, slots=True)
 class LanesReady:
     topic: ClassVar[str] = "ready-lanes"
+    via_redis: ClassVar[bool] = False
     heads: Mapping[str, int | None]  # lane -> the seq of its oldest new job (None: unknown)
 
     def body(self) -> Any:
@@ -84,6 +85,7 @@ def _attempts(body: Any, topic: str) -> tuple[tuple[Attempt, ...], str]:
 @dataclass(frozen=True, slots=True)
 class StopAttempts:
     topic: ClassVar[str] = "cancel"
+    via_redis: ClassVar[bool] = False
     attempts: tuple[Attempt, ...]
     reason: str = "cancelled"
 
@@ -98,6 +100,7 @@ class StopAttempts:
 @dataclass(frozen=True, slots=True)
 class YieldAttempts:
     topic: ClassVar[str] = "yield"
+    via_redis: ClassVar[bool] = False
     attempts: tuple[Attempt, ...]
     reason: str = "max_run_time"
 
@@ -112,6 +115,7 @@ class YieldAttempts:
 @dataclass(frozen=True, slots=True)
 class UnitsFreed:
     topic: ClassVar[str] = "limits-freed"
+    via_redis: ClassVar[bool] = False
     keys: tuple[str, ...]
 
     def body(self) -> Any:
@@ -127,6 +131,7 @@ class UnitsFreed:
 @dataclass(frozen=True, slots=True)
 class PolicyChanged:
     topic: ClassVar[str] = "policy"
+    via_redis: ClassVar[bool] = False
 
     def body(self) -> Any:
         return None
@@ -139,6 +144,8 @@ class PolicyChanged:
 @dataclass(frozen=True, slots=True)
 class JobEvents:
     topic: ClassVar[str] = "events"
+    # every node, the publisher included, hears these through Redis: one order for all watchers
+    via_redis: ClassVar[bool] = True
     events: tuple[Mapping[str, Any], ...]
 
     def body(self) -> Any:

@@ -31,7 +31,7 @@ from worcr_node.duties.usage import PruneUsage
 from worcr_node.functions.errors import FunctionErrorLog
 from worcr_node.functions.host import ProcessHost
 from worcr_node.functions.runner import FunctionRunner
-from worcr_node.functions.sandbox import Limits as SandboxLimits
+from worcr_node.functions.sandbox import Caps
 from worcr_node.http.api import build_app
 from worcr_node.http.edge import ServerLog
 from worcr_node.life.events import EventStreams
@@ -78,7 +78,7 @@ class Node:
             self.store, self.index, config.node_id, self.clock, config.limits, self.bus, rand
         )
         self.function_errors = FunctionErrorLog(self.store, config.node_id)
-        caps = SandboxLimits(config.function_time_ms / 1000, config.function_memory_mb << 20)
+        caps = Caps(config.function_time_ms / 1000, config.function_memory_mb << 20)
         # user functions run in a child process, never on this event loop (functions/host.py)
         self.functions = FunctionRunner(caps, self.function_errors.record, ProcessHost(caps))
         self.dispatcher = Dispatcher(

@@ -10,15 +10,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from worcr_node.jobspec import Backoff
+from worcr_node.jobspec import RetryBackoff
 from worcr_node.state import JobState
 from worcr_node.store.pg import FinishOutcome, backoff_of
 
-__all__ = ["Failure", "decide_failure", "decide_lost_lease", "decide_revoked", "decide_yield"]
+__all__ = ["FailReport", "decide_failure", "decide_lost_lease", "decide_revoked", "decide_yield"]
 
 
 @dataclass(frozen=True, slots=True)
-class Failure:
+class FailReport:
     id: uuid.UUID
     token: int
     error: str
@@ -28,7 +28,7 @@ class Failure:
 
 def decide_failure(
     row: Mapping[str, Any],
-    f: Failure,
+    f: FailReport,
     now: float,
     rand: float,
     chosen: float | bool | None = None,
@@ -45,7 +45,7 @@ def decide_failure(
     if isinstance(chosen, float | int) and not isinstance(chosen, bool):
         return FinishOutcome(f.id, f.token, JobState.RETRYING, now + chosen, 0, "failed",
                              f.error, f.backtrace)  # fmt: skip
-    policy: Backoff = backoff_of(row["backoff"])
+    policy: RetryBackoff = backoff_of(row["backoff"])
     run_at = now + policy.delay(attempt, rand)
     return FinishOutcome(
         f.id, f.token, JobState.RETRYING, run_at, 0, "failed", f.error, f.backtrace

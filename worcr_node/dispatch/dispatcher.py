@@ -173,6 +173,10 @@ class Dispatcher(Service):
         # (class, lane) pairs whose verdict waits for functions' answers (asked in the
         # background), by answer key: not offered until the runner has it, then judged again
         self._pending: dict[Any, set[tuple[ClassKey, str]]] = {}
+        # when each ready lane was last heard of (a count of `lanes_ready` calls): a resync does
+        # not drop a lane heard of while its read of the ready set was under way
+        self._heard = 0
+        self._heard_at: dict[str, int] = {}
         manager.functions = self.functions
         manager.shed = self.shed_settled
         manager.on_done = self.jobs_done
@@ -203,7 +207,9 @@ class Dispatcher(Service):
 
     def lanes_ready(self, lanes: Mapping[str, int | None]) -> None:
         """Lanes that got ready work, with the seq of their oldest new job when known."""
+        self._heard += 1
         for lane, head in lanes.items():
+            self._heard_at[lane] = self._heard
             info = self._known.get(lane)
             if info is None:
                 self._unknown[lane] = head
@@ -386,6 +392,7 @@ class Dispatcher(Service):
 
     def _drop_lane(self, lane: str) -> None:
         self.heads.pop(lane, None)
+        self._heard_at.pop(lane, None)
         self.parking.forget_lane(lane, self.classes)
         self.misfiled.discard(lane)
         if self.lanes.pop(lane, None) is not None:
@@ -812,9 +819,11 @@ class Dispatcher(Service):
 
     async def resync(self) -> None:
         """Adopt the cluster-wide ready set (covers missed pub/sub messages)."""
+        asked = self._heard  # a lane heard of after the read was asked for is kept
         ready = await self.index.ready_lanes()
         for lane in list(self.lanes):
-            if lane not in ready and lane not in self._refilling:
+            if lane not in ready and lane not in self._refilling \
+                    and self._heard_at.get(lane, 0) <= asked:  # fmt: skip
                 self._drop_lane(lane)
         self.lanes_ready({lane: None for lane in ready if lane not in self.lanes})
 

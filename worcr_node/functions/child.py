@@ -8,8 +8,9 @@ caps of argv) keyed by (name, version), so a function is compiled once per proce
     ["call", id, [name, version], language, source or nil, entry, args]
         source is sent the first time this process sees the key (and again after a restart)
     ["calls", id, [name, version], language, source or nil, entry, [args, ...]]
-        the same function called with each args in turn: one answer per call, in order, each
-        written as soon as its call returned (so the host sees progress, call by call)
+        the same function called with each args in turn: one answer per call, in order, written
+        a few at a time (every FLUSH_EVERY seconds); after a call that hit a cap (timeout,
+        memory), each call left is answered [id, "skipped"] without running
     ["forget", id, [[name, version], ...]]      free those states
     ["check", id, language, source, entry]      compile, then free (the API's syntax check)
     ["trial", id, language, source, entry, args] compile, call once, free (a draft's trial)
@@ -32,12 +33,13 @@ from typing import Any, BinaryIO
 
 import msgpack
 
-from worcr_node.functions.sandbox import CallError, Compiled, CompileError, Limits, compile_function
+from worcr_node.functions.sandbox import CallError, Caps, Compiled, CompileError, compile_function
 
 __all__ = ["main"]
 
 _HEAD = struct.Struct(">I")
 FLUSH_EVERY = 0.005  # seconds: answers of a "calls" request written together
+HEAVY = ("timeout", "memory")  # failures after which the rest of a "calls" request is skipped
 
 
 def _read(stream: BinaryIO) -> Any | None:
@@ -78,8 +80,8 @@ def _send(stream: BinaryIO, frames: list[bytes]) -> None:
 class Functions:
     """The compiled functions of this process, and the requests on them."""
 
-    def __init__(self, limits: Limits) -> None:
-        self.limits = limits
+    def __init__(self, caps: Caps) -> None:
+        self.caps = caps
         self.compiled: dict[tuple[str, int], Compiled | CompileError] = {}
 
     def answers(self, request: list[Any]) -> Iterator[list[Any]]:
@@ -89,10 +91,16 @@ class Functions:
             yield self.handle(request)
             return
         _, rid, key, language, source, entry, many = request
-        for args in many:
+        for i, args in enumerate(many):
             answer = self.handle(["call", rid, key, language, source, entry, args])
             yield answer
             if answer[1] == "missing":
+                return
+            if answer[1] == "call" and answer[2] in HEAVY:
+                # the function hit a cap: the host's breaker decides about the rest, which it
+                # sends again (one at a time) if it wants them run
+                for _ in range(len(many) - i - 1):
+                    yield [rid, "skipped"]
                 return
 
     def handle(self, request: list[Any]) -> list[Any]:
@@ -113,7 +121,7 @@ class Functions:
                 return [rid, "ok", None, 0.0]
             if op in ("check", "trial"):
                 language, source, entry = request[2:5]
-                fresh = compile_function(language, source, entry, self.limits)
+                fresh = compile_function(language, source, entry, self.caps)
                 try:
                     value = fresh.call(*request[5]) if op == "trial" else None
                 finally:
@@ -124,6 +132,9 @@ class Functions:
             return [rid, "call", exc.kind, exc.message, time.process_time() - cpu]
         except CompileError as exc:
             return [rid, "compile", exc.message, exc.line, exc.column, time.process_time() - cpu]
+        except Exception as exc:  # e.g. arguments the runtime cannot pass in: this call fails
+            message = f"{type(exc).__name__}: {exc}"[:1000]
+            return [rid, "call", "error", message, time.process_time() - cpu]
 
     def _code(self, key: tuple[str, int], language: str, source: str | None, entry: str) -> Any:
         code = self.compiled.get(key)
@@ -131,7 +142,7 @@ class Functions:
             if source is None:
                 return None
             try:
-                code = compile_function(language, source, entry, self.limits)
+                code = compile_function(language, source, entry, self.caps)
             except CompileError as exc:
                 code = exc
             self.compiled[key] = code
@@ -142,19 +153,19 @@ class Functions:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    limits = Limits(time=float(args[0]), memory=int(args[1]))
+    caps = Caps(time=float(args[0]), memory=int(args[1]))
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # the pipe carries answers only
-    functions = Functions(limits)
+    functions = Functions(caps)
     while True:
         request = _read(stdin)
         if request is None:
             return 0
+        # the answers of a "calls" request go out together every FLUSH_EVERY seconds (the host
+        # wakes once per write, not once per call; it still sees steady progress)
+        pending: list[bytes] = []
+        flushed = time.monotonic()
         try:
-            # the answers of a "calls" request go out together every FLUSH_EVERY seconds (the
-            # host wakes once per write, not once per call; it still sees steady progress)
-            pending: list[bytes] = []
-            flushed = time.monotonic()
             for answer in functions.answers(request):
                 pending.append(encode(answer))
                 if time.monotonic() - flushed >= FLUSH_EVERY:
@@ -162,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                     flushed = time.monotonic()
             _send(stdout, pending)
         except Exception as exc:  # a malformed request: answered, never fatal
+            _send(stdout, pending)
             _write(stdout, [request[1] if len(request) > 1 else 0, "call", "error", repr(exc), 0.0])
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from worcr.wire import Limits
 from worcr_node.dispatch.rules import TagSet
 from worcr_node.functions.model import Hook
-from worcr_node.functions.runner import Failure, FunctionRunner
+from worcr_node.functions.runner import FunctionFailure, FunctionRunner
 from worcr_node.functions.views import plain
 from worcr_node.jobspec import NewJob, SpecError, number_field, parse_time, tags_field, text_field
 from worcr_node.state import JobState
@@ -87,7 +87,7 @@ async def apply_on_enqueue_many(
             try:
                 verdict = _apply(job, outcome.value, now, limits)
             except SpecError as exc:
-                failure = Failure(fn.name, fn.version, fn.hook, "result", str(exc))
+                failure = FunctionFailure(fn.name, fn.version, fn.hook, "result", str(exc))
                 runner.record(failure, str(job.id), None)
                 job.function_errors.append(failure.to_json())
                 continue

@@ -16,7 +16,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from worcr_node.functions.runner import Failure
+from worcr_node.functions.runner import FunctionFailure
 from worcr_node.service import Service
 from worcr_node.store import queries as q
 from worcr_node.store.pg import PgStore, StorageUnavailable
@@ -49,7 +49,7 @@ class FunctionErrorLog(Service):
         self.dropped = 0
         self._wake = asyncio.Event()
 
-    def record(self, failure: Failure, job: str | None, lane: str | None) -> None:
+    def record(self, failure: FunctionFailure, job: str | None, lane: str | None) -> None:
         key = (failure.function, failure.version, failure.hook, failure.kind,
                failure.message[:MAX_MESSAGE])  # fmt: skip
         group = self._groups.get(key)

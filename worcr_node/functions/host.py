@@ -34,9 +34,9 @@ from typing import Any, Protocol
 import msgpack
 
 from worcr_node.functions.child import Functions, encode
-from worcr_node.functions.sandbox import CallError, CompileError, Limits
+from worcr_node.functions.sandbox import CallError, Caps, CompileError
 
-__all__ = ["FunctionHost", "InlineHost", "ProcessHost", "Reply"]
+__all__ = ["SKIPPED", "FunctionHost", "InlineHost", "ProcessHost", "Reply"]
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,9 @@ class FunctionHost(Protocol):
     async def close(self) -> None: ...
 
 
+SKIPPED = Reply(None, CallError("skipped", "not run: an earlier call of its batch hit a cap"))
+
+
 def _reply(answer: list[Any]) -> Reply:
     status = answer[1]
     if status == "ok":
@@ -76,6 +79,8 @@ def _reply(answer: list[Any]) -> Reply:
         return Reply(None, CallError(answer[2], answer[3]), float(answer[4]))
     if status == "compile":
         return Reply(None, CompileError(answer[2], answer[3], answer[4]), float(answer[5]))
+    if status == "skipped":  # a call of a batch not run: one before it hit a cap
+        return SKIPPED
     return Reply(None, CallError("error", f"unexpected answer from the function process: {status}"))
 
 
@@ -84,8 +89,8 @@ class InlineHost:
     and answers go through msgpack as they do to and from the function process, so both hosts
     hand the runner the same values."""
 
-    def __init__(self, limits: Limits | None = None) -> None:
-        self.functions = Functions(limits or Limits())
+    def __init__(self, caps: Caps | None = None) -> None:
+        self.functions = Functions(caps or Caps())
 
     def _handle(self, request: list[Any]) -> Reply:
         request = msgpack.unpackb(msgpack.packb(request, use_bin_type=True), raw=False,
@@ -103,7 +108,17 @@ class InlineHost:
 
     async def call_many(self, key: Key, language: str, source: str, entry: str,
                         many: list[tuple[Any, ...]]) -> list[Reply]:  # fmt: skip
-        return [self.call_now(key, language, source, entry, args) for args in many]
+        out: list[Reply] = []
+        for args in many:
+            if (
+                out
+                and isinstance(out[-1].error, CallError)
+                and out[-1].error.kind in ("timeout", "memory", "skipped")
+            ):
+                out.append(SKIPPED)  # as the function process does
+                continue
+            out.append(self.call_now(key, language, source, entry, args))
+        return out
 
     async def check(self, language: str, source: str, entry: str) -> Reply:
         return self._handle(["check", 0, language, source, entry])
@@ -179,10 +194,10 @@ def _failed(message: str, kind: str = "error", cpu: float = 0.0) -> Reply:
 class ProcessHost:
     """Calls run in a child process, one at a time; see the module docstring."""
 
-    def __init__(self, limits: Limits | None = None, kill_after: float | None = None) -> None:
-        self.limits = limits or Limits()
+    def __init__(self, caps: Caps | None = None, kill_after: float | None = None) -> None:
+        self.caps = caps or Caps()
         # wall seconds one call may run before its process is killed
-        self.kill_after = kill_after if kill_after is not None else max(1.0, 20 * self.limits.time)
+        self.kill_after = kill_after if kill_after is not None else max(1.0, 20 * self.caps.time)
         self.kills = 0  # children killed for a call that ran too long
         self.deaths = 0  # children that died by themselves
         self._proc: asyncio.subprocess.Process | None = None
@@ -285,7 +300,7 @@ class ProcessHost:
     async def _start(self) -> None:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "worcr_node.functions.child",
-            repr(self.limits.time), str(self.limits.memory),
+            repr(self.caps.time), str(self.caps.memory),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             limit=1 << 26,
@@ -327,6 +342,11 @@ class ProcessHost:
         if request is None:
             return
         missing = answer[1] == "missing"
+        if missing and request.future.done():  # its caller gave up: not sent again
+            del self._queue[rid]
+            if not self._queue:
+                self._busy.clear()
+            return
         if missing or request.left <= 1 or request.serial:
             del self._queue[rid]
             if not self._queue:

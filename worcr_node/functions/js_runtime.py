@@ -2,8 +2,8 @@
 
 The function process (`child.py`; in tests, the in-process host) calls these one at a time, through
 `sandbox.compile_function`. Each compiled function owns one `quickjs.Context` (its own JSRuntime):
-memory capped at `Limits.memory` bytes, the C stack used by JS at `STACK_SIZE`, and each eval or
-call at `Limits.time` seconds of process CPU time (the binding's interrupt handler compares C
+memory capped at `Caps.memory` bytes, the C stack used by JS at `STACK_SIZE`, and each eval or
+call at `Caps.time` seconds of process CPU time (the binding's interrupt handler compares C
 `clock()` with the value it took when that eval/call started: every call gets the full budget, and
 CPU time burnt by other threads of the process counts too).
 
@@ -72,8 +72,8 @@ from worcr_node.functions.sandbox import (
     MAX_STRING,
     MAX_VALUES,
     CallError,
+    Caps,
     CompileError,
-    Limits,
     end_of_source,
     missing_entry,
     token_column,
@@ -778,10 +778,10 @@ class JsFunction:
 
     language = "javascript"
 
-    def __init__(self, source: str, entry: str, limits: Limits) -> None:
+    def __init__(self, source: str, entry: str, caps: Caps) -> None:
         self._source = source
         self._entry = entry
-        self._limits = limits
+        self._caps = caps
         self._ctx: Any = None
         self._caller: Any = None
         self._thread = 0
@@ -791,10 +791,10 @@ class JsFunction:
 
     def _build(self) -> None:
         self._ctx = self._caller = None
-        limits = self._limits
+        caps = self._caps
         ctx = quickjs.Context()
-        ctx.set_memory_limit(limits.memory)
-        ctx.set_time_limit(limits.time)
+        ctx.set_memory_limit(caps.memory)
+        ctx.set_time_limit(caps.time)
         ctx.set_max_stack_size(STACK_SIZE)
         prelude = (
             _PRELUDE.replace("@MAX_LENGTH@", str(MAX_LENGTH))
@@ -803,7 +803,7 @@ class JsFunction:
             .replace("@MAX_DEPTH@", str(MAX_DEPTH))
             .replace("@MAX_VALUES@", str(MAX_VALUES))
             .replace("@MAX_STRING@", str(MAX_STRING))
-            .replace("@SLACK_US@", str(int(limits.time * 3e6) + 20_000))
+            .replace("@SLACK_US@", str(int(caps.time * 3e6) + 20_000))
         )
         try:
             kit = ctx.eval(prelude)
@@ -878,8 +878,8 @@ class JsFunction:
             raise CallError("result", "reading the result raised " + _runtime_message(body[1:]))
         self._broken = True
         if tag == "t":
-            raise CallError("timeout", f"the CPU time cap ({self._limits.time:g} s) was hit")
-        raise CallError("memory", f"the memory cap ({self._limits.memory} bytes) was hit")
+            raise CallError("timeout", f"the CPU time cap ({self._caps.time:g} s) was hit")
+        raise CallError("memory", f"the memory cap ({self._caps.memory} bytes) was hit")
 
     def _failed(self, text: str) -> Any:
         """The caller itself failed: only an uncatchable interrupt, or running out of memory or
@@ -887,11 +887,11 @@ class JsFunction:
         first = _first_line(text)
         if first == "InternalError: interrupted":
             self._broken = True
-            raise CallError("timeout", f"the CPU time cap ({self._limits.time:g} s) was hit")
+            raise CallError("timeout", f"the CPU time cap ({self._caps.time:g} s) was hit")
         if "stack overflow" in first:
             raise CallError("error", "InternalError: stack overflow")
         self._broken = True
-        raise CallError("memory", f"the memory cap ({self._limits.memory} bytes) was hit")
+        raise CallError("memory", f"the memory cap ({self._caps.memory} bytes) was hit")
 
     def close(self) -> None:
         self._closed = True
@@ -903,14 +903,14 @@ class JsFunction:
 _BIGINT_LITERAL = re.compile(r"(?:^|[^\w$])((?:0[xXoObB][0-9a-fA-F_]+|[0-9][0-9_]*)n)(?![\w$])")
 
 
-def compile_js(source: str, entry: str, limits: Limits) -> JsFunction:
+def compile_js(source: str, entry: str, caps: Caps) -> JsFunction:
     m = _BIGINT_LITERAL.search(source)
     if m is not None:
         line = source.count("\n", 0, m.start(1)) + 1
         column = m.start(1) - (source.rfind("\n", 0, m.start(1)) + 1) + 1
         raise CompileError(f"BigInt is not available in Worcr functions ({m.group(1)!r})", line,
                            column)  # fmt: skip
-    return JsFunction(source, entry, limits)
+    return JsFunction(source, entry, caps)
 
 
 def _finite(value: Any) -> Any:

@@ -2,7 +2,7 @@
 
 The function process (`child.py`; in tests, the in-process host) calls these one at a time, through
 `sandbox.compile_function`. Each compiled function owns one Lua state (`LuaRuntime`, capped at
-`Limits.memory` bytes by lupa's allocator), built by `_PRELUDE` below:
+`Caps.memory` bytes by lupa's allocator), built by `_PRELUDE` below:
 
 * The user's code is loaded in text mode only (precompiled bytecode is refused) into its own
   environment table holding: assert, error, ipairs, next, pairs, pcall, xpcall, select, tonumber,
@@ -60,8 +60,8 @@ from worcr_node.functions.sandbox import (
     MAX_STRING,
     MAX_VALUES,
     CallError,
+    Caps,
     CompileError,
-    Limits,
     end_of_source,
     missing_entry,
     token_column,
@@ -567,10 +567,10 @@ class LuaFunction:
 
     language = "lua"
 
-    def __init__(self, source: str, entry: str, limits: Limits) -> None:
+    def __init__(self, source: str, entry: str, caps: Caps) -> None:
         self._source = source
         self._entry = entry
-        self._limits = limits
+        self._caps = caps
         self._lua: Any = None
         self._prepare: Any = None
         self._invoke: Any = None
@@ -585,13 +585,13 @@ class LuaFunction:
                 register_eval=False,
                 register_builtins=False,
                 unpack_returned_tuples=False,
-                max_memory=self._limits.memory,
+                max_memory=self._caps.memory,
                 attribute_filter=_deny,
                 encoding=None,
             )
             compile_, prepare, invoke = lua.execute(
                 _PRELUDE,
-                float(self._limits.time),
+                float(self._caps.time),
                 HOOK_COUNT,
                 MAX_DEPTH,
                 MAX_VALUES,
@@ -638,7 +638,7 @@ class LuaFunction:
             try:
                 self._prepare(len(args), lua.table_from(tokens))
             finally:
-                lua.set_max_memory(self._limits.memory)
+                lua.set_max_memory(self._caps.memory)
             out = self._invoke()
         except lupa.LuaMemoryError:
             self._broken = True
@@ -659,16 +659,16 @@ class LuaFunction:
             raise CallError("result", "cannot return " + _text(text))
         self._broken = True
         if tag == b"t":
-            raise CallError("timeout", f"the CPU time cap ({self._limits.time:g} s) was hit")
-        raise CallError("memory", f"the memory cap ({self._limits.memory} bytes) was hit")
+            raise CallError("timeout", f"the CPU time cap ({self._caps.time:g} s) was hit")
+        raise CallError("memory", f"the memory cap ({self._caps.memory} bytes) was hit")
 
     def close(self) -> None:
         self._closed = True
         self._lua = self._prepare = self._invoke = None
 
 
-def compile_lua(source: str, entry: str, limits: Limits) -> LuaFunction:
-    return LuaFunction(source, entry, limits)
+def compile_lua(source: str, entry: str, caps: Caps) -> LuaFunction:
+    return LuaFunction(source, entry, caps)
 
 
 def _flatten(value: Any, out: list[Any], depth: int) -> None:

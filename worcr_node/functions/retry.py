@@ -21,7 +21,7 @@ from worcr_node.dispatch.rules import TagSet
 from worcr_node.functions.model import Function, Hook
 from worcr_node.functions.runner import FALLBACKS, FunctionRunner, check_retry
 from worcr_node.functions.views import plain
-from worcr_node.outcome import Failure
+from worcr_node.outcome import FailReport
 
 __all__ = ["RetryHook"]
 
@@ -32,7 +32,9 @@ class RetryHook:
         self.errors: dict[uuid.UUID, list[dict[str, Any]]] = {}  # job id -> failures, to store
 
     async def ask(
-        self, rows: Sequence[Mapping[str, Any]], failures: Mapping[tuple[uuid.UUID, int], Failure]
+        self,
+        rows: Sequence[Mapping[str, Any]],
+        failures: Mapping[tuple[uuid.UUID, int], FailReport],
     ) -> dict[tuple[uuid.UUID, int], float | bool | None]:
         """Each running attempt's answer (by id and token), for those that would be retried:
         seconds until the next attempt, False to give up, None for the job's backoff. The calls
@@ -65,7 +67,9 @@ class RetryHook:
         return out
 
 
-def _arguments(row: Mapping[str, Any], tags: tuple[str, ...], failure: Failure) -> tuple[Any, ...]:
+def _arguments(
+    row: Mapping[str, Any], tags: tuple[str, ...], failure: FailReport
+) -> tuple[Any, ...]:
     """What a retry function is called with: (job, error, attempt)."""
     attempt = int(row["attempt"])
     try:

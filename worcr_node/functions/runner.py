@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from worcr_node.dispatch.rules import TagSet
-from worcr_node.functions.host import FunctionHost, InlineHost, Reply
+from worcr_node.functions.host import SKIPPED, FunctionHost, InlineHost, Reply
 from worcr_node.functions.model import Function, Hook
-from worcr_node.functions.sandbox import CallError, CompileError, Limits, SandboxError
+from worcr_node.functions.sandbox import CallError, Caps, CompileError, SandboxError
 
 __all__ = [
     "CHECKS",
@@ -39,7 +39,7 @@ __all__ = [
     "PASSING",
     "TRIP_AFTER",
     "TRIP_FOR",
-    "Failure",
+    "FunctionFailure",
     "FunctionRunner",
     "Outcome",
     "Recorder",
@@ -65,7 +65,7 @@ MAX_KEY = 256
 
 
 @dataclass(frozen=True, slots=True)
-class Failure:
+class FunctionFailure:
     """One failed call: which function, and what went wrong."""
 
     function: str
@@ -88,12 +88,12 @@ class Outcome:
     """A hook's answer: the value to use (the fallback when the call failed) and the failure."""
 
     value: Any
-    failure: Failure | None = None
+    failure: FunctionFailure | None = None
     seconds: float = 0.0
 
 
 # (failure, job id or None, lane or None): where the error log takes failures
-Recorder = Callable[[Failure, str | None, str | None], None]
+Recorder = Callable[[FunctionFailure, str | None, str | None], None]
 
 
 class _Breaker:
@@ -135,13 +135,13 @@ class _Breaker:
 class FunctionRunner:
     def __init__(
         self,
-        limits: Limits | None = None,
+        caps: Caps | None = None,
         record: Recorder | None = None,
         host: FunctionHost | None = None,
     ) -> None:
-        self.limits = limits or Limits()
+        self.caps = caps or Caps()
         self.record: Recorder = record or (lambda f, job, lane: None)
-        self.host: FunctionHost = host or InlineHost(self.limits)
+        self.host: FunctionHost = host or InlineHost(self.caps)
         self.functions: dict[str, Function] = {}
         self._hooks: set[Hook] = set()
         self._by_hook: dict[Hook, list[Function]] = {}
@@ -210,7 +210,7 @@ class FunctionRunner:
         fn = fn or self.functions.get(name)
         if fn is None or fn.hook != hook:
             what = "does not exist" if fn is None else f"is a {fn.hook} function"
-            return self._failed(Failure(name, 0, hook, "missing", f"{name!r} {what}"),
+            return self._failed(FunctionFailure(name, 0, hook, "missing", f"{name!r} {what}"),
                                 fallback, 0.0, job, lane)  # fmt: skip
         breaker = self._breaker(fn)
         async with breaker.slots:
@@ -231,7 +231,7 @@ class FunctionRunner:
     ) -> Outcome:
         now = time.monotonic()
         if breaker.until > now:
-            failure = Failure(fn.name, fn.version, fn.hook, "tripped",
+            failure = FunctionFailure(fn.name, fn.version, fn.hook, "tripped",
                               "kept hitting its CPU or memory cap; calls skipped for "
                               f"{breaker.until - now:.0f} s more")  # fmt: skip
             return self._failed(failure, fallback, 0.0, job, lane)
@@ -279,6 +279,10 @@ class FunctionRunner:
                                                     fn.hook.value, part)  # fmt: skip
                 each = (time.perf_counter() - started) / len(part)
                 for reply in replies:
+                    if reply is SKIPPED or (isinstance(reply.error, CallError)
+                                            and reply.error.kind == "skipped"):  # fmt: skip
+                        self.calls -= 1  # not run: asked again below, one at a time
+                        continue
                     outs.append(self.outcome(fn, reply, check, fallback, each, jobs[len(outs)]))
                 size = min(MAX_CHUNK, size * 2)
         current = self.functions.get(fn.name)
@@ -307,24 +311,29 @@ class FunctionRunner:
         breaker = self._breaker(fn)
         error = reply.error
         if isinstance(error, CompileError):
-            failure = Failure(fn.name, fn.version, hook, "compile", str(error))
+            failure = FunctionFailure(fn.name, fn.version, hook, "compile", str(error))
         elif isinstance(error, CallError):
-            failure = Failure(fn.name, fn.version, hook, error.kind, error.message)
+            failure = FunctionFailure(fn.name, fn.version, hook, error.kind, error.message)
             if error.kind in ("timeout", "memory"):
                 # CPU time, like the cap (a loaded machine stretches wall time, not this)
-                breaker.heavy_failure(reply.cpu > OVERRUN * self.limits.time)
+                breaker.heavy_failure(reply.cpu > OVERRUN * self.caps.time)
         else:
             try:
                 value = check(reply.value)
             except (ValueError, TypeError, SandboxError) as exc:
-                failure = Failure(fn.name, fn.version, hook, "result", str(exc))
+                failure = FunctionFailure(fn.name, fn.version, hook, "result", str(exc))
             else:
                 breaker.ok()
                 return Outcome(value, None, seconds)
         return self._failed(failure, fallback, seconds, job, lane)
 
     def _failed(
-        self, failure: Failure, fallback: Any, seconds: float, job: str | None, lane: str | None
+        self,
+        failure: FunctionFailure,
+        fallback: Any,
+        seconds: float,
+        job: str | None,
+        lane: str | None,
     ) -> Outcome:
         self.failures += 1
         try:
@@ -365,7 +374,7 @@ class FunctionRunner:
         fn = self.functions.get(name)
         if fn is None or fn.hook != hook:  # answered at once, as `call` would
             what = "does not exist" if fn is None else f"is a {fn.hook} function"
-            return self._failed(Failure(name, 0, hook, "missing", f"{name!r} {what}"),
+            return self._failed(FunctionFailure(name, 0, hook, "missing", f"{name!r} {what}"),
                                 FALLBACKS[hook], 0.0, None, lane)  # fmt: skip
         key = self.answer_key(name, hook, lane, worker)
         if key is not None:

@@ -24,9 +24,9 @@ __all__ = [
     "MAX_STRING",
     "MAX_VALUES",
     "CallError",
+    "Caps",
     "CompileError",
     "Compiled",
-    "Limits",
     "SandboxError",
     "compile_function",
     "token_column",
@@ -43,7 +43,7 @@ CALL_ERROR_KINDS = ("error", "timeout", "memory", "result")
 
 
 @dataclass(frozen=True, slots=True)
-class Limits:
+class Caps:
     """Caps on one compiled function."""
 
     time: float = 0.05  # CPU seconds per call (process CPU time, see the runtime modules)
@@ -102,7 +102,7 @@ class Compiled(Protocol):
         ...
 
 
-def compile_function(language: str, source: str, entry: str, limits: Limits = Limits()) -> Compiled:
+def compile_function(language: str, source: str, entry: str, caps: Caps = Caps()) -> Compiled:
     """Compile `source` and return its global function named `entry` (e.g. "weight").
 
     Raises CompileError: a syntax error (with line and column), "the source must define a function
@@ -115,11 +115,11 @@ def compile_function(language: str, source: str, entry: str, limits: Limits = Li
     if language == "lua":
         from worcr_node.functions.lua_runtime import compile_lua
 
-        return compile_lua(source, entry, limits)
+        return compile_lua(source, entry, caps)
     if language == "javascript":
         from worcr_node.functions.js_runtime import compile_js
 
-        return compile_js(source, entry, limits)
+        return compile_js(source, entry, caps)
     raise ValueError(f"unknown language {language!r} (known: {', '.join(LANGUAGES)})")
 
 

@@ -1,8 +1,9 @@
 """The event stream: job progress, log lines and state changes, from any node to every watcher.
 
 A node that stores an update publishes it on the bus (`JobEvents`, a batch of events per
-message): its own subscribers (HTTP streams) get it at once, every other node's over Redis, each
-filtered by job, kind or tenant.
+message); every node, this one included, hears it through Redis (`via_redis`) and hands each
+event to its local subscribers (HTTP streams), filtered by job, kind or tenant. Going through
+Redis even for local subscribers gives one order for everyone.
 
 Events are published only while somebody watches: a node with subscribers keeps a short-lived
 Redis key set, and every node checks it once a second, so a cluster nobody watches pays nothing

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import asyncpg
 import msgpack
 
-from worcr_node.jobspec import Backoff, NewJob, Partition, lane_of
+from worcr_node.jobspec import NewJob, Partition, RetryBackoff, lane_of
 from worcr_node.state import JobState
 from worcr_node.store import queries as q
 from worcr_node.store.migrate import migrate
@@ -602,9 +602,9 @@ def _partition_json(job: NewJob) -> str | None:
     return json.dumps(dict(job.partition)) if job.partition else None
 
 
-def backoff_of(raw: str | None) -> Backoff:
+def backoff_of(raw: str | None) -> RetryBackoff:
     """The stored backoff policy of a job (jsonb text), or the default."""
     if not raw:
-        return Backoff()
+        return RetryBackoff()
     data = json.loads(raw)
-    return Backoff(**{k: float(v) for k, v in data.items()})
+    return RetryBackoff(**{k: float(v) for k, v in data.items()})

@@ -347,8 +347,9 @@ class RedisIndex:
         return current or value
 
     def channel(self, topic: str) -> str:
-        """The pub/sub channel of a bus topic (worcr_node/messages.py)."""
-        return f"{self.p}:{topic}"
+        """The pub/sub channel of a bus topic (worcr_node/messages.py). Named apart from the
+        channels of nodes before the bus, so neither misreads the other's messages."""
+        return f"{self.p}:bus:{topic}"
 
     async def listen_many(
         self,

@@ -33,9 +33,10 @@ from worcr_node.life.model import (
 from worcr_node.life.writer import JobLife, Written
 from worcr_node.limits.rate import RateLimiter, RateLimitError
 from worcr_node.manager import JobManager
-from worcr_node.outcome import Failure
+from worcr_node.outcome import FailReport
 from worcr_node.store.pg import ClaimedJob, StorageUnavailable
 from worcr_node.store.redis_index import IndexUnavailable
+from worcr_node.transport.directory import AttemptDirectory
 
 __all__ = ["Hub", "Session"]
 
@@ -128,6 +129,7 @@ class Hub:
         self.remove_consumer = remove_consumer
         self.wake_dispatch = wake_dispatch
         self.sessions: set[Session] = set()
+        self.attempts: AttemptDirectory[Session] = AttemptDirectory()  # who holds which attempt
         self.shutting_down = False
         self.rate: RateLimiter | None = None  # set by the node
         self.life: JobLife | None = None  # set by the node
@@ -135,13 +137,8 @@ class Hub:
     def _holders(self, jobs: Sequence[tuple[str, int]]) -> dict[Session, list[dict[str, Any]]]:
         """The sessions holding these attempts (by id and token: the job may have been dispatched
         again meanwhile, here, to another session)."""
-        wanted = dict(jobs)
-        by_session: dict[Session, list[dict[str, Any]]] = {}
-        for s in self.sessions:
-            for job_id in wanted.keys() & s.held_jobs.keys():
-                if s.held_jobs[job_id][0] == wanted[job_id]:
-                    by_session.setdefault(s, []).append({"id": job_id, "token": wanted[job_id]})
-        return by_session
+        return {s: [{"id": job_id, "token": token} for job_id, token in refs]
+                for s, refs in self.attempts.holders(jobs).items()}  # fmt: skip
 
     def cancel_jobs(self, jobs: Sequence[tuple[str, int]], reason: str = "cancelled") -> None:
         """Tell the workers holding these attempts to stop them (and not report them)."""
@@ -296,6 +293,7 @@ class Session:
         """The worker is gone; its jobs keep their leases until they expire (it may reconnect)."""
         self.open = False
         self.hub.sessions.discard(self)
+        self.hub.attempts.release_all(self, self.held_jobs)
         self.hub.remove_consumer(self)
         for t in self._tasks:
             t.cancel()
@@ -315,7 +313,7 @@ class Session:
                 out, size = [], 0
             size += weight
             jid = str(j.id)
-            self.held_jobs[jid] = (j.token, j.reserve_for)
+            self.hold(jid, j.token, j.reserve_for)
             job: dict[str, Any] = {
                 "id": jid,
                 "token": j.token,
@@ -334,9 +332,15 @@ class Session:
         self.send(_encode_jobs(out))
         return True
 
+    def hold(self, job_id: str, token: int, reserve_for: float) -> None:
+        """The worker has this attempt (pushed, or adopted at hello)."""
+        self.held_jobs[job_id] = (token, reserve_for)
+        self.hub.attempts.hold(job_id, token, self)
+
     def forget(self, job_id: str) -> None:
         self.reporting.discard(job_id)
         self.held_jobs.pop(job_id, None)
+        self.hub.attempts.release(job_id, self)
 
     def heartbeat(self) -> None:
         if not self.held_jobs:
@@ -434,7 +438,7 @@ async def on_hello(s: Session, p: dict[str, Any]) -> dict[str, Any]:
     s.authenticated = True
     s.decoder.max_frame = limits.max_frame  # a worker's frames may now be full size
     for ref in refs:  # adopted: their leases are extended at once and on every heartbeat
-        s.held_jobs[ref["id"]] = (ref["token"], float(ref.get("reserve_for") or 60.0))
+        s.hold(ref["id"], ref["token"], float(ref.get("reserve_for") or 60.0))
     if refs:
         s.heartbeat()
     if capacity:
@@ -516,7 +520,7 @@ async def on_fail(s: Session, p: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(retryable, bool):
             raise _bad("jobs[].retryable: expected a boolean")
         items.append(
-            Failure(
+            FailReport(
                 r["_uuid"],
                 r["token"],
                 error[: limits.max_error_len],

@@ -153,3 +153,24 @@ async def test_a_bad_message_or_a_failing_handler_stops_nothing() -> None:
         assert got == [freed]  # the broken handler did not keep the message from the next one
     finally:
         await bus.stop()
+
+
+async def test_job_events_reach_every_node_through_the_wire_its_own_included() -> None:
+    """`JobEvents` (via_redis): not handed over locally, heard from the wire by every node, the
+    publisher included, so every watcher sees one order."""
+    wire = Wire()
+    a_link, b_link = wire.link(), wire.link()
+    a, b = Bus(a_link, "a"), Bus(b_link, "b")
+    heard: dict[str, list[Any]] = {"a": [], "b": []}
+    for name, bus in (("a", a), ("b", b)):
+        bus.subscribe(JobEvents, lambda m, name=name: heard[name].append(m))
+    await started(a, a_link)
+    await started(b, b_link)
+    try:
+        events = JobEvents(({"type": "log", "job": "j"},))
+        await a.publish(events)
+        assert heard == {"a": [events], "b": [events]}
+        assert (a.received, b.received) == (1, 1)
+    finally:
+        await a.stop()
+        await b.stop()

@@ -9,11 +9,12 @@ import asyncio
 import os
 import signal
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
 from worcr_node.functions.host import InlineHost, ProcessHost, Reply
-from worcr_node.functions.sandbox import CallError, CompileError, Limits
+from worcr_node.functions.sandbox import CallError, Caps, CompileError
 
 COUNTER = "n = 0\nfunction weight(job) n = n + 1 return n end"
 SPIN = "function weight(job) local x = 0 for i = 1, job.loops do x = x + i end return 1 end"
@@ -22,7 +23,7 @@ FOREVER = "function weight(job) while true do end end"
 
 @pytest.fixture
 async def host() -> AsyncIterator[ProcessHost]:
-    h = ProcessHost(Limits(time=5.0, memory=16 << 20), kill_after=0.5)
+    h = ProcessHost(Caps(time=5.0, memory=16 << 20), kill_after=0.5)
     yield h
     await h.close()
 
@@ -57,7 +58,7 @@ async def test_the_event_loop_runs_while_a_call_runs(host: ProcessHost) -> None:
     """A call that keeps its process busy for a while: timers of this loop fire meanwhile in
     the process host, and none does with the inline host (the call holds the loop)."""
     await host.call(("s", 1), "lua", SPIN, "weight", ({"loops": 1},))  # started and compiled
-    inline = InlineHost(Limits(time=5.0, memory=16 << 20))
+    inline = InlineHost(Caps(time=5.0, memory=16 << 20))
     await inline.call(("s", 1), "lua", SPIN, "weight", ({"loops": 1},))
     job = {"loops": 20_000_000}
 
@@ -129,7 +130,7 @@ async def test_an_answer_msgpack_cannot_carry_is_a_result_error(host: ProcessHos
                            "weight", ())  # fmt: skip
     assert isinstance(huge.error, CallError)
     assert huge.error.kind == "result"
-    inline = InlineHost(Limits(time=5.0, memory=16 << 20))
+    inline = InlineHost(Caps(time=5.0, memory=16 << 20))
     same = await inline.call(("h", 1), "javascript", "function weight() { return 1e20 }",
                              "weight", ())  # fmt: skip
     assert isinstance(same.error, CallError)
@@ -165,6 +166,19 @@ async def test_many_calls_in_one_request_are_timed_one_by_one(host: ProcessHost)
     assert host.kills in (1, 2)  # 2 unless the answers before it were out already
     fine = await host.call_many(("c", 1), "lua", COUNTER, "weight", [({},)] * 50)
     assert [r.value for r in fine] == list(range(1, 51))
-    inline = InlineHost(Limits(time=5.0, memory=16 << 20))
+    inline = InlineHost(Caps(time=5.0, memory=16 << 20))
     assert [r.value for r in await inline.call_many(("c", 1), "lua", COUNTER, "weight",
                                                      [({},)] * 3)] == [1, 2, 3]  # fmt: skip
+
+
+async def test_arguments_a_runtime_refuses_fail_their_own_call_only(host: ProcessHost) -> None:
+    deep: Any = 1
+    for _ in range(40):  # deeper than a function may be given
+        deep = [deep]
+    source = "function weight(job) return job.n end"
+    batch = [({"n": 1},), ({"n": 2, "deep": deep},), ({"n": 3},)]
+    replies = await host.call_many(("d", 1), "lua", source, "weight", batch)
+    assert [r.value for r in replies] == [1, None, 3]
+    assert isinstance(replies[1].error, CallError)
+    assert replies[1].error.kind == "error"
+    assert (host.kills, host.deaths) == (0, 0)

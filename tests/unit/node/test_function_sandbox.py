@@ -16,13 +16,13 @@ import pytest
 
 from worcr_node.functions.sandbox import (
     CallError,
+    Caps,
     Compiled,
     CompileError,
-    Limits,
     compile_function,
 )
 
-LIMITS = Limits(time=0.05, memory=8 << 20)
+LIMITS = Caps(time=0.05, memory=8 << 20)
 
 # A function with some state: `bad` runs the hostile body, anything else answers ["ok", calls].
 LUA = """calls = 0
@@ -655,7 +655,7 @@ def test_javascript_running_out_of_memory_in_small_steps_many_times() -> None:
             "javascript",
             "function weight() { const a = []; for (;;) a.push(new Array(1000).fill(0)); }",
             "weight",
-            Limits(time=2.0, memory=mib << 20),
+            Caps(time=2.0, memory=mib << 20),
         )
         for _ in range(12):
             with pytest.raises(CallError) as info:
@@ -669,10 +669,10 @@ def test_javascript_running_out_of_memory_in_small_steps_many_times() -> None:
 
 _CHILD = textwrap.dedent("""
     import sys
-    from worcr_node.functions.sandbox import CallError, CompileError, Limits, compile_function
+    from worcr_node.functions.sandbox import CallError, CompileError, Caps, compile_function
     language, source = sys.argv[1], sys.stdin.read()
     try:
-        fn = compile_function(language, source, "weight", Limits(time=0.05, memory=8 << 20))
+        fn = compile_function(language, source, "weight", Caps(time=0.05, memory=8 << 20))
         print("answer", fn.call({}, {}))
     except (CallError, CompileError) as exc:
         print(type(exc).__name__, exc)
@@ -800,7 +800,7 @@ def test_lua_arguments_are_built_outside_the_cpu_cap() -> None:
 
 def test_lua_arguments_over_the_memory_cap_do_not_crash_the_process() -> None:
     # lupa converts them unprotected: running out of memory there was a Lua panic (abort()).
-    small = Limits(time=0.05, memory=2 << 20)
+    small = Caps(time=0.05, memory=2 << 20)
     fn = compile_function("lua", "function weight(a, b) return #a end", "weight", small)
     assert fn.call([0] * 200_000, {}) == 200_000
     bomb = compile_function(

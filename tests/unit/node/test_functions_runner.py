@@ -20,7 +20,7 @@ from worcr_node.functions.runner import (
     TRIP_AFTER,
     TRIP_FOR,
     WINDOW,
-    Failure,
+    FunctionFailure,
     FunctionRunner,
     _Breaker,
     check_enqueue,
@@ -29,7 +29,7 @@ from worcr_node.functions.runner import (
     check_retry,
     check_shed,
 )
-from worcr_node.functions.sandbox import Limits
+from worcr_node.functions.sandbox import Caps
 from worcr_node.jobspec import SpecError, parse_job_spec
 
 JOB = {"kind": "k", "tenant": "t", "tags": ["premium"], "weight": 1.0}
@@ -37,7 +37,7 @@ WORKER = {"kinds": [], "tags": ["gpu"]}
 
 
 def runner(*functions: tuple[str, str, str, str], record: Any = None) -> FunctionRunner:
-    r = FunctionRunner(Limits(time=0.05, memory=8 << 20), record)
+    r = FunctionRunner(Caps(time=0.05, memory=8 << 20), record)
     r.set_functions([parse_function({"language": lang, "hook": hook, "source": src}, name,
                                     version=1) for name, lang, hook, src in functions])  # fmt: skip
     return r
@@ -73,7 +73,7 @@ async def test_a_function_is_compiled_once_per_version() -> None:
 async def test_a_failing_weight_falls_back_to_one_and_is_recorded(
     source: str, kind: str, words: str
 ) -> None:
-    seen: list[tuple[Failure, str | None, str | None]] = []
+    seen: list[tuple[FunctionFailure, str | None, str | None]] = []
     r = runner(
         ("w", "lua", "weight", source), record=lambda f, job, lane: seen.append((f, job, lane))
     )
@@ -128,7 +128,7 @@ async def test_a_call_far_past_the_cap_trips_at_once() -> None:
       const s = 'x'.repeat(2 << 20), t = 'x'.repeat(2 << 20);
       let n = 0; for (;;) { if (s === t) n++ }
     }"""
-    r = FunctionRunner(Limits(time=0.02, memory=16 << 20))
+    r = FunctionRunner(Caps(time=0.02, memory=16 << 20))
     r.set_functions([parse_function({"language": "javascript", "hook": "weight",
                                      "source": source}, "w", 1)])  # fmt: skip
     first = await r.weight("w", JOB, WORKER)
@@ -313,3 +313,18 @@ end""",
     assert (error["function"], error["kind"]) == ("a", "result")
     assert "tags" in error["message"]
     assert Hook.ON_ENQUEUE in {f.hook for f in r.functions.values()}
+
+
+async def test_a_batch_stops_at_the_breaker() -> None:
+    """`call_many` (a batch's on_enqueue or retry calls, sent together): once a call hits its
+    cap, the rest of its chunk is not run; they go one at a time until the function trips, then
+    fail at once. A looping function costs a few capped calls per batch, not one per job."""
+    source = "function on_enqueue(job) if job.n >= 3 then while true do end end return nil end"
+    r = runner(("spin", "lua", "on_enqueue", source))
+    fn = r.functions["spin"]
+    outs = await r.on_enqueue_many(fn, [{"n": i} for i in range(40)], [str(i) for i in range(40)])
+    kinds = [o.failure.kind if o.failure else "ok" for o in outs]
+    assert kinds[:3] == ["ok"] * 3
+    assert kinds[3 : 3 + TRIP_AFTER] == ["timeout"] * TRIP_AFTER
+    assert set(kinds[3 + TRIP_AFTER :]) == {"tripped"}
+    assert r.calls == 3 + TRIP_AFTER  # the skipped and tripped ones never ran

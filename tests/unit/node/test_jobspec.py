@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from worcr.wire import Limits
-from worcr_node.jobspec import Backoff, SpecError, lane_of, parse_job_spec, parse_time
+from worcr_node.jobspec import RetryBackoff, SpecError, lane_of, parse_job_spec, parse_time
 from worcr_node.state import JobState
 
 NOW = 1_700_000_000.0
@@ -93,7 +93,7 @@ def test_parse_time_accepts_iso_with_zone() -> None:
 
 
 def test_backoff_grows_and_caps_with_jitter_below() -> None:
-    b = Backoff(base=2, factor=2, max=60, jitter=0.25)
+    b = RetryBackoff(base=2, factor=2, max=60, jitter=0.25)
     assert [b.delay(n, 0.0) for n in (1, 2, 3)] == [2, 4, 8]
     assert b.delay(20, 0.0) == 60
     assert b.delay(3, 0.999) == pytest.approx(8 * (1 - 0.25 * 0.999))

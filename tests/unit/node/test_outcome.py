@@ -3,7 +3,7 @@ from __future__ import annotations
 import json
 import uuid
 
-from worcr_node.outcome import Failure, decide_failure, decide_lost_lease, decide_yield
+from worcr_node.outcome import FailReport, decide_failure, decide_lost_lease, decide_yield
 from worcr_node.state import JobState
 
 JID = uuid.uuid4()
@@ -20,7 +20,7 @@ def row(attempt: int, max_attempts: int = 3, backoff: dict[str, float] | None = 
 
 
 def test_retryable_failure_waits_backoff() -> None:
-    f = Failure(JID, 7, "E", "tb", True)
+    f = FailReport(JID, 7, "E", "tb", True)
     out = decide_failure(row(2, backoff={"base": 1, "factor": 3, "max": 100, "jitter": 0}), f,
                          1000.0, 0.5)  # fmt: skip
     assert out.new_state is JobState.RETRYING
@@ -29,9 +29,12 @@ def test_retryable_failure_waits_backoff() -> None:
 
 
 def test_last_attempt_or_permanent_is_dead() -> None:
-    assert decide_failure(row(3), Failure(JID, 7, "E", None, True), 0, 0).new_state is JobState.DEAD
     assert (
-        decide_failure(row(1), Failure(JID, 7, "E", None, False), 0, 0).new_state is JobState.DEAD
+        decide_failure(row(3), FailReport(JID, 7, "E", None, True), 0, 0).new_state is JobState.DEAD
+    )
+    assert (
+        decide_failure(row(1), FailReport(JID, 7, "E", None, False), 0, 0).new_state
+        is JobState.DEAD
     )
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from worcr.backoff import Backoff
 from worcr.errors import ConnectionClosed, FrameTooLarge
-from worcr.report import Reporter
+from worcr.results import Reporter
 from worcr.wire import RemoteError
 
 
@@ -133,7 +133,7 @@ async def test_stale_items_are_logged_not_fatal(caplog: pytest.LogCaptureFixture
     reporter.ack("old", 2)
     reporter.flush()
     _, _, fut = sender.sent[0]
-    with caplog.at_level(logging.WARNING, logger="worcr.report"):
+    with caplog.at_level(logging.WARNING, logger="worcr.results"):
         fut.set_result({"results": [None, {"code": "STALE_TOKEN", "message": "lease gone"}]})
         await settle()
     assert "ack of job old refused: its lease was lost" in caplog.text
@@ -191,7 +191,7 @@ async def test_final_refusal_drops_the_batch(caplog: pytest.LogCaptureFixture) -
     reporter.attach(sender)
     reporter.ack("a", 1)
     reporter.flush()
-    with caplog.at_level(logging.ERROR, logger="worcr.report"):
+    with caplog.at_level(logging.ERROR, logger="worcr.results"):
         sender.sent[0][2].set_exception(RemoteError("BAD_REQUEST", "nope"))
         await settle()
     assert "refused 1 ack report(s) for good" in caplog.text

@@ -16,7 +16,7 @@ import pytest
 from worcr.capture import JobLogHandler, _JobStream, current_job, level_name
 from worcr.context import JobContext
 from worcr.errors import RemoteError
-from worcr.reports import JobReports
+from worcr.job_life import JobReports
 
 
 class HeldLink:
