@@ -444,6 +444,16 @@ class FunctionsBench(ScaleBench):
             ])  # fmt: skip
         say(f"  enqueued {hi - lo:,} jobs ({(hi - lo) / (time.perf_counter() - t0):,.0f}/s)")
 
+    async def fresh_node(self) -> None:
+        """A fresh database and Redis, and a node on them; learns its HTTP address."""
+        await self.fresh_db("round_robin")
+        self.start_node()
+        log = (self.tmp / "node.log").read_text(errors="replace")
+        found = re.search(r"HTTP API (http://\S+?),", log)
+        if found is None:
+            raise RuntimeError("no HTTP address in node.log")
+        self.http = found.group(1)
+
     async def install(self, v: Variant) -> None:
         """The variant's function and rule, over the node's HTTP API."""
         import aiohttp
@@ -500,13 +510,7 @@ class FunctionsBench(ScaleBench):
             f"tenants x 2 kinds; rule {json.dumps(v.rule)}")  # fmt: skip
         self.res.update(jobs=a.jobs, tenants=a.tenants, window=a.window, workers=a.workers)
         try:
-            await self.fresh_db("round_robin")
-            self.start_node()
-            log = (self.tmp / "node.log").read_text(errors="replace")
-            found = re.search(r"HTTP API (http://\S+?),", log)
-            if found is None:
-                raise RuntimeError("no HTTP address in node.log")
-            self.http = found.group(1)
+            await self.fresh_node()
             await self.install(v)
             r = redis.Redis.from_url(self.redis.url)
             db = await asyncpg.connect(self.db_url)
@@ -547,13 +551,7 @@ class FunctionsBench(ScaleBench):
             f"{a.enqueue_batch}, {a.producers} producers")  # fmt: skip
         self.res.update(jobs=a.enqueue_jobs, batch=a.enqueue_batch, producers=a.producers)
         try:
-            await self.fresh_db("round_robin")
-            self.start_node()
-            log = (self.tmp / "node.log").read_text(errors="replace")
-            found = re.search(r"HTTP API (http://\S+?),", log)
-            if found is None:
-                raise RuntimeError("no HTTP address in node.log")
-            self.http = found.group(1)
+            await self.fresh_node()
             if lang is not None:
                 fn = {"name": f"expiry_{SHORT[lang]}", "language": lang, "hook": "on_enqueue",
                       "source": SOURCES[lang, "on_enqueue"]}  # fmt: skip

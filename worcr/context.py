@@ -289,6 +289,16 @@ class JobContext:
     def _ref(self) -> dict[str, Any]:
         return {"id": self.id, "token": self.token}
 
+    def attach(self, link: NodeLink | None, loop: asyncio.AbstractEventLoop) -> None:
+        """Where this job's requests go (the executor, when the job is pushed)."""
+        self._link = link
+        self._loop = loop
+
+    @property
+    def reports(self) -> JobReports | None:
+        """What this job told the node about itself (None until it told anything)."""
+        return self._reports
+
     def _require_link(self) -> NodeLink:
         if self._link is None:
             raise RuntimeError("this job context is not attached to a running worker")

@@ -135,8 +135,7 @@ class JobExecutor:
                 )
                 continue
             self.held[ctx.id] = ctx
-            ctx._link = self.node
-            ctx._loop = asyncio.get_running_loop()
+            ctx.attach(self.node, asyncio.get_running_loop())
             if self.active < self.concurrency:
                 self._start(ctx, handler)
             else:
@@ -265,7 +264,7 @@ class JobExecutor:
         """Report the job's end, once what it reported about itself is answered."""
         if self.capture is not None:
             self.capture.end_job(ctx)
-        reports = ctx._reports
+        reports = ctx.reports
         if reports is None or not reports.busy:
             del self.held[ctx.id]
             report()
@@ -279,17 +278,18 @@ class JobExecutor:
         task.add_done_callback(lambda _: self._ending.pop(key, None))
 
     async def _end_after_flush(self, ctx: JobContext, report: Callable[[], None]) -> None:
-        assert ctx._reports is not None
+        reports = ctx.reports
+        assert reports is not None
         try:
             async with asyncio.timeout(_FLUSH_TIMEOUT):
-                await ctx._reports.flush()
+                await reports.flush()
         except TimeoutError:
             log.warning("job %s: its last checkpoints/progress/lines are unanswered", ctx.id)
         if ctx._abandoned or self.held.get(ctx.id) is not ctx:
             return  # cancelled by the node meanwhile (and its slot freed)
         del self.held[ctx.id]
         report()
-        ctx._reports.close()
+        reports.close()
         self._release()
 
     def _failed(
@@ -376,9 +376,9 @@ class JobExecutor:
 
     async def _yield_after_flush(self, ctx: JobContext) -> None:
         try:
-            if ctx._reports is not None:
+            if ctx.reports is not None:
                 async with asyncio.timeout(_FLUSH_TIMEOUT):
-                    await ctx._reports.flush()
+                    await ctx.reports.flush()
         except TimeoutError:
             log.warning("job %s: its last checkpoints are unanswered", ctx.id)
         finally:
@@ -386,8 +386,8 @@ class JobExecutor:
         if self.held.get(ctx.id) is ctx:
             del self.held[ctx.id]
             self.reporter.yield_(ctx.id, ctx.token)
-            if ctx._reports is not None:
-                ctx._reports.close()
+            if ctx.reports is not None:
+                ctx.reports.close()
 
 
 def _cancel(task: asyncio.Task[None]) -> None:

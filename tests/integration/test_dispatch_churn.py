@@ -13,6 +13,7 @@ import contextlib
 import logging
 import random
 
+import asyncpg
 import pytest
 
 from tests.rawclient import RawClient
@@ -36,7 +37,7 @@ async def serve(client: RawClient, acked: list[str]) -> None:
 
 @pytest.mark.timeout(180)
 async def test_connections_cut_during_rounds_break_no_round(
-    node: Node, caplog: pytest.LogCaptureFixture
+    node: Node, caplog: pytest.LogCaptureFixture, database_url: str
 ) -> None:
     caplog.set_level(logging.ERROR, logger="worcr_node")
     rng = random.Random()
@@ -68,8 +69,11 @@ async def test_connections_cut_during_rounds_break_no_round(
         await join()
 
     async def states() -> dict[str, int]:
-        async with node.store._pool.acquire() as conn:  # type: ignore[union-attr]
+        conn = await asyncpg.connect(database_url)
+        try:
             rows = await conn.fetch("SELECT state, count(*) FROM worcr_jobs GROUP BY state")
+        finally:
+            await conn.close()
         return {r["state"]: r["count"] for r in rows}
 
     async def all_done() -> bool:

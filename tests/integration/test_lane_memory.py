@@ -38,9 +38,9 @@ async def test_idle_lanes_are_forgotten_and_learned_again(node: Node) -> None:
         return not node.dispatcher.lanes
 
     await wait_until(drained)
-    assert len(node.dispatcher._known) >= TENANTS  # every lane met is remembered, so far
+    assert node.dispatcher.remembered_lanes >= TENANTS  # every lane met is remembered, so far
     assert node.dispatcher.forget_idle_lanes() >= TENANTS
-    assert len(node.dispatcher._known) == 0
+    assert node.dispatcher.remembered_lanes == 0
     assert all(not cls.verdicts for cls in node.dispatcher.classes.values())
     assert node.dispatcher.forget_idle_lanes() == 0  # under the bound: nothing to do
 

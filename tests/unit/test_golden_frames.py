@@ -164,7 +164,7 @@ def _raw_jobs(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 @pytest.mark.parametrize("name", PUSHES)
 def test_node_job_encoder_gives_golden_push(name: str) -> None:
     jobs = message_of(name)[2]["jobs"]
-    assert session._encode_jobs(_raw_jobs(jobs)) == frame_of(name)
+    assert session.encode_jobs(_raw_jobs(jobs)) == frame_of(name)
 
 
 class _Hub(session.Hub):
@@ -249,9 +249,9 @@ async def test_hello_result_has_golden_shape() -> None:
 async def test_report_results_have_golden_shape() -> None:
     s, _ = _session()
     refs = message_of("ack-request")[3]["jobs"]
-    assert_same(on_wire(session._results(s, refs, [True])), message_of("ack-response")[3])
+    assert_same(on_wire(session.report_results(s, refs, [True])), message_of("ack-response")[3])
     refs = message_of("ack-stale-request")[3]["jobs"]
-    stale = session._results(s, refs, [False])
+    stale = session.report_results(s, refs, [False])
     assert_same(on_wire(stale), message_of("ack-stale-response")[3])
 
 

@@ -770,6 +770,11 @@ class Dispatcher(Service):
             except IndexUnavailable:
                 pass
 
+    @property
+    def remembered_lanes(self) -> int:
+        """Lanes this node knows the kind, tenant, tags and weight of (with or without work)."""
+        return len(self._known)
+
     def forget_idle_lanes(self) -> int:
         """Keep memory bounded with many tenants: once more than `idle_lanes` lanes without
         ready work are remembered, forget them (and each class's cached verdicts and limit

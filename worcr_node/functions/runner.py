@@ -209,9 +209,7 @@ class FunctionRunner:
         into the hook's value or raises ValueError. Never raises."""
         fn = fn or self.functions.get(name)
         if fn is None or fn.hook != hook:
-            what = "does not exist" if fn is None else f"is a {fn.hook} function"
-            return self._failed(FunctionFailure(name, 0, hook, "missing", f"{name!r} {what}"),
-                                fallback, 0.0, job, lane)  # fmt: skip
+            return self._missing(name, hook, fn, fallback, job, lane)
         breaker = self._breaker(fn)
         async with breaker.slots:
             if not breaker.suspect:
@@ -327,6 +325,19 @@ class FunctionRunner:
                 return Outcome(value, None, seconds)
         return self._failed(failure, fallback, seconds, job, lane)
 
+    def _missing(
+        self,
+        name: str,
+        hook: Hook,
+        fn: Function | None,
+        fallback: Any,
+        job: str | None,
+        lane: str | None,
+    ) -> Outcome:
+        what = "does not exist" if fn is None else f"is a {fn.hook} function"
+        failure = FunctionFailure(name, 0, hook, "missing", f"{name!r} {what}")
+        return self._failed(failure, fallback, 0.0, job, lane)
+
     def _failed(
         self,
         failure: FunctionFailure,
@@ -373,9 +384,7 @@ class FunctionRunner:
         key is among those `answered()` returns once it came)."""
         fn = self.functions.get(name)
         if fn is None or fn.hook != hook:  # answered at once, as `call` would
-            what = "does not exist" if fn is None else f"is a {fn.hook} function"
-            return self._failed(FunctionFailure(name, 0, hook, "missing", f"{name!r} {what}"),
-                                FALLBACKS[hook], 0.0, None, lane)  # fmt: skip
+            return self._missing(name, hook, fn, FALLBACKS[hook], None, lane)
         key = self.answer_key(name, hook, lane, worker)
         if key is not None:
             out = self._answers.get(key) or self._fresh(key)

@@ -309,7 +309,7 @@ class Session:
         for j in jobs:
             weight = len(j.args) + 512 + (len(j.checkpoints) if j.checkpoints else 0)
             if out and size + weight > budget:  # stay under the frame limit
-                self.send(_encode_jobs(out))
+                self.send(encode_jobs(out))
                 out, size = [], 0
             size += weight
             jid = str(j.id)
@@ -329,7 +329,7 @@ class Session:
             if j.checkpoints is not None:
                 job["checkpoints"] = _Raw(j.checkpoints)
             out.append(job)
-        self.send(_encode_jobs(out))
+        self.send(encode_jobs(out))
         return True
 
     def hold(self, job_id: str, token: int, reserve_for: float) -> None:
@@ -379,7 +379,7 @@ class _Raw:
         self.data = data
 
 
-def _encode_jobs(jobs: list[dict[str, Any]]) -> bytes:
+def encode_jobs(jobs: list[dict[str, Any]]) -> bytes:
     # Encode each job map by hand so the stored msgpack args are copied, not decoded and re-encoded.
     packer = msgpack.Packer(use_bin_type=True)
     parts = [
@@ -502,7 +502,7 @@ async def on_ack(s: Session, p: dict[str, Any]) -> dict[str, Any]:
         items.append((r["_uuid"], r["token"], packed))
     s.release_credit(refs)
     ok = await s.hub.manager.ack(items)
-    return _results(s, refs, ok)
+    return report_results(s, refs, ok)
 
 
 async def on_fail(s: Session, p: dict[str, Any]) -> dict[str, Any]:
@@ -530,16 +530,16 @@ async def on_fail(s: Session, p: dict[str, Any]) -> dict[str, Any]:
         )
     s.release_credit(refs)
     ok = await s.hub.manager.fail(items)
-    return _results(s, refs, ok)
+    return report_results(s, refs, ok)
 
 
 async def on_yield(s: Session, p: dict[str, Any]) -> dict[str, Any]:
     refs = _job_refs(p, s.hub.limits)
     ok = await s.hub.manager.yield_([(r["_uuid"], r["token"]) for r in refs])
-    return _results(s, refs, ok)
+    return report_results(s, refs, ok)
 
 
-def _results(s: Session, refs: list[dict[str, Any]], ok: list[bool]) -> dict[str, Any]:
+def report_results(s: Session, refs: list[dict[str, Any]], ok: list[bool]) -> dict[str, Any]:
     out: list[dict[str, Any] | None] = []
     for r, good in zip(refs, ok, strict=True):
         held = s.held_jobs.get(r["id"])

@@ -115,14 +115,13 @@ class AnsweringLink:
 async def _job() -> tuple[JobContext, AnsweringLink]:
     link = AnsweringLink()
     ctx = JobContext("j1", 7, "kind")
-    ctx._loop = asyncio.get_running_loop()
-    ctx._link = link  # type: ignore[assignment]
+    ctx.attach(link, asyncio.get_running_loop())  # type: ignore[arg-type]
     return ctx, link
 
 
 async def _sent(ctx: JobContext, link: AnsweringLink) -> list[tuple[str, str]]:
-    if ctx._reports is not None:
-        await ctx._reports.flush()
+    if ctx.reports is not None:
+        await ctx.reports.flush()
     return link.lines
 
 
