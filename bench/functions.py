@@ -191,7 +191,11 @@ def call_cases() -> tuple[dict[str, Callable[[], Any]], dict[str, Any]]:
     from worcr_node.functions.judge import LaneJudge
     from worcr_node.functions.model import Function, Hook
     from worcr_node.functions.runner import FunctionRunner
-    from worcr_node.functions.sandbox import compile_function
+
+    try:
+        from worcr_node.functions.engines import compile_function
+    except ImportError:  # in sandbox.py until 42c2408
+        from worcr_node.functions.sandbox import compile_function  # type: ignore
     from worcr_node.functions.views import lane_view, worker_view
     from worcr_node.jobspec import NewJob, lane_of
     from worcr_node.state import JobState
@@ -350,7 +354,10 @@ def part_calls(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def compile_times(a: argparse.Namespace) -> dict[str, Any]:
-    from worcr_node.functions.sandbox import compile_function
+    try:
+        from worcr_node.functions.engines import compile_function
+    except ImportError:  # in sandbox.py until 42c2408
+        from worcr_node.functions.sandbox import compile_function  # type: ignore
 
     def once(lang: str) -> float:
         t = time.perf_counter()

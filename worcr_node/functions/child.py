@@ -33,7 +33,8 @@ from typing import Any, BinaryIO
 
 import msgpack
 
-from worcr_node.functions.sandbox import CallError, Caps, Compiled, CompileError, compile_function
+from worcr_node.functions.engines import compile_function
+from worcr_node.functions.sandbox import CallError, Caps, Compiled, CompileError
 
 __all__ = ["main"]
 

@@ -1,7 +1,7 @@
 """Compiles and calls user functions (hooks) in a sandbox: the common types and the dispatch.
 
 The function process (`worcr_node/functions/child.py`, driven by the runner through `host.py`)
-compiles each stored function once with `compile_function` and calls the result many times,
+compiles each stored function once with `engines.compile_function` and calls the result many times,
 synchronously, one call at a time. Each language has its own runtime module: `lua_runtime.py` (Lua
 5.4 through lupa) and `js_runtime.py` (QuickJS through the `quickjs` package). Both give every
 compiled function its own interpreter state (a Lua state, a JS runtime), cap each call's CPU time
@@ -28,7 +28,6 @@ __all__ = [
     "CompileError",
     "Compiled",
     "SandboxError",
-    "compile_function",
     "token_column",
 ]
 
@@ -100,27 +99,6 @@ class Compiled(Protocol):
     def close(self) -> None:
         """Free the interpreter state now (later calls raise CallError)."""
         ...
-
-
-def compile_function(language: str, source: str, entry: str, caps: Caps = Caps()) -> Compiled:
-    """Compile `source` and return its global function named `entry` (e.g. "weight").
-
-    Raises CompileError: a syntax error (with line and column), "the source must define a function
-    named 'weight'" when that global is missing or not a function, or an error raised while the
-    top-level code ran (capped like a call). ValueError for an unknown language or an `entry` that
-    is not an identifier.
-    """
-    if not entry.isidentifier() or not entry.isascii():
-        raise ValueError(f"not a function name: {entry!r}")
-    if language == "lua":
-        from worcr_node.functions.lua_runtime import compile_lua
-
-        return compile_lua(source, entry, caps)
-    if language == "javascript":
-        from worcr_node.functions.js_runtime import compile_js
-
-        return compile_js(source, entry, caps)
-    raise ValueError(f"unknown language {language!r} (known: {', '.join(LANGUAGES)})")
 
 
 def missing_entry(entry: str) -> CompileError:

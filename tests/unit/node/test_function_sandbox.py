@@ -14,13 +14,8 @@ from typing import Any
 
 import pytest
 
-from worcr_node.functions.sandbox import (
-    CallError,
-    Caps,
-    Compiled,
-    CompileError,
-    compile_function,
-)
+from worcr_node.functions.engines import compile_function
+from worcr_node.functions.sandbox import CallError, Caps, Compiled, CompileError
 
 LIMITS = Caps(time=0.05, memory=8 << 20)
 
@@ -669,7 +664,8 @@ def test_javascript_running_out_of_memory_in_small_steps_many_times() -> None:
 
 _CHILD = textwrap.dedent("""
     import sys
-    from worcr_node.functions.sandbox import CallError, CompileError, Caps, compile_function
+    from worcr_node.functions.engines import compile_function
+    from worcr_node.functions.sandbox import CallError, Caps, CompileError
     language, source = sys.argv[1], sys.stdin.read()
     try:
         fn = compile_function(language, source, "weight", Caps(time=0.05, memory=8 << 20))
