@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 __all__ = [
     "TOPICS",
@@ -83,33 +83,32 @@ def _attempts(body: Any, topic: str) -> tuple[tuple[Attempt, ...], str]:
 
 
 @dataclass(frozen=True, slots=True)
-class StopAttempts:
-    topic: ClassVar[str] = "cancel"
+class _AttemptsMessage:
+    """Attempts (job id, lease token) some node should act on, and why."""
+
+    topic: ClassVar[str]
     via_redis: ClassVar[bool] = False
     attempts: tuple[Attempt, ...]
-    reason: str = "cancelled"
+    reason: str
 
     def body(self) -> Any:
         return {"attempts": [list(a) for a in self.attempts], "reason": self.reason}
 
     @classmethod
-    def read(cls, body: Any) -> StopAttempts:
+    def read(cls, body: Any) -> Self:
         return cls(*_attempts(body, cls.topic))
 
 
 @dataclass(frozen=True, slots=True)
-class YieldAttempts:
+class StopAttempts(_AttemptsMessage):
+    topic: ClassVar[str] = "cancel"
+    reason: str = "cancelled"
+
+
+@dataclass(frozen=True, slots=True)
+class YieldAttempts(_AttemptsMessage):
     topic: ClassVar[str] = "yield"
-    via_redis: ClassVar[bool] = False
-    attempts: tuple[Attempt, ...]
     reason: str = "max_run_time"
-
-    def body(self) -> Any:
-        return {"attempts": [list(a) for a in self.attempts], "reason": self.reason}
-
-    @classmethod
-    def read(cls, body: Any) -> YieldAttempts:
-        return cls(*_attempts(body, cls.topic))
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,7 +36,7 @@ import msgpack
 from worcr_node.functions.child import Functions, encode
 from worcr_node.functions.sandbox import CallError, Caps, CompileError
 
-__all__ = ["SKIPPED", "FunctionHost", "InlineHost", "ProcessHost", "Reply"]
+__all__ = ["SKIPPED", "SKIPPED_KIND", "FunctionHost", "InlineHost", "ProcessHost", "Reply"]
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,8 @@ class FunctionHost(Protocol):
     async def close(self) -> None: ...
 
 
-SKIPPED = Reply(None, CallError("skipped", "not run: an earlier call of its batch hit a cap"))
+SKIPPED_KIND = "skipped"  # a call of a batch not run: one before it hit a cap
+SKIPPED = Reply(None, CallError(SKIPPED_KIND, "not run: an earlier call of its batch hit a cap"))
 
 
 def _reply(answer: list[Any]) -> Reply:
@@ -92,11 +93,14 @@ class InlineHost:
     def __init__(self, caps: Caps | None = None) -> None:
         self.functions = Functions(caps or Caps())
 
-    def _handle(self, request: list[Any]) -> Reply:
+    def _answers(self, request: list[Any]) -> list[Reply]:
         request = msgpack.unpackb(msgpack.packb(request, use_bin_type=True), raw=False,
                                   strict_map_key=False)  # fmt: skip
-        frame = encode(self.functions.handle(request))
-        return _reply(msgpack.unpackb(frame[_HEAD.size :], raw=False, strict_map_key=False))
+        return [_reply(msgpack.unpackb(encode(a)[_HEAD.size :], raw=False, strict_map_key=False))
+                for a in self.functions.answers(request)]  # fmt: skip
+
+    def _handle(self, request: list[Any]) -> Reply:
+        return self._answers(request)[0]
 
     def call_now(self, key: Key, language: str, source: str, entry: str,
                  args: tuple[Any, ...]) -> Reply:  # fmt: skip
@@ -108,17 +112,8 @@ class InlineHost:
 
     async def call_many(self, key: Key, language: str, source: str, entry: str,
                         many: list[tuple[Any, ...]]) -> list[Reply]:  # fmt: skip
-        out: list[Reply] = []
-        for args in many:
-            if (
-                out
-                and isinstance(out[-1].error, CallError)
-                and out[-1].error.kind in ("timeout", "memory", "skipped")
-            ):
-                out.append(SKIPPED)  # as the function process does
-                continue
-            out.append(self.call_now(key, language, source, entry, args))
-        return out
+        return self._answers(["calls", 0, list(key), language, source, entry,
+                              [list(a) for a in many]])  # fmt: skip
 
     async def check(self, language: str, source: str, entry: str) -> Reply:
         return self._handle(["check", 0, language, source, entry])

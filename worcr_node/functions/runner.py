@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from worcr_node.dispatch.rules import TagSet
-from worcr_node.functions.host import SKIPPED, FunctionHost, InlineHost, Reply
+from worcr_node.functions.host import SKIPPED_KIND, FunctionHost, InlineHost, Reply
 from worcr_node.functions.model import Function, Hook
 from worcr_node.functions.sandbox import CallError, Caps, CompileError, SandboxError
 
@@ -236,9 +236,7 @@ class FunctionRunner:
         self.calls += 1
         started = time.perf_counter()
         reply = await self.host.call(fn.key, fn.language, fn.source, fn.hook.value, args)
-        current = self.functions.get(fn.name)
-        if current is None or current.key != fn.key:  # replaced while the call waited: its
-            self.host.forget([fn.key])  # code may have been compiled again for this call
+        self._forget_if_replaced(fn)
         return self.outcome(fn, reply, check, fallback, time.perf_counter() - started, job, lane)
 
     async def call_many(
@@ -271,22 +269,25 @@ class FunctionRunner:
                                                  jobs[i], None))  # fmt: skip
                     continue
                 part = list(many[len(outs) : len(outs) + size])
-                self.calls += len(part)
                 started = time.perf_counter()
                 replies = await self.host.call_many(fn.key, fn.language, fn.source,
                                                     fn.hook.value, part)  # fmt: skip
                 each = (time.perf_counter() - started) / len(part)
                 for reply in replies:
-                    if reply is SKIPPED or (isinstance(reply.error, CallError)
-                                            and reply.error.kind == "skipped"):  # fmt: skip
-                        self.calls -= 1  # not run: asked again below, one at a time
-                        continue
+                    if isinstance(reply.error, CallError) and reply.error.kind == SKIPPED_KIND:
+                        continue  # not run: asked again below, one at a time
+                    self.calls += 1
                     outs.append(self.outcome(fn, reply, check, fallback, each, jobs[len(outs)]))
                 size = min(MAX_CHUNK, size * 2)
+        self._forget_if_replaced(fn)
+        return outs
+
+    def _forget_if_replaced(self, fn: Function) -> None:
+        """`fn` was replaced while its calls waited: the host may have compiled it again for
+        them, and nothing else would free it."""
         current = self.functions.get(fn.name)
         if current is None or current.key != fn.key:
             self.host.forget([fn.key])
-        return outs
 
     def _breaker(self, fn: Function) -> _Breaker:
         found = self._breakers.get(fn.key)
@@ -483,13 +484,6 @@ class FunctionRunner:
         ("!error", None): every job whose key failed shares one key, still limited."""
         return await self.call(name, Hook.LIMIT_KEY, (job,), check_limit_key,
                                FALLBACKS[Hook.LIMIT_KEY], job=job_id)  # fmt: skip
-
-    async def retry(self, fn: Function, job: Mapping[str, Any], error: Mapping[str, Any],
-                    attempt: int, job_id: str) -> Outcome:  # fmt: skip
-        """Seconds until the next attempt, False to give up, None for the job's backoff;
-        fallback None."""
-        return await self.call(fn.name, Hook.RETRY, (job, error, attempt), check_retry,
-                               FALLBACKS[Hook.RETRY], job=job_id, fn=fn)  # fmt: skip
 
     async def on_enqueue_many(
         self, fn: Function, jobs: Sequence[Mapping[str, Any]], job_ids: Sequence[str]
