@@ -173,10 +173,8 @@ class Dispatcher(Service):
         # (class, lane) pairs whose verdict waits for functions' answers (asked in the
         # background), by answer key: not offered until the runner has it, then judged again
         self._pending: dict[Any, set[tuple[ClassKey, str]]] = {}
-        # when each ready lane was last heard of (a count of `lanes_ready` calls): a resync does
-        # not drop a lane heard of while its read of the ready set was under way
-        self._heard = 0
-        self._heard_at: dict[str, int] = {}
+        # lanes heard of while a resync's read of the ready set is under way: it keeps them
+        self._heard_in_resync: set[str] | None = None
         manager.functions = self.functions
         manager.shed = self.shed_settled
         manager.on_done = self.jobs_done
@@ -207,9 +205,9 @@ class Dispatcher(Service):
 
     def lanes_ready(self, lanes: Mapping[str, int | None]) -> None:
         """Lanes that got ready work, with the seq of their oldest new job when known."""
-        self._heard += 1
+        if self._heard_in_resync is not None:
+            self._heard_in_resync.update(lanes)
         for lane, head in lanes.items():
-            self._heard_at[lane] = self._heard
             info = self._known.get(lane)
             if info is None:
                 self._unknown[lane] = head
@@ -392,7 +390,6 @@ class Dispatcher(Service):
 
     def _drop_lane(self, lane: str) -> None:
         self.heads.pop(lane, None)
-        self._heard_at.pop(lane, None)
         self.parking.forget_lane(lane, self.classes)
         self.misfiled.discard(lane)
         if self.lanes.pop(lane, None) is not None:
@@ -824,11 +821,14 @@ class Dispatcher(Service):
 
     async def resync(self) -> None:
         """Adopt the cluster-wide ready set (covers missed pub/sub messages)."""
-        asked = self._heard  # a lane heard of after the read was asked for is kept
-        ready = await self.index.ready_lanes()
+        heard: set[str] = set()  # a lane heard of meanwhile is kept
+        self._heard_in_resync = heard
+        try:
+            ready = await self.index.ready_lanes()
+        finally:
+            self._heard_in_resync = None
         for lane in list(self.lanes):
-            if lane not in ready and lane not in self._refilling \
-                    and self._heard_at.get(lane, 0) <= asked:  # fmt: skip
+            if lane not in ready and lane not in self._refilling and lane not in heard:
                 self._drop_lane(lane)
         self.lanes_ready({lane: None for lane in ready if lane not in self.lanes})
 

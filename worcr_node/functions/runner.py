@@ -387,14 +387,18 @@ class FunctionRunner:
         if fn is None or fn.hook != hook:  # answered at once, as `call` would
             return self._missing(name, hook, fn, FALLBACKS[hook], None, lane)
         key = self.answer_key(name, hook, lane, worker)
-        if key is not None:
-            out = self._answers.get(key) or self._fresh(key)
-            if out is not None:
-                return out
-        self._ask(key, name, hook, args, lane)
-        return None
+        out = self._cached(key)
+        if out is None:
+            self._ask(key, name, hook, args, lane)
+        return out
 
-    def _fresh(self, key: tuple[Any, ...]) -> Outcome | None:
+    def _cached(self, key: tuple[Any, ...] | None) -> Outcome | None:
+        """The remembered answer of `key`, or the recent one of a failure that may pass."""
+        if key is None:
+            return None
+        out = self._answers.get(key)
+        if out is not None:
+            return out
         found = self._recent.get(key)
         if found is None:
             return None
@@ -413,10 +417,9 @@ class FunctionRunner:
     ) -> Outcome:
         """The answer, asked now if it is not known (and remembered like any other)."""
         key = self.answer_key(name, hook, lane, worker)
-        if key is not None:
-            out = self._answers.get(key) or self._fresh(key)
-            if out is not None:
-                return out
+        out = self._cached(key)
+        if out is not None:
+            return out
         return await asyncio.shield(self._ask(key, name, hook, args, lane))
 
     def _ask(
